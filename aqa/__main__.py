@@ -1,0 +1,5 @@
+import sys
+
+from aqa.cli import main
+
+sys.exit(main())

@@ -1,0 +1,67 @@
+"""The `aqa` command. Each feature module registers its own subcommand through
+`register(subparsers)` and keeps heavy imports (torch, transformers) inside the function it
+runs, so `aqa data ...` starts fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+#: Modules that add a subcommand under `aqa data`.
+DATA_COMMANDS = (
+    "aqa.data.dcase2025",
+    "aqa.data.mmau",
+    "aqa.data.audioset_strong",
+    "aqa.data.synth",
+    "aqa.data.check",
+    "aqa.data.interchange",
+)
+#: Modules that add a top-level subcommand.
+TOP_COMMANDS = (
+    "aqa.models.tiny",
+    "aqa.train.sft",
+    "aqa.eval.run",
+    "aqa.eval.report",
+    "aqa.demo",
+)
+
+
+def _register_all(modules, subparsers) -> None:
+    for name in modules:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # a command not built yet
+                continue
+            raise
+        mod.register(subparsers)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aqa", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    data = sub.add_parser("data", help="convert, synthesise, check and export AQA data")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    _register_all(DATA_COMMANDS, data_sub)
+    _register_all(TOP_COMMANDS, sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

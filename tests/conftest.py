@@ -1,0 +1,70 @@
+"""Shared fixtures: real audio files written to disk in every format the data layer meets."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SHARED = Path(os.environ.get("AQA_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+MMAU_JSON = SHARED / "data" / "mmau-test-mini.json"
+
+
+def tone(seconds: float = 1.0, sr: int = 16000, freq: float = 440.0, channels: int = 1,
+         amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    x = (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.stack([x] * channels, axis=1) if channels > 1 else x
+
+
+def audio_bytes(x: np.ndarray, sr: int, fmt: str) -> bytes:
+    """Encode with libsndfile: fmt is WAV, FLAC, OGG or MP3."""
+    buf = io.BytesIO()
+    subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}[fmt]
+    sf.write(buf, x, sr, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def write_audio(path: str | os.PathLike, x: np.ndarray | None = None, sr: int = 16000,
+                fmt: str = "WAV") -> Path:
+    """Write real encoded audio; the format follows `fmt`, never the file name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(audio_bytes(tone(sr=sr) if x is None else x, sr, fmt))
+    return path
+
+
+@pytest.fixture
+def audio_zoo(tmp_path) -> dict[str, Path]:
+    """One file of each kind a real dataset holds, good and bad, keyed by what it is."""
+    d = tmp_path / "zoo"
+    good = {
+        "wav": write_audio(d / "ok.wav", tone(1.0, 16000)),
+        "flac": write_audio(d / "ok.flac", tone(1.0, 22050, channels=2), 22050, "FLAC"),
+        "ogg": write_audio(d / "ok.ogg", tone(1.0, 44100), 44100, "OGG"),
+        "mp3": write_audio(d / "ok.mp3", tone(1.0, 16000), 16000, "MP3"),
+        "mp3_as_wav": write_audio(d / "really_mp3.wav", tone(1.0, 16000), 16000, "MP3"),
+        "stereo48k": write_audio(d / "stereo.wav", tone(2.0, 48000, channels=2), 48000),
+        "long": write_audio(d / "long.wav", tone(31.0, 8000, freq=200), 8000),
+    }
+    wav = audio_bytes(tone(1.0), 16000, "WAV")
+    bad = {}
+    bad["missing"] = d / "missing.wav"
+    (bad_empty := d / "empty.wav").write_bytes(b"")
+    bad["empty"] = bad_empty
+    (bad_trunc := d / "truncated.wav").write_bytes(wav[: len(wav) // 2])
+    bad["truncated"] = bad_trunc
+    (bad_text := d / "notes.wav").write_bytes(b"this is a text file, not audio\n" * 20)
+    bad["not-audio"] = bad_text
+    bad["silent"] = write_audio(d / "silent.wav", np.zeros(16000, np.float32))
+    nan = np.full(1000, 0.1, np.float32)
+    nan[10] = np.nan
+    buf = io.BytesIO()
+    sf.write(buf, nan, 16000, format="WAV", subtype="FLOAT")
+    (bad_nan := d / "nan.wav").write_bytes(buf.getvalue())
+    bad["nan"] = bad_nan
+    return {**good, **{f"bad_{k}": v for k, v in bad.items()}}
