@@ -1,0 +1,149 @@
+"""Audio decoding for every command: by content (libsndfile sniffs the header, so MP3 bytes
+in a file named `.wav` decode as MP3), mixed down to mono, resampled to 16 kHz with soxr.
+
+Every problem a real dataset has (missing, empty, truncated, not audio, silent, NaN) raises
+`AudioError`, which names the file and the problem; callers report it and skip the item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+#: The models' sampling rate (Whisper features).
+TARGET_SR = 16000
+#: Qwen2-Audio listens to at most 30 s (Whisper's window).
+MODEL_WINDOW_S = 30.0
+#: Peak amplitude under which a clip counts as silent (about -120 dBFS).
+SILENCE_PEAK = 1e-6
+LONG_POLICIES = ("truncate", "chunk", "keep")
+
+
+class AudioError(Exception):
+    """A file that cannot be used as audio. `kind` is one of: missing, empty, not-audio,
+    truncated, silent, nan, bad-rate."""
+
+    def __init__(self, path: str | os.PathLike, kind: str, problem: str):
+        self.path, self.kind, self.problem = str(path), kind, problem
+        super().__init__(f"{path}: {problem}")
+
+    def to_dict(self) -> dict:
+        return {"file": self.path, "kind": self.kind, "problem": self.problem}
+
+
+@dataclass
+class Audio:
+    samples: np.ndarray  # (N,) float32 mono at `sr`; truncated to the window when policy is truncate
+    sr: int
+    duration: float  # seconds of the file as decoded, before any truncation
+    orig_sr: int
+    channels: int
+    format: str  # what the content is (libsndfile's name), not what the extension says
+    sha256: str  # of the file's bytes
+    too_long: bool  # longer than the window it was loaded for
+
+    def segments(self, seconds: float = MODEL_WINDOW_S) -> list[np.ndarray]:
+        """The samples cut into consecutive pieces of at most `seconds`."""
+        n = max(1, int(round(seconds * self.sr)))
+        return [self.samples[i:i + n] for i in range(0, max(len(self.samples), 1), n)]
+
+
+def content_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _wav_truncation(data: bytes) -> str | None:
+    """For RIFF/WAVE bytes: a description of the shortfall when the data chunk's declared size
+    runs past the end of the file, else None. libsndfile silently shortens such files."""
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    pos = 12
+    while pos + 8 <= len(data):
+        cid, size = data[pos:pos + 4], struct.unpack("<I", data[pos + 4:pos + 8])[0]
+        if cid == b"data":
+            have = len(data) - pos - 8
+            if size not in (0, 0xFFFFFFFF) and have < size:
+                return f"truncated: data chunk declares {size} bytes, the file holds {have}"
+            return None
+        pos += 8 + size + (size & 1)
+    return None
+
+
+def decode_bytes(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[np.ndarray, int, str]:
+    """Decode audio bytes by content. Returns (frames, channels) float32 array, rate, format."""
+    if not data:
+        raise AudioError(path, "empty", "empty file (0 bytes)")
+    trunc = _wav_truncation(data)
+    if trunc:
+        raise AudioError(path, "truncated", trunc)
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            declared, fmt, sr = f.frames, f.format, f.samplerate
+            x = f.read(dtype="float32", always_2d=True)
+    except sf.LibsndfileError as e:
+        raise AudioError(path, "not-audio", f"not a decodable audio file ({e.error_string})") from None
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise AudioError(path, "not-audio", f"not a decodable audio file ({e})") from None
+    if len(x) == 0:
+        raise AudioError(path, "empty", f"{fmt} stream holds no audio frames")
+    # Compressed streams (MP3's Xing header, FLAC's STREAMINFO) declare their length; a file
+    # that stops well short of it was cut off. 5% leaves room for encoder padding.
+    if declared > 0 and len(x) < 0.95 * declared:
+        raise AudioError(path, "truncated",
+                         f"truncated: {fmt} header declares {declared} frames, only {len(x)} decode")
+    if sr <= 0:
+        raise AudioError(path, "bad-rate", f"invalid sample rate {sr}")
+    return x, sr, fmt
+
+
+def load_audio(path: str | os.PathLike, sr: int = TARGET_SR, *, max_seconds: float | None = MODEL_WINDOW_S,
+               long_policy: str = "truncate", allow_silent: bool = False) -> Audio:
+    """Load one file as mono float32 at `sr`. Clips longer than `max_seconds` are flagged
+    (`too_long`) and, with long_policy 'truncate', cut to the window; 'chunk' and 'keep'
+    keep every sample (use `Audio.segments` to cut windows)."""
+    if long_policy not in LONG_POLICIES:
+        raise ValueError(f"long_policy must be one of {LONG_POLICIES}, got {long_policy!r}")
+    p = Path(path)
+    if not p.is_file():
+        raise AudioError(path, "missing", "file not found" if not p.exists() else "not a regular file")
+    data = p.read_bytes()
+    x, orig_sr, fmt = decode_bytes(data, path)
+    if not np.isfinite(x).all():
+        raise AudioError(path, "nan", "contains NaN or infinite samples")
+    channels = x.shape[1]
+    mono = x.mean(axis=1, dtype=np.float32)
+    duration = len(mono) / orig_sr
+    if not allow_silent and float(np.abs(mono).max()) < SILENCE_PEAK:
+        raise AudioError(path, "silent", f"silent: every sample is below {SILENCE_PEAK:g} in amplitude")
+    if orig_sr != sr:
+        mono = soxr.resample(mono, orig_sr, sr, quality="HQ").astype(np.float32, copy=False)
+    too_long = max_seconds is not None and duration > max_seconds + 1e-6
+    if too_long and long_policy == "truncate":
+        mono = mono[: int(round(max_seconds * sr))]
+    return Audio(samples=np.ascontiguousarray(mono), sr=sr, duration=duration, orig_sr=orig_sr,
+                 channels=channels, format=fmt, sha256=content_hash(data), too_long=too_long)
+
+
+def write_wav(path: str | os.PathLike, samples: np.ndarray, sr: int = TARGET_SR) -> Path:
+    """Write 16-bit PCM WAV atomically (used by the synthesiser and the tests)."""
+    from aqa.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(samples, -1.0, 1.0), sr, format="WAV", subtype="PCM_16")
+    return atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,163 @@
+"""The backend interface: everything outside `aqa/models/` talks to a model through this.
+
+A backend turns `Example`s (audio + user text + optional target text) into a batch, returns
+the decoder's last hidden states, and exposes the output embedding. The computations that
+every recipe needs are written once here, on top of that:
+
+- `option_logits`: logits of the option letters at the answer position (scoring, GRPO
+  `choice` rollouts). Only the letters' rows of the output embedding are used, so the full
+  (B, T, V) logits are never built.
+- `target_logprobs`: log-probabilities of the target tokens (SFT loss, GRPO ratios),
+  computed only at the target positions, in float32.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from aqa.data.records import LETTERS
+
+
+@dataclass
+class Example:
+    """One model input: a clip, the user's text, and what the assistant should answer."""
+
+    audio: np.ndarray  # (N,) float32 mono at 16 kHz
+    text: str
+    target: str | None = None
+
+
+class Backend:
+    """Base class of model backends. Subclasses set `family` and implement the hooks."""
+
+    family: str = ""
+
+    def __init__(self, model, processor, device: torch.device):
+        self.model = model
+        self.processor = processor
+        self.device = device
+
+    # --- hooks a backend implements -------------------------------------------------------
+    @classmethod
+    def load(cls, path: str, *, adapter: str | None = None, device: str | None = None,
+             dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
+             is_trainable: bool = False) -> Backend:
+        raise NotImplementedError
+
+    @property
+    def audio_seconds(self) -> float | None:
+        """The longest clip the model hears at once (None: no limit)."""
+        raise NotImplementedError
+
+    def collate(self, examples: list[Example], *, with_target: bool = False) -> dict[str, torch.Tensor]:
+        """Batch on `self.device`, left-padded so that the answer position is the last prompt
+        token. With targets, `labels` holds the target ids and -100 elsewhere."""
+        raise NotImplementedError
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, H) last hidden states of the decoder."""
+        raise NotImplementedError
+
+    def output_embedding(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def letter_token_ids(self, n: int) -> list[int]:
+        """Token ids of the option letters 'A'.. as the first answer token."""
+        tok = self.tokenizer
+        ids = []
+        for letter in LETTERS[:n]:
+            t = tok.encode(letter, add_special_tokens=False)
+            if len(t) != 1:
+                raise ValueError(f"option letter {letter!r} is not a single token for this tokenizer: {t}")
+            ids.append(t[0])
+        return ids
+
+    def generate(self, batch: dict[str, torch.Tensor], **kwargs) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+    # --- shared computations ----------------------------------------------------------------
+    def base_model(self):
+        """The transformers model under any peft wrapper."""
+        m = self.model
+        return m.get_base_model() if hasattr(m, "get_base_model") else m
+
+    def option_logits(self, batch: dict[str, torch.Tensor], n_options: list[int]) -> torch.Tensor:
+        """(B, max_n) float32 logits of the letters at the answer position; options beyond an
+        item's count are -inf."""
+        h = self.hidden_states(batch)[:, -1]  # (B, H): left padding puts the answer position last
+        n_max = max(n_options)
+        ids = torch.tensor(self.letter_token_ids(n_max), device=h.device)
+        w = self.output_embedding().weight[ids]  # (n_max, H)
+        logits = (h @ w.T).float()  # (B, n_max)
+        b = getattr(self.output_embedding(), "bias", None)
+        if b is not None:
+            logits = logits + b[ids].float()
+        mask = torch.arange(n_max, device=h.device)[None, :] >= torch.tensor(n_options, device=h.device)[:, None]
+        return logits.masked_fill(mask, float("-inf"))
+
+    def target_logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probabilities of the labelled tokens. Returns (logp (B, L), mask (B, L)) with
+        L the longest target; the logits are built only at the L positions that predict them."""
+        labels = batch["labels"]
+        h = self.hidden_states(batch)  # (B, T, H)
+        # The token at t is predicted by the hidden state at t-1.
+        tgt = labels[:, 1:] != -100  # (B, T-1)
+        counts = tgt.sum(1)
+        L = int(counts.max())
+        # Gather the predicting positions of each row, right-aligned into (B, L).
+        order = torch.argsort(tgt.int(), dim=1, stable=True)[:, -L:]  # the L last True positions
+        pos_mask = torch.gather(tgt, 1, order)
+        hs = torch.gather(h[:, :-1], 1, order[..., None].expand(-1, -1, h.size(-1)))  # (B, L, H)
+        ys = torch.gather(labels[:, 1:], 1, order).clamp_min(0)
+        logits = self.output_embedding()(hs).float()  # (B, L, V) only at target positions
+        logp = torch.log_softmax(logits, -1).gather(-1, ys[..., None]).squeeze(-1)
+        return logp * pos_mask, pos_mask
+
+
+def model_family(path: str, trust_remote_code: bool = False) -> str:
+    """The `model_type` of a local folder or hub id."""
+    cfg = Path(path) / "config.json"
+    if cfg.is_file():
+        return json.loads(cfg.read_text())["model_type"]
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
+
+
+def default_device(device: str | None = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """bf16 on GPU, fp32 on CPU, unless the user says otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype and dtype != "auto":
+        return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+                "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[dtype]
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_backend(path: str, **kw: Any) -> Backend:
+    """Load the backend for the model family that `path`'s config names."""
+    family = model_family(path, kw.get("trust_remote_code", False))
+    if family == "qwen2_audio":
+        from aqa.models.qwen2_audio import Qwen2AudioBackend
+
+        return Qwen2AudioBackend.load(path, **kw)
+    raise ValueError(f"{path}: model type {family!r} has no aqa backend (supported: qwen2_audio)")
+
+
+__all__ = ["Backend", "Example", "load_backend", "default_device", "default_dtype", "model_family"]

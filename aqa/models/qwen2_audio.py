@@ -1,0 +1,107 @@
+"""Qwen2-Audio backend through transformers' own classes (`Qwen2AudioForConditionalGeneration`
+and its processor). The same code serves Qwen2-Audio-7B-Instruct on GPUs and the tiny
+random model of `aqa model tiny` on CPU: nothing here knows which it has.
+
+Prompt: the checkpoint's chat template with one user turn holding the audio and the question
+text; the assistant's answer (the option letter) follows `<|im_start|>assistant\\n` and ends
+with `<|im_end|>`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from aqa.models.base import Backend, Example, default_device, default_dtype
+
+log = logging.getLogger(__name__)
+
+END_OF_TURN = "<|im_end|>"
+
+
+class Qwen2AudioBackend(Backend):
+    family = "qwen2_audio"
+
+    @classmethod
+    def load(cls, path: str, *, adapter: str | None = None, device: str | None = None,
+             dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
+             is_trainable: bool = False) -> Qwen2AudioBackend:
+        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+        dev = default_device(device)
+        dt = default_dtype(dev, dtype)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(
+            path, dtype=dt, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
+        model.to(dev)
+        if adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=is_trainable)
+        model.train(is_trainable)
+        return cls(model, processor, dev)
+
+    def __init__(self, model, processor, device):
+        super().__init__(model, processor, device)
+        self.tokenizer.padding_side = "left"
+        self._end_ids = self.tokenizer.encode(END_OF_TURN, add_special_tokens=False)
+
+    @property
+    def audio_seconds(self) -> float:
+        return float(self.processor.feature_extractor.chunk_length)
+
+    def prompt(self, text: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "clip"},
+                                                 {"type": "text", "text": text}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def collate(self, examples: list[Example], *, with_target: bool = False) -> dict[str, torch.Tensor]:
+        fe = self.processor.feature_extractor
+        window = int(fe.chunk_length * fe.sampling_rate)
+        enc = self.processor(text=[self.prompt(e.text) for e in examples],
+                             audio=[e.audio[:window] for e in examples], sampling_rate=fe.sampling_rate,
+                             padding=True, return_tensors="pt")
+        ids, att = enc["input_ids"], enc["attention_mask"]
+        if with_target:
+            # Append the target ids to each unpadded prompt, then left-pad again: tokenising the
+            # target apart keeps the prompt's tokens exactly those that scoring sees.
+            pad = self.tokenizer.pad_token_id
+            rows, lab_rows = [], []
+            for i, e in enumerate(examples):
+                if e.target is None:
+                    raise ValueError("with_target=True needs a target on every example")
+                p = ids[i][att[i].bool()].tolist()
+                t = self.tokenizer.encode(e.target, add_special_tokens=False) + self._end_ids
+                rows.append(p + t)
+                lab_rows.append([-100] * len(p) + t)
+            T = max(len(r) for r in rows)
+            ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows])
+            att = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
+            enc["labels"] = torch.tensor([[-100] * (T - len(r)) + r for r in lab_rows])
+        enc["input_ids"], enc["attention_mask"] = ids, att
+        # Explicit positions make a left-padded row compute exactly what it would alone.
+        enc["position_ids"] = (att.cumsum(-1) - 1).clamp_min(0)
+        return {k: v.to(self.device) for k, v in enc.items() if k != "num_audio_tokens"}
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        core = self.base_model().model  # Qwen2AudioModel: encoder, projector, decoder
+        out = core(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], input_features=batch["input_features"],
+                   feature_attention_mask=batch["feature_attention_mask"], use_cache=False)
+        return out.last_hidden_state
+
+    def output_embedding(self) -> torch.nn.Module:
+        return self.base_model().lm_head
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int = 16, do_sample: bool = False,
+                 temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1) -> list[str]:
+        inputs = {k: v for k, v in batch.items() if k not in ("labels", "position_ids")}
+        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                  temperature=temperature if do_sample else None,
+                                  top_p=top_p if do_sample else None, top_k=None,
+                                  num_return_sequences=num_return_sequences,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        new = out[:, batch["input_ids"].shape[1]:]
+        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
