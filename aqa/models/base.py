@@ -81,6 +81,11 @@ class Backend:
     def generate(self, batch: dict[str, torch.Tensor], **kwargs) -> list[str]:
         raise NotImplementedError
 
+    def lora_target_modules(self, audio_tower: bool = False) -> str:
+        """A regex over module names for peft's `target_modules`: the language model's linear
+        layers, and the audio encoder's too when asked."""
+        raise NotImplementedError
+
     @property
     def tokenizer(self):
         return self.processor.tokenizer
@@ -161,3 +166,22 @@ def load_backend(path: str, **kw: Any) -> Backend:
 
 
 __all__ = ["Backend", "Example", "load_backend", "default_device", "default_dtype", "model_family"]
+
+
+class BackendModule(torch.nn.Module):
+    """One `forward` around a backend's computations, so that DDP and DeepSpeed (which hook
+    a module's forward) wrap exactly what training calls."""
+
+    def __init__(self, backend: Backend):
+        super().__init__()
+        self.model = backend.model
+        self._backend = (backend,)  # a tuple keeps it out of the module tree
+
+    def forward(self, batch: dict[str, torch.Tensor], what: str = "target_logprobs",
+                n_options: list[int] | None = None):
+        b = self._backend[0]
+        if what == "target_logprobs":
+            return b.target_logprobs(batch)
+        if what == "option_logits":
+            return b.option_logits(batch, n_options)
+        raise ValueError(what)

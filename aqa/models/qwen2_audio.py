@@ -91,6 +91,13 @@ class Qwen2AudioBackend(Backend):
                    feature_attention_mask=batch["feature_attention_mask"], use_cache=False)
         return out.last_hidden_state
 
+    def lora_target_modules(self, audio_tower: bool = False) -> str:
+        # Module names: model.language_model.layers.N.{self_attn,mlp}.X and
+        # model.audio_tower.layers.N.{self_attn.X, fc1, fc2}; the projector stays frozen.
+        lm = r"model\.language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+        at = r"model\.audio_tower\..*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)"
+        return rf"^(base_model\.model\.)?({lm}|{at})$" if audio_tower else rf"^(base_model\.model\.)?{lm}$"
+
     def output_embedding(self) -> torch.nn.Module:
         return self.base_model().lm_head
 

@@ -1,0 +1,140 @@
+"""Typed configs: dataclasses loaded from YAML, then `key=value` overrides from the command
+line. A key that the dataclass lacks is an error naming the key, never silently ignored.
+Each field carries its one-line doc in `metadata["help"]` (see `doc`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def doc(default: Any = dataclasses.MISSING, help: str = "") -> Any:
+    """A dataclass field with its one-line documentation."""
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key '{key}': {value!r} fits none of {tp}")
+    if origin in (list, tuple):
+        (inner, *_) = typing.get_args(tp) or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        return [_coerce(v, inner, key) for v in value]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
+    if tp is int:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            f = float(value)
+            if f != int(f):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}': expected an integer, got {value!r}") from None
+        return int(f)
+    if tp is float:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"config key '{key}': expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> T:
+    """Build `cls` from a mapping, coercing each value to its field's type."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"{source}: unknown config key(s) {', '.join(repr(k) for k in unknown)} "
+                          f"for {cls.__name__}; known keys: {', '.join(names)}")
+    kwargs = {k: _coerce(v, hints[k], k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`key=value` strings; values are read as YAML (`lr=1e-4`, `train_data=[a.jsonl,b.jsonl]`)."""
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise ConfigError(f"override {it!r} is not key=value")
+        k, v = it.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
+    return out
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
+        data.update(loaded)
+    data.update(parse_overrides(overrides or []))
+    return from_dict(cls, data, source=str(path) if path else "overrides")
+
+
+def dump_yaml(cfg: Any) -> str:
+    """The resolved config as YAML, each key preceded by its documentation."""
+    lines = []
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("help"):
+            lines.append(f"# {f.metadata['help']}")
+        lines.append(yaml.safe_dump({f.name: getattr(cfg, f.name)}, sort_keys=False).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def describe(cls: type) -> str:
+    """One entry per key: name, default, documentation (for `--help-config`)."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        rows.append(f"  {f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+    return "\n".join(rows)

@@ -1,0 +1,1 @@
+"""Training recipes (`sft`, `grpo`) and the pieces they share (`common`, `data`)."""
