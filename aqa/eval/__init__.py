@@ -1,0 +1,1 @@
+"""Evaluation: scoring models on AQA records, metrics with bootstrap intervals, reports."""

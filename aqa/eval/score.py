@@ -1,0 +1,101 @@
+"""Answering multiple-choice items with a backend: option probabilities from one forward pass
+(`score`), or greedy decoding parsed by the shared answer parser (`generate`), each under K
+orders of the options. Pure computation; files are written by `aqa.eval.run`."""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from aqa.data.augment import shuffle_options, unshuffle_probs
+from aqa.data.records import AQARecord
+from aqa.models.base import Backend, Example
+from aqa.prompts import parse_answer, question_text
+
+
+def option_orders(record: AQARecord, k: int, seed: int) -> list[list[int]]:
+    """K orders of an item's options: the record's own first, then seeded permutations
+    (order[i] = original index shown at position i). Seeded by the item's id, so an order
+    does not depend on which other items share the run."""
+    n = len(record.choices)
+    orders = [list(range(n))]
+    rng = np.random.default_rng([seed, zlib.crc32(record.id.encode())])
+    for _ in range(k - 1):
+        orders.append(shuffle_options(record.choices, None, rng)[2])
+    return orders
+
+
+@dataclass
+class Query:
+    """One (item, order) pair to put to the model."""
+
+    item: int
+    order: list[int]  # order[i] = original index of the option shown at position i
+    shown: list[str]
+    example: Example
+
+
+def make_queries(records: list[AQARecord], audios: list[np.ndarray], k: int, seed: int) -> list[Query]:
+    out = []
+    for i, (r, a) in enumerate(zip(records, audios)):
+        for order in option_orders(r, k, seed):
+            shown = [r.choices[j] for j in order]
+            out.append(Query(i, order, shown, Example(a, question_text(r.question, shown))))
+    return out
+
+
+@torch.no_grad()
+def score_queries(backend: Backend, queries: list[Query]) -> list[np.ndarray]:
+    """Per query, the option probabilities (softmax over the letters) in the ORIGINAL order."""
+    batch = backend.collate([q.example for q in queries])
+    n = [len(q.order) for q in queries]
+    probs = torch.softmax(backend.option_logits(batch, n), -1).cpu().numpy()
+    return [unshuffle_probs(probs[i, :n[i]], q.order) for i, q in enumerate(queries)]
+
+
+@torch.no_grad()
+def generate_queries(backend: Backend, queries: list[Query], max_new_tokens: int) -> list[tuple[str, int | None]]:
+    """Per query, (raw text, chosen option index in the ORIGINAL order or None)."""
+    batch = backend.collate([q.example for q in queries])
+    texts = backend.generate(batch, max_new_tokens=max_new_tokens)
+    out = []
+    for q, t in zip(queries, texts):
+        idx = parse_answer(t, q.shown)
+        out.append((t, None if idx is None else q.order[idx]))
+    return out
+
+
+def combine(record: AQARecord, per_order: list, mode: str, vote: str = "probs") -> dict:
+    """One prediction row from an item's K answers (DESIGN 4's predictions.jsonl)."""
+    row = {"id": record.id, "subset": record.subset, "question_type": record.question_type,
+           "choices": record.choices, "answer": record.answer}
+    if mode == "score":
+        probs = np.mean(per_order, axis=0)
+        picks = [int(np.argmax(p)) for p in per_order]
+        pred = int(np.argmax(probs)) if vote == "probs" else _majority(picks)
+        row["probs"] = [round(float(p), 6) for p in probs]
+    else:
+        picks = [p for _, p in per_order]
+        pred = _majority(picks)
+        row["probs"] = None
+        row["raw"] = per_order[0][0]
+        if len(per_order) > 1:
+            row["raws"] = [t for t, _ in per_order]
+    row["pred"] = pred
+    row["correct"] = None if record.answer is None else pred == record.answer
+    if len(per_order) > 1:
+        row["shuffle_preds"] = picks
+    return row
+
+
+def _majority(picks: list[int | None]) -> int | None:
+    """The most chosen option; ties go to the earliest order's choice among the tied."""
+    counts = Counter(p for p in picks if p is not None)
+    if not counts:
+        return None
+    top = max(counts.values())
+    return next(p for p in picks if p is not None and counts[p] == top)
