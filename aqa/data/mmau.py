@@ -1,0 +1,217 @@
+"""`aqa data mmau`: MMAU test-mini (``mmau-test-mini.json``) as AQA records.
+
+Each item has ``id``, ``audio_id`` (``./test-mini-audios/<id>.wav``), ``question``,
+``choices`` (plain texts, 2 to 8), ``answer`` (the text of one of them), ``dataset``,
+``task`` (sound / music / speech), ``split``, ``category``, ``sub-category``, ``difficulty``.
+A record keeps the item's ``id``; ``subset`` is ``mmau-<task>``, ``question_type`` the
+sub-category (the category when that is empty), and ``meta`` the category, sub-category,
+difficulty, dataset, original id, ``audio_id`` and the original choice and answer strings (the
+official scorer compares output text with those strings; `meta["choice_index_of"]` maps
+each original option to its stored index when options were merged).
+
+Traps in the real file, handled here:
+
+- Options are never letter-stripped: "F. Scott Fitzgerald" is an option text, not option F.
+- 27 items repeat an option verbatim (["one", "three", "three", "zero"]), 16 of them the
+  answer itself; records refuse repeated options, so identical options are merged into
+  the first (note ``duplicate-choices-merged``). The answer text is unambiguous either way.
+- Leading or trailing spaces on options and answers (" First speaker ...", "A dog
+  barking "), and on 23 questions: stripped.
+- In some items every option but the answer ends in a period; periods that end a sentence
+  are stripped from every option so that form no longer marks the answer
+  (``stray-trailing-punctuation``); "Washington D.C." and "G#" keep theirs.
+- ``category`` is a one-element list (["Reasoning"]) on 13 items: joined to a string
+  (note ``category-was-list``).
+
+The audio is distributed separately: missing files are counted and reported with a few ids,
+and the records are written anyway. ``--audio-root`` may be the folder holding
+``test-mini-audios/`` or that folder itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from aqa.data.dcase2025 import (ConversionReport, SkipItem, format_mismatch, inspect_audio_file,
+                                progress, write_conversion)
+from aqa.data.records import AQARecord, PathOutsideRoot, RecordError, resolve_audio_path
+from aqa.data.text import NOTE_DUPLICATES, clean_whitespace, match_answer, normalise_options
+
+SOURCE = "mmau"
+TASKS = ("sound", "music", "speech")
+_REQUIRED = ("id", "audio_id", "question", "choices", "answer", "task")
+
+
+def _as_text(value: Any, notes: list[str], key: str) -> str:
+    """A metadata field as one string; lists (category: ["Reasoning"]) are joined."""
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        notes.append(f"{key}-was-list")
+        return "; ".join(clean_whitespace(str(v)) for v in value)
+    return clean_whitespace(str(value))
+
+
+def audio_location(audio_id: str, audio_root: Path) -> str:
+    """The path of `audio_id` relative to `audio_root`: as written when that exists or when
+    the root holds the audio folder, else the bare file name when the root *is* the audio
+    folder (``--audio-root .../test-mini-audios``)."""
+    rel = PurePosixPath(audio_id.replace("\\", "/"))
+    as_written = str(rel)
+    if (audio_root / as_written).exists():
+        return as_written
+    if (audio_root / rel.name).exists():
+        return rel.name
+    parts = [p for p in rel.parts if p not in (".", "")]
+    if len(parts) > 1 and audio_root.name == parts[-2]:
+        return rel.name
+    return as_written
+
+
+def convert_item(item: Any, *, audio_root: Path, allow_outside_root: bool = False,
+                 check_audio: bool = False) -> tuple[AQARecord, bool]:
+    """One MMAU item as a record, and whether its audio file is present. Raises `SkipItem`
+    for an item that cannot be stored."""
+    if not isinstance(item, dict):
+        raise SkipItem("not-an-object", f"expected a JSON object, got {type(item).__name__}")
+    missing = [k for k in _REQUIRED if k not in item]
+    if missing:
+        raise SkipItem("missing-field", "missing: " + ", ".join(missing))
+    for k in ("id", "audio_id", "question", "answer", "task"):
+        if not isinstance(item[k], str) or not item[k].strip():
+            raise SkipItem("missing-field", f"{k!r} must be a non-empty string, got {item[k]!r}")
+    raw = item["choices"]
+    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+        raise SkipItem("missing-field", "'choices' must be a list of strings")
+    notes: list[str] = []
+    options = normalise_options(raw, strip_letters=False)
+    notes += options.notes
+    if len(options.choices) < 2:
+        raise SkipItem("too-few-choices", f"{len(options.choices)} distinct option(s): {raw}")
+    m = match_answer(item["answer"], options, use_letter=False)
+    if m.index is None:
+        raise SkipItem("answer-matches-no-choice", f"answer {item['answer']!r} is none of {raw}")
+
+    meta: dict[str, Any] = {
+        "original_id": item["id"],
+        "audio_id": item["audio_id"],
+        "dataset": _as_text(item.get("dataset"), notes, "dataset"),
+        "category": _as_text(item.get("category"), notes, "category"),
+        "sub-category": _as_text(item.get("sub-category"), notes, "sub-category"),
+        "difficulty": _as_text(item.get("difficulty"), notes, "difficulty"),
+        "original_choices": list(raw),
+        "original_answer": item["answer"],
+    }
+    if NOTE_DUPLICATES in notes:
+        meta["choice_index_of"] = options.index_of
+    task = clean_whitespace(item["task"]).lower()
+    if task not in TASKS:
+        notes.append("unknown-task")
+
+    rel = audio_location(item["audio_id"], audio_root)
+    try:
+        audio_path = resolve_audio_path(rel, audio_root, audio_root, allow_outside_root=allow_outside_root)
+    except PathOutsideRoot as e:
+        raise SkipItem("audio-outside-root", str(e)) from None
+    fmt, audio_defect = inspect_audio_file(audio_path, decode=check_audio)
+    present = audio_defect != "audio-missing"
+    # A file that is not there yet is reported, not stored: the audio comes separately and a
+    # flag in the record would outlive the download. A file that is there and bad is a defect.
+    defects = [audio_defect] if audio_defect and present else []
+    if fmt and format_mismatch(audio_path, fmt):
+        meta["audio_format"] = fmt
+        notes.append("audio-format-mismatch")
+    if notes:
+        meta["notes"] = notes
+    if defects:
+        meta["defects"] = defects
+
+    split = clean_whitespace(str(item.get("split") or "test-mini"))
+    d = {"id": clean_whitespace(item["id"]), "audio": str(audio_path),
+         "question": clean_whitespace(item["question"]), "choices": options.choices, "answer": m.index,
+         "subset": f"mmau-{task}", "question_type": meta["sub-category"] or meta["category"],
+         "source": SOURCE, "split": split, "meta": meta}
+    try:
+        rec = AQARecord.from_dict(d, require_answer=True)
+    except RecordError as e:
+        raise SkipItem("invalid-record", e.problem) from None
+    rec.audio_path = audio_path
+    return rec, present
+
+
+def convert_mmau(json_path: str | os.PathLike, audio_root: str | os.PathLike | None = None, *,
+                 allow_outside_root: bool = False, check_audio: bool = False,
+                 show_progress: bool = True) -> ConversionReport:
+    """Convert an MMAU JSON file (a list of items). `audio_root` defaults to the JSON's
+    folder. Bad items are skipped and listed; raises only when the file itself is unusable
+    (OSError, ValueError)."""
+    json_path = Path(json_path)
+    # abspath, so that "--audio-root ." still has a folder name to compare.
+    root = Path(os.path.abspath(audio_root if audio_root is not None else json_path.parent))
+    with open(json_path, encoding="utf-8") as fh:
+        try:
+            data = json.load(fh)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{json_path}: not valid JSON ({e})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{json_path}: expected a JSON list of items, got {type(data).__name__}")
+    splits = sorted({str(x.get("split")) for x in data if isinstance(x, dict) and x.get("split")})
+    report = ConversionReport(source=SOURCE, split="+".join(splits) or "test-mini", inputs=len(data))
+    converted: list[tuple[AQARecord, bool]] = []
+    for n, item in enumerate(progress(data, desc="mmau", enabled=show_progress)):
+        where = f"{json_path}[{n}]"
+        item_id = item.get("id") if isinstance(item, dict) else None
+        try:
+            converted.append(convert_item(item, audio_root=root, allow_outside_root=allow_outside_root,
+                                          check_audio=check_audio))
+        except SkipItem as e:
+            report.error(e.kind, e.problem, file=where, id=None if item_id is None else str(item_id))
+    converted.sort(key=lambda t: t[0].id)
+    seen: set[str] = set()
+    for rec, present in converted:
+        if rec.id in seen:
+            report.error("duplicate-id", f"id {rec.id!r} repeats; later item skipped", file=str(json_path),
+                         id=rec.id)
+            continue
+        seen.add(rec.id)
+        if not present:
+            report.missing_audio.append(rec.id)
+        report.records.append(rec)
+    return report
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "mmau", help="convert MMAU test-mini JSON to AQA records",
+        description="Convert MMAU (mmau-test-mini.json) to an AQA JSONL. The audio is distributed "
+                    "separately; missing files are reported, and the records written anyway.")
+    p.add_argument("json", type=Path, help="mmau-test-mini.json")
+    p.add_argument("--audio-root", type=Path, default=None,
+                   help="folder holding test-mini-audios/ (or that folder); default: the JSON's folder")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output JSONL")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept audio_id paths that leave the audio root")
+    p.add_argument("--check-audio", action="store_true",
+                   help="decode every audio file present (slow); decoding problems become defects")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        report = convert_mmau(args.json, args.audio_root, allow_outside_root=args.allow_outside_root,
+                              check_audio=args.check_audio, show_progress=not args.no_progress)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}")
+        return 2
+    if not report.records:
+        print(report.summary())
+        print(f"error: no records converted; {args.output} not written")
+        return 1
+    write_conversion(report, args.output)
+    print(report.summary())
+    return 0
