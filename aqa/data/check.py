@@ -1,0 +1,458 @@
+"""`aqa data check`: validate a records file, decode its audio, and look for leakage.
+
+What is checked:
+
+- every line is a valid AQA record (DESIGN 2.1), each bad one named by file, line and field;
+- counts per subset, per question type (within its subset), per number of options and per
+  answer letter (a skewed letter distribution is worth knowing before shuffling options);
+- the defects converters recorded in ``meta["defects"]`` (a list of strings or of objects
+  with a ``"kind"`` key), grouped by kind with the records' ids;
+- every distinct audio file is read once: hashed (SHA-256 of its bytes) and, unless
+  ``--no-audio``, decoded with :func:`aqa.data.audio.load_audio`; undecodable or unusable
+  files are listed with their AudioError kind, clips over the 30 s model window are flagged;
+- duplicate ids, duplicate audio (different paths with identical bytes) and duplicate items
+  (same audio bytes and same question) within the file;
+- with ``--against OTHER.jsonl``: leakage, i.e. audio whose bytes also occur in OTHER (by
+  content hash, so copies under other names count) and, stricter, the same question asked
+  about the same audio in both files. OTHER's audio is hashed, not decoded.
+
+Hard errors and warnings (the exit code):
+
+- exit 2: FILE (or OTHER) cannot be read at all (missing, a folder, not UTF-8);
+- exit 1: hard errors in FILE, i.e. lines that are not valid records (they would be
+  silently dropped by every command downstream) or duplicate ids (predictions, resumption
+  and submissions are keyed by id, so a repeated id loses an item);
+- exit 0 otherwise. Defects, undecodable audio, long clips, duplicate audio, duplicate
+  items and leakage are warnings: reported, and fatal only with ``--strict``. Problems in
+  OTHER are reported but never change the exit code: the command checks FILE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aqa.data.audio import MODEL_WINDOW_S, AudioError, file_hash, load_audio
+from aqa.data.records import LETTERS, AQARecord, RecordError, read_records
+
+#: Exit codes of `aqa data check`.
+EXIT_OK, EXIT_HARD, EXIT_UNREADABLE = 0, 1, 2
+
+
+@dataclass
+class AudioInfo:
+    """What reading one distinct audio file found."""
+    path: str
+    sha256: str | None = None  # None when the file could not be read at all
+    duration: float | None = None  # None when not decoded
+    format: str | None = None
+    error: dict | None = None  # AudioError.to_dict() when the file is unusable
+
+
+@dataclass
+class CheckReport:
+    """Everything `aqa data check` found; `to_dict` is the JSON report."""
+    file: str
+    against: str | None = None
+    decoded_audio: bool = True
+    n_records: int = 0
+    n_labelled: int = 0
+    #: Lines skipped as invalid records (RecordError.to_dict()).
+    invalid: list[dict] = field(default_factory=list)
+    subsets: dict[str, int] = field(default_factory=dict)
+    #: subset -> question type -> count ("" when a record has no type).
+    question_types: dict[str, dict[str, int]] = field(default_factory=dict)
+    n_choices: dict[str, int] = field(default_factory=dict)
+    answer_letters: dict[str, int] = field(default_factory=dict)
+    #: defect kind -> ids of the records that carry it.
+    defects: dict[str, list[str]] = field(default_factory=dict)
+    #: One entry per defect: id, kind and the converter's full entry.
+    defect_details: list[dict] = field(default_factory=list)
+    #: id -> line numbers where it occurs (only ids that valid records repeat).
+    duplicate_ids: dict[str, list[int]] = field(default_factory=dict)
+    n_audio_files: int = 0
+    #: One entry per unusable file: file, kind, problem, ids.
+    audio_errors: list[dict] = field(default_factory=list)
+    #: One entry per clip longer than the model window: file, duration, ids.
+    long_clips: list[dict] = field(default_factory=list)
+    #: Groups of different paths with identical bytes: sha256, files, ids.
+    duplicate_audio: list[dict] = field(default_factory=list)
+    #: Groups of records asking the same question about the same audio bytes.
+    duplicate_items: list[dict] = field(default_factory=list)
+    #: Audio shared with the --against file: sha256, files, other_files, ids, other_ids.
+    leaked_audio: list[dict] = field(default_factory=list)
+    #: The same question on the same audio in both files: sha256, question, ids, other_ids.
+    leaked_questions: list[dict] = field(default_factory=list)
+    #: Invalid lines of the --against file (reported, never fatal).
+    against_invalid: list[dict] = field(default_factory=list)
+    against_n_records: int = 0
+
+    @property
+    def hard_errors(self) -> int:
+        return len(self.invalid) + len(self.duplicate_ids)
+
+    @property
+    def warnings(self) -> int:
+        return (sum(len(v) for v in self.defects.values()) + len(self.audio_errors) + len(self.long_clips)
+                + len(self.duplicate_audio) + len(self.duplicate_items) + len(self.leaked_audio)
+                + len(self.leaked_questions))
+
+    def exit_code(self, strict: bool = False) -> int:
+        if self.hard_errors or (strict and self.warnings):
+            return EXIT_HARD
+        return EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["hard_errors"], d["warnings"] = self.hard_errors, self.warnings
+        return d
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _defect_entries(meta: dict) -> list[tuple[str, Any]]:
+    """(kind, original entry) for each defect a converter recorded. Strings of the form
+    "kind: detail" group under "kind", so one kind does not split per detail."""
+    raw = meta.get("defects")
+    if raw is None:
+        return []
+    items: Iterable[Any] = raw if isinstance(raw, list) else [raw]
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            kind = item.get("kind")
+            out.append((str(kind) if kind else "unspecified", item))
+        elif isinstance(item, str):
+            out.append((item.split(":", 1)[0].strip() or item, item))
+        else:
+            out.append(("unspecified", item))
+    return out
+
+
+def _norm_question(q: str) -> str:
+    return re.sub(r"\s+", " ", q.strip().lower())
+
+
+def _ids_per_line(path: Path) -> dict[str, list[int]]:
+    """id -> line numbers, from a raw scan; records do not keep their line numbers."""
+    import json
+
+    where: dict[str, list[int]] = defaultdict(list)
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+                where[obj["id"]].append(lineno)
+    return where
+
+
+def _read_one(path: Path, decode: bool) -> AudioInfo:
+    info = AudioInfo(path=str(path))
+    if decode:
+        try:
+            # 'keep' skips the truncation copy; the duration is the file's either way.
+            a = load_audio(path, long_policy="keep")
+        except AudioError as e:
+            info.error = e.to_dict()
+        except Exception as e:  # noqa: BLE001 - one odd file must not stop a check of thousands
+            info.error = AudioError(path, "not-audio", f"decoding failed ({type(e).__name__}: {e})").to_dict()
+        else:
+            info.sha256, info.duration, info.format = a.sha256, a.duration, a.format
+            return info
+    elif not path.is_file():
+        info.error = AudioError(path, "missing", "file not found").to_dict()
+    # Undecodable files are still hashed: a broken file copied into two splits is leakage too.
+    if path.is_file():
+        try:
+            info.sha256 = file_hash(path)
+        except OSError as e:
+            info.error = info.error or AudioError(path, "missing", f"cannot read ({e})").to_dict()
+    return info
+
+
+def read_audio_files(paths: Iterable[Path], *, decode: bool = True, workers: int | None = None,
+                     cache: dict[Path, AudioInfo] | None = None, desc: str = "audio") -> dict[Path, AudioInfo]:
+    """Hash (and decode) each distinct path once, in parallel, with a progress bar.
+    `cache` carries results across calls, so a file both lists share is read once."""
+    from tqdm import tqdm
+
+    cache = {} if cache is None else cache
+    todo = sorted({Path(p) for p in paths} - set(cache))
+    if todo:
+        workers = workers or min(8, os.cpu_count() or 1)
+        # libsndfile, soxr and hashlib release the GIL, so threads overlap the decoding.
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            results = pool.map(lambda p: _read_one(p, decode), todo)
+            for p, info in zip(todo, tqdm(results, total=len(todo), desc=desc, unit="file", disable=None)):
+                cache[p] = info
+    return cache
+
+
+def _count(values: Iterable[str]) -> dict[str, int]:
+    return dict(sorted(Counter(values).items()))
+
+
+# --------------------------------------------------------------------------- library
+
+def check_records(path: str | os.PathLike, against: str | os.PathLike | None = None,
+                  decode_audio: bool = True, *, root: str | os.PathLike | None = None,
+                  allow_outside_root: bool = False, workers: int | None = None) -> CheckReport:
+    """Check one records file (and its leakage into `against`). Raises OSError or
+    UnicodeDecodeError only when a file cannot be read at all; every other problem is
+    collected in the returned report."""
+    path = Path(path)
+    records, errors = read_records(path, root=root, allow_outside_root=allow_outside_root)
+    rep = CheckReport(file=str(path), against=str(against) if against is not None else None,
+                      decoded_audio=decode_audio, n_records=len(records),
+                      n_labelled=sum(r.labelled for r in records),
+                      invalid=[e.to_dict() for e in errors])
+
+    # Counts.
+    rep.subsets = _count(r.subset for r in records)
+    by_subset: dict[str, Counter] = defaultdict(Counter)
+    for r in records:
+        by_subset[r.subset][r.question_type] += 1
+    rep.question_types = {s: dict(sorted(c.items())) for s, c in sorted(by_subset.items())}
+    rep.n_choices = {str(k): v for k, v in sorted(Counter(len(r.choices) for r in records).items())}
+    rep.answer_letters = _count(LETTERS[r.answer] for r in records if r.answer is not None)
+
+    # Defects recorded by converters.
+    defects: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        for kind, entry in _defect_entries(r.meta):
+            defects[kind].append(r.id)
+            rep.defect_details.append({"id": r.id, "kind": kind, "entry": entry})
+    rep.defects = dict(sorted(defects.items()))
+
+    # Duplicate ids among valid records, located by the lines that carry them.
+    id_counts = Counter(r.id for r in records)
+    if any(n > 1 for n in id_counts.values()):
+        lines = _ids_per_line(path)
+        rep.duplicate_ids = {i: lines.get(i, []) for i, n in sorted(id_counts.items()) if n > 1}
+
+    # Audio: each distinct file once.
+    cache: dict[Path, AudioInfo] = {}
+    read_audio_files((r.audio_path for r in records), decode=decode_audio, workers=workers,
+                     cache=cache, desc=path.name)
+    rep.n_audio_files = len({r.audio_path for r in records})
+    ids_by_file: dict[Path, list[str]] = defaultdict(list)
+    for r in records:
+        ids_by_file[r.audio_path].append(r.id)
+    files_by_hash: dict[str, set[Path]] = defaultdict(set)
+    for p, ids in sorted(ids_by_file.items()):
+        info = cache[p]
+        if info.error:
+            rep.audio_errors.append({**info.error, "ids": ids})
+        if info.duration is not None and info.duration > MODEL_WINDOW_S + 1e-6:
+            rep.long_clips.append({"file": str(p), "duration": round(info.duration, 3), "ids": ids})
+        if info.sha256:
+            files_by_hash[info.sha256].add(p)
+    for h, files in sorted(files_by_hash.items()):
+        if len(files) > 1:
+            fs = sorted(files)
+            rep.duplicate_audio.append({"sha256": h, "files": [str(f) for f in fs],
+                                        "ids": [i for f in fs for i in ids_by_file[f]]})
+
+    def item_key(r: AQARecord) -> tuple[str, str] | None:
+        h = cache[r.audio_path].sha256
+        return (h, _norm_question(r.question)) if h else None
+
+    items: dict[tuple[str, str], list[AQARecord]] = defaultdict(list)
+    for r in records:
+        if (k := item_key(r)) is not None:
+            items[k].append(r)
+    for (h, _), group in items.items():
+        if len(group) > 1:
+            rep.duplicate_items.append({"sha256": h, "question": group[0].question,
+                                        "ids": [r.id for r in group]})
+
+    if against is not None:
+        _check_leakage(rep, records, Path(against), cache, root=root,
+                       allow_outside_root=allow_outside_root, workers=workers, item_key=item_key)
+    return rep
+
+
+def _check_leakage(rep: CheckReport, records: list[AQARecord], other_path: Path,
+                   cache: dict[Path, AudioInfo], *, root, allow_outside_root: bool, workers, item_key) -> None:
+    others, errors = read_records(other_path, root=root, allow_outside_root=allow_outside_root,
+                                  require_answer=False)
+    rep.against_n_records = len(others)
+    rep.against_invalid = [e.to_dict() for e in errors]
+    # Files already decoded for FILE keep their result; the rest are only hashed.
+    read_audio_files((o.audio_path for o in others), decode=False, workers=workers, cache=cache,
+                     desc=other_path.name)
+
+    def by_hash(recs: list[AQARecord]) -> dict[str, list[AQARecord]]:
+        out: dict[str, list[AQARecord]] = defaultdict(list)
+        for r in recs:
+            if h := cache[r.audio_path].sha256:
+                out[h].append(r)
+        return out
+
+    mine, theirs = by_hash(records), by_hash(others)
+    for h in sorted(mine.keys() & theirs.keys()):
+        a, b = mine[h], theirs[h]
+        rep.leaked_audio.append({
+            "sha256": h,
+            "files": sorted({str(r.audio_path) for r in a}),
+            "other_files": sorted({str(r.audio_path) for r in b}),
+            "ids": [r.id for r in a], "other_ids": [r.id for r in b]})
+    their_items: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for o in others:
+        if (k := item_key(o)) is not None:
+            their_items[k].append(o.id)
+    mine_items: dict[tuple[str, str], list[AQARecord]] = defaultdict(list)
+    for r in records:
+        if (k := item_key(r)) is not None and k in their_items:
+            mine_items[k].append(r)
+    for k, group in mine_items.items():
+        rep.leaked_questions.append({"sha256": k[0], "question": group[0].question,
+                                     "ids": [r.id for r in group], "other_ids": their_items[k]})
+
+
+# --------------------------------------------------------------------------- text report
+
+def _ids(ids: list[str], limit: int = 8) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > limit else "")
+
+
+def format_report(rep: CheckReport, *, limit: int = 20) -> str:
+    """The report as text for a terminal; each list is cut at `limit` entries (the JSON
+    report keeps everything)."""
+    out: list[str] = []
+    w = out.append
+    home = Path(os.path.realpath(Path(rep.file).parent))
+
+    def short(f: str) -> str:
+        # Paths under the checked file's folder are shown relative to it; the JSON keeps them whole.
+        p = Path(f)
+        return os.path.relpath(p, home) if home in p.parents else f
+
+    def more(n: int) -> None:
+        if n > limit:
+            w(f"    ... and {n - limit} more (see --json)")
+
+    w(f"== {rep.file}")
+    w(f"records: {rep.n_records} valid ({rep.n_labelled} labelled), {len(rep.invalid)} invalid line(s)")
+    for s, n in rep.subsets.items():
+        types = ", ".join(f"{t or '(none)'} {c}" for t, c in rep.question_types.get(s, {}).items())
+        w(f"  {s}: {n}  [{types}]")
+    if rep.n_choices:
+        w("options per item: " + ", ".join(f"{k}: {v}" for k, v in rep.n_choices.items()))
+    if rep.answer_letters:
+        w("answer letters:   " + ", ".join(f"{k}: {v}" for k, v in rep.answer_letters.items()))
+
+    w("")
+    w(f"HARD ERRORS: {rep.hard_errors}")
+    if rep.invalid:
+        w(f"  invalid records ({len(rep.invalid)}):")
+        for e in rep.invalid[:limit]:
+            where = f"{e['file']}:{e['line']}"
+            fld = f" field '{e['field']}'" if e["field"] else ""
+            w(f"    {where}:{fld} {e['problem']}")
+        more(len(rep.invalid))
+    if rep.duplicate_ids:
+        w(f"  duplicate ids ({len(rep.duplicate_ids)}):")
+        for i, lines in list(rep.duplicate_ids.items())[:limit]:
+            w(f"    {i}: lines {', '.join(map(str, lines))}")
+        more(len(rep.duplicate_ids))
+
+    w("")
+    w(f"WARNINGS: {rep.warnings}")
+    if rep.defects:
+        w(f"  defects recorded by the converter ({sum(map(len, rep.defects.values()))}):")
+        for kind, ids in rep.defects.items():
+            w(f"    {kind} ({len(ids)}): {_ids(ids)}")
+    audio_what = "decoded" if rep.decoded_audio else "hashed, not decoded"
+    w(f"  audio files: {rep.n_audio_files} ({audio_what})")
+    if rep.audio_errors:
+        kinds = Counter(e["kind"] for e in rep.audio_errors)
+        w(f"  unusable audio ({len(rep.audio_errors)}: "
+          + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + "):")
+        for e in rep.audio_errors[:limit]:
+            w(f"    [{e['kind']}] {short(e['file'])}: {e['problem']}  (ids: {_ids(e['ids'])})")
+        more(len(rep.audio_errors))
+    if rep.long_clips:
+        w(f"  clips over {MODEL_WINDOW_S:g} s ({len(rep.long_clips)}):")
+        for c in rep.long_clips[:limit]:
+            w(f"    {short(c['file'])}: {c['duration']:.1f} s  (ids: {_ids(c['ids'])})")
+        more(len(rep.long_clips))
+    if rep.duplicate_audio:
+        w(f"  identical audio under different paths ({len(rep.duplicate_audio)} group(s)):")
+        for g in rep.duplicate_audio[:limit]:
+            w(f"    {' == '.join(map(short, g['files']))}  (ids: {_ids(g['ids'])})")
+        more(len(rep.duplicate_audio))
+    if rep.duplicate_items:
+        w(f"  same question on the same audio ({len(rep.duplicate_items)} group(s)):")
+        for g in rep.duplicate_items[:limit]:
+            w(f"    {_ids(g['ids'])}: {g['question']!r}")
+        more(len(rep.duplicate_items))
+
+    if rep.against is not None:
+        w("")
+        w(f"== leakage against {rep.against} ({rep.against_n_records} records, "
+          f"{len(rep.against_invalid)} invalid line(s) there)")
+        w(f"  audio shared by content: {len(rep.leaked_audio)} clip(s), "
+          f"{sum(len(g['ids']) for g in rep.leaked_audio)} of this file's records")
+        for g in rep.leaked_audio[:limit]:
+            w(f"    {', '.join(map(short, g['files']))} == {', '.join(map(short, g['other_files']))}")
+        more(len(rep.leaked_audio))
+        w(f"  same question on the same audio: {len(rep.leaked_questions)}")
+        for g in rep.leaked_questions[:limit]:
+            w(f"    {_ids(g['ids'])} ~ {_ids(g['other_ids'])}: {g['question']!r}")
+        more(len(rep.leaked_questions))
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- CLI
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "check", help="validate a records file, decode its audio, report defects and leakage",
+        description=__doc__.split("\n\n")[0],
+        epilog="Exit codes: 0 no hard errors; 1 invalid records or duplicate ids (or any "
+               "warning with --strict); 2 the file cannot be read.")
+    p.add_argument("file", type=Path, help="records JSONL")
+    p.add_argument("--against", type=Path, help="another records JSONL to check leakage into (by audio content)")
+    p.add_argument("--json", type=Path, dest="json_out", metavar="REPORT.json", help="also write the full report as JSON")
+    p.add_argument("--no-audio", action="store_true",
+                   help="do not decode audio (files are still hashed for duplicate and leakage checks)")
+    p.add_argument("--root", type=Path, help="dataset root audio paths must stay under (default: the file's folder)")
+    p.add_argument("--allow-outside-root", action="store_true", help="accept audio paths outside the root")
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    p.add_argument("--workers", type=int, default=None, help="threads for reading audio (default: up to 8)")
+    p.add_argument("--limit", type=int, default=20, help="entries shown per list in the text report")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from aqa.io import write_json
+
+    try:
+        rep = check_records(args.file, args.against, decode_audio=not args.no_audio, root=args.root,
+                            allow_outside_root=args.allow_outside_root, workers=args.workers)
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"aqa data check: cannot read: {e}", file=sys.stderr)
+        return EXIT_UNREADABLE
+    print(format_report(rep, limit=args.limit))
+    if args.json_out:
+        write_json(args.json_out, rep.to_dict())
+        print(f"wrote {args.json_out}")
+    rc = rep.exit_code(strict=args.strict)
+    verdict = "FAILED" if rc else "ok"
+    print(f"\n{verdict}: {rep.hard_errors} hard error(s), {rep.warnings} warning(s)")
+    return rc

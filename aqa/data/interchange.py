@@ -1,0 +1,323 @@
+"""`aqa data export` / `aqa data import`: the chat-style multimodal JSONL that ms-swift and
+LLaMA-Factory train on.
+
+What export writes, one JSON object per line::
+
+    {"messages": [{"role": "user", "content": "<audio>" + question_text(question, choices)},
+                  {"role": "assistant", "content": target_text(answer)}],
+     "audios": ["/abs/path/clip.wav"],
+     "id": "...", "subset": "...", "question_type": "...", "source": "...", "split": "..."}
+
+- The user text is exactly :func:`aqa.prompts.question_text` (question, "Options:", one
+  "A. text" line per option, the instruction) behind one ``<audio>`` placeholder, and the
+  assistant text is :func:`aqa.prompts.target_text` (the letter), so a model tuned in either
+  tool sees the prompt ``aqa eval`` uses.
+- ms-swift: this is its standard "messages" format; multimodal paths go in ``audios`` and
+  ``<audio>`` marks where each one goes in the text; absolute paths are preferred.
+  Source: ms-swift docs, Customization/Custom-dataset.md, sections "Standard Dataset Format"
+  and "Multimodal" (https://swift.readthedocs.io/en/latest/Customization/Custom-dataset.html).
+  Rows whose last turn is the user's are its documented PPO/GRPO/inference layout, so
+  unlabelled records (answer null) are written with no assistant turn.
+- LLaMA-Factory: the "sharegpt" formatting with OpenAI-style tags, as in its own
+  ``data/mllm_audio_demo.json`` and ``data/README.md`` ("OpenAI Format", multimodal
+  columns). The ``dataset_info.json`` entry it needs is printed by the export (see
+  :data:`LLAMAFACTORY_DATASET_INFO`). One departure from ms-swift: LLaMA-Factory's sharegpt
+  converter skips any conversation with an odd number of turns as "abnormal", so an
+  unlabelled record gets an assistant turn with empty content (what its predict mode
+  expects) instead of none.
+- The extra keys (id, subset, question_type, source, split; always strings) are ignored by
+  both tools' training (LLaMA-Factory drops unmapped columns, ms-swift drops extra fields
+  except in GRPO, where it passes them to reward functions, which is useful there). They
+  let import restore the record. ``meta`` is not exported: its nested, per-source shape
+  would break the Arrow schema inference both tools load JSONL with.
+
+Import reads the same layout back (also the ``conversations`` / ``from`` / ``value``
+spelling with human/gpt roles): the options from the "A. text" lines of the user text, the
+answer from the assistant text with :func:`aqa.prompts.parse_answer`, the audio from
+``audios`` (relative paths against the input file's folder, or ``--audio-root``). A line
+it cannot use is reported with file and line and skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from aqa.data.records import LETTERS, AQARecord, RecordError, read_records, write_records
+from aqa.prompts import INSTRUCTION, parse_answer, question_text, target_text
+
+FORMATS = ("swift", "llamafactory")
+AUDIO_TOKEN = "<audio>"
+#: The extra keys export adds and import reads back.
+EXTRA_KEYS = ("id", "subset", "question_type", "source", "split")
+#: What LLaMA-Factory's dataset_info.json needs for an exported file (file_name filled in).
+LLAMAFACTORY_DATASET_INFO: dict[str, Any] = {
+    "formatting": "sharegpt",
+    "columns": {"messages": "messages", "audios": "audios"},
+    "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+             "assistant_tag": "assistant", "system_tag": "system"},
+}
+
+_OPTION = re.compile(r"^\s*\(?([A-Z])[.)]\s*(.*?)\s*$")
+_OPTIONS_HEADER = re.compile(r"^\s*(options|choices)\s*:?\s*$", re.I)
+_USER_ROLES, _ASSISTANT_ROLES = {"user", "human"}, {"assistant", "gpt"}
+
+
+# --------------------------------------------------------------------------- export
+
+def to_interchange(record: AQARecord, fmt: str = "swift", *, audio: str | None = None) -> dict[str, Any]:
+    """One record as an ms-swift / LLaMA-Factory row. `audio` overrides the path written
+    (default: the resolved path the record was read with, else its `audio` field)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    if audio is None:
+        audio = str(record.audio_path) if record.audio_path is not None else record.audio
+    messages = [{"role": "user", "content": AUDIO_TOKEN + question_text(record.question, record.choices)}]
+    if record.answer is not None:
+        messages.append({"role": "assistant", "content": target_text(record.answer)})
+    elif fmt == "llamafactory":
+        messages.append({"role": "assistant", "content": ""})
+    row: dict[str, Any] = {"messages": messages, "audios": [audio]}
+    for k in EXTRA_KEYS:
+        row[k] = getattr(record, k) or ""
+    return row
+
+
+def export_records(records: Iterable[AQARecord], out: str | os.PathLike, fmt: str = "swift", *,
+                   relative_paths: bool = False) -> tuple[Path, int]:
+    """Write records as interchange JSONL (atomically). Audio paths are absolute, or with
+    `relative_paths` relative to the output file's folder. Returns (path, rows written)."""
+    from aqa.io import write_jsonl
+
+    out = Path(out)
+    rows = []
+    for r in records:
+        audio = str(r.audio_path) if r.audio_path is not None else r.audio
+        if relative_paths:
+            audio = os.path.relpath(audio, Path(os.path.realpath(out.parent)))
+        rows.append(to_interchange(r, fmt, audio=audio))
+    return write_jsonl(out, rows), len(rows)
+
+
+# --------------------------------------------------------------------------- import
+
+def parse_user_text(text: str) -> tuple[str, list[str], str]:
+    """Split a prompt written by :func:`aqa.prompts.question_text` (audio placeholders
+    already removed) into (question, choices, the text after the options). The options are
+    the last run of lines lettered A., B., C., ... in order; an "Options:" line before them
+    belongs to neither. Raises ValueError when there is no such run of two or more."""
+    lines = text.split("\n")
+    best: tuple[int, int] | None = None
+    i = 0
+    while i < len(lines):
+        m = _OPTION.match(lines[i])
+        if m and m.group(1) == "A":
+            j = i + 1
+            while j < len(lines) and (n := _OPTION.match(lines[j])) and n.group(1) == LETTERS[j - i]:
+                j += 1
+            if j - i >= 2:
+                best = (i, j)
+            i = max(j, i + 1)
+        else:
+            i += 1
+    if best is None:
+        raise ValueError("no lettered options (lines 'A. ...', 'B. ...') found in the user text")
+    start, end = best
+    choices = [_OPTION.match(line).group(2) for line in lines[start:end]]
+    head = lines[:start]
+    while head and not head[-1].strip():
+        head.pop()
+    if head and _OPTIONS_HEADER.match(head[-1]):
+        head.pop()
+    return "\n".join(head).strip(), choices, "\n".join(lines[end:]).strip()
+
+
+def _turns(row: dict) -> list[tuple[str, str]]:
+    msgs = row.get("messages", row.get("conversations"))
+    if not isinstance(msgs, list) or not msgs:
+        raise ValueError("no 'messages' (or 'conversations') list")
+    out = []
+    for m in msgs:
+        if not isinstance(m, dict):
+            raise ValueError("a message is not an object")
+        role, content = m.get("role", m.get("from")), m.get("content", m.get("value"))
+        if not isinstance(role, str) or not isinstance(content, (str, type(None))):
+            raise ValueError(f"a message lacks a string role/content: {m!r}")
+        out.append((role.lower(), content or ""))
+    return out
+
+
+def from_interchange(row: Any, *, path: str | os.PathLike | None = None, line: int | None = None,
+                     audio_root: str | os.PathLike | None = None, subset: str | None = None) -> AQARecord:
+    """One interchange row back to a record; raises RecordError naming file, line and field.
+    `subset` overrides the row's own; relative audio paths resolve against `audio_root`
+    (default: the folder of `path`, else the working directory)."""
+    rid = row.get("id") if isinstance(row, dict) and isinstance(row.get("id"), str) else None
+
+    def err(fieldname: str | None, problem: str) -> RecordError:
+        return RecordError(path, line, fieldname, problem, rid)
+
+    if not isinstance(row, dict):
+        raise err(None, f"expected a JSON object, got {type(row).__name__}")
+    try:
+        turns = [t for t in _turns(row) if t[0] != "system"]
+    except ValueError as e:
+        raise err("messages", str(e)) from None
+    if turns[0][0] not in _USER_ROLES:
+        raise err("messages", f"the first turn is {turns[0][0]!r}, expected the user's")
+    if len(turns) > 2:
+        raise err("messages", f"{len(turns)} turns; an AQA item is one question and at most one answer")
+    if len(turns) == 2 and turns[1][0] not in _ASSISTANT_ROLES:
+        raise err("messages", f"the second turn is {turns[1][0]!r}, expected the assistant's")
+
+    audios = row.get("audios")
+    if not isinstance(audios, list) or len(audios) != 1 or not isinstance(audios[0], str) or not audios[0]:
+        raise err("audios", f"expected a list of exactly one path, got {audios!r}")
+    user = turns[0][1]
+    n_tokens = user.count(AUDIO_TOKEN)
+    if n_tokens > 1:
+        raise err("messages", f"{n_tokens} {AUDIO_TOKEN} placeholders for one audio file")
+    try:
+        question, choices, tail = parse_user_text(user.replace(AUDIO_TOKEN, ""))
+    except ValueError as e:
+        raise err("messages", str(e)) from None
+    if not question:
+        raise err("messages", "no question text before the options")
+
+    answer: int | None = None
+    reply = turns[1][1].strip() if len(turns) == 2 else ""
+    if reply:
+        answer = parse_answer(reply, choices)
+        if answer is None:
+            raise err("messages", f"cannot tell which option the assistant's answer {reply!r} names")
+
+    base = Path(audio_root) if audio_root is not None else (Path(path).parent if path is not None else Path.cwd())
+    audio_path = Path(os.path.realpath(base / audios[0]))  # an absolute path ignores base
+
+    extra = {k: row[k] for k in EXTRA_KEYS if isinstance(row.get(k), str) and row[k]}
+    split = extra.get("split", "")
+    if answer is None and not split:
+        # No split and no answer: an unlabelled set, which records allow only on such splits.
+        split = "test-unlabelled"
+    meta: dict[str, Any] = {"interchange": {"file": str(path) if path is not None else None, "line": line}}
+    if tail and tail != INSTRUCTION:
+        meta["instruction"] = tail
+    d = {"id": extra.get("id") or f"{Path(path).stem if path else 'row'}-{line or 0}",
+         "audio": str(audio_path), "question": question, "choices": choices, "answer": answer,
+         "subset": subset or extra.get("subset") or "imported",
+         "question_type": extra.get("question_type", ""), "source": extra.get("source", ""),
+         "split": split, "meta": meta}
+    rec = AQARecord.from_dict(d, path=path, line=line)
+    rec.audio_path = audio_path
+    return rec
+
+
+def import_file(path: str | os.PathLike, *, subset: str | None = None,
+                audio_root: str | os.PathLike | None = None) -> tuple[list[AQARecord], list[RecordError]]:
+    """Read an interchange JSONL. Returns the records and one RecordError per skipped line;
+    never raises for a bad line (only when the file itself cannot be read)."""
+    path = Path(path)
+    records: list[AQARecord] = []
+    errors: list[RecordError] = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as e:
+                errors.append(RecordError(path, lineno, None, f"not valid JSON ({e.msg})"))
+                continue
+            try:
+                records.append(from_interchange(row, path=path, line=lineno, audio_root=audio_root,
+                                                subset=subset))
+            except RecordError as e:
+                errors.append(e)
+    return records, errors
+
+
+def write_imported(records: list[AQARecord], out: str | os.PathLike) -> tuple[Path, int]:
+    """Write imported records with audio paths relative to the output's folder where the
+    audio lies under it, absolute elsewhere. Returns (path, how many paths lie outside)."""
+    out = Path(out)
+    folder = Path(os.path.realpath(out.parent))
+    outside = 0
+    for r in records:
+        p = r.audio_path or Path(r.audio)
+        if folder == p or folder in p.parents:
+            r.audio = os.path.relpath(p, folder)
+        else:
+            r.audio, outside = str(p), outside + 1
+    return write_records(out, records), outside
+
+
+# --------------------------------------------------------------------------- CLI
+
+def register(subparsers) -> None:
+    e = subparsers.add_parser("export", help="write records as ms-swift / LLaMA-Factory multimodal JSONL",
+                              description="Write records as ms-swift / LLaMA-Factory 'messages' + 'audios' JSONL.")
+    e.add_argument("file", type=Path, help="records JSONL")
+    e.add_argument("--format", choices=FORMATS, default="swift", dest="fmt")
+    e.add_argument("-o", "--output", type=Path, required=True, help="output JSONL")
+    e.add_argument("--relative-paths", action="store_true",
+                   help="write audio paths relative to the output's folder (default: absolute)")
+    e.add_argument("--root", type=Path, help="dataset root audio paths must stay under (default: the file's folder)")
+    e.add_argument("--allow-outside-root", action="store_true", help="accept audio paths outside the root")
+    e.add_argument("--strict", action="store_true", help="exit 1 when any input line was skipped")
+    e.set_defaults(func=run_export)
+
+    i = subparsers.add_parser("import", help="read ms-swift / LLaMA-Factory multimodal JSONL back into records",
+                              description="Read 'messages' + 'audios' JSONL (as `aqa data export` writes) into records.")
+    i.add_argument("file", type=Path, help="interchange JSONL")
+    i.add_argument("-o", "--output", type=Path, required=True, help="records JSONL to write")
+    i.add_argument("--subset", help="subset for every record (default: the row's 'subset', else 'imported')")
+    i.add_argument("--audio-root", type=Path, help="folder relative audio paths start from (default: the file's folder)")
+    i.add_argument("--strict", action="store_true", help="exit 1 when any input line was skipped")
+    i.set_defaults(func=run_import)
+
+
+def _report_skipped(errors: list[RecordError]) -> None:
+    for e in errors:
+        print(f"skipped: {e}", file=sys.stderr)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    try:
+        records, errors = read_records(args.file, root=args.root, allow_outside_root=args.allow_outside_root)
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"aqa data export: cannot read: {e}", file=sys.stderr)
+        return 2
+    _report_skipped(errors)
+    out, n = export_records(records, args.output, args.fmt, relative_paths=args.relative_paths)
+    print(f"wrote {out}: {n} rows ({args.fmt}), {sum(r.answer is None for r in records)} unlabelled, "
+          f"{len(errors)} input line(s) skipped")
+    if args.fmt == "llamafactory":
+        entry = {args.output.stem: {"file_name": str(out.resolve()), **LLAMAFACTORY_DATASET_INFO}}
+        print("LLaMA-Factory dataset_info.json entry:\n" + json.dumps(entry, indent=2))
+    return 1 if args.strict and errors else 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    try:
+        records, errors = import_file(args.file, subset=args.subset, audio_root=args.audio_root)
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"aqa data import: cannot read: {e}", file=sys.stderr)
+        return 2
+    _report_skipped(errors)
+    out, outside = write_imported(records, args.output)
+    unlabelled = sum(r.answer is None for r in records)
+    print(f"wrote {out}: {len(records)} records ({unlabelled} unlabelled), {len(errors)} line(s) skipped")
+    if outside:
+        print(f"note: {outside} audio path(s) lie outside {out.parent}; they are written absolute and "
+              f"readers need --allow-outside-root", file=sys.stderr)
+    return 1 if args.strict and errors else 0
+
+
+__all__ = ["FORMATS", "AUDIO_TOKEN", "LLAMAFACTORY_DATASET_INFO", "to_interchange", "export_records",
+           "parse_user_text", "from_interchange", "import_file", "write_imported"]
