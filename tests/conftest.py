@@ -68,3 +68,23 @@ def audio_zoo(tmp_path) -> dict[str, Path]:
     (bad_nan := d / "nan.wav").write_bytes(buf.getvalue())
     bad["nan"] = bad_nan
     return {**good, **{f"bad_{k}": v for k, v in bad.items()}}
+
+
+@pytest.fixture(scope="session")
+def synth_data(tmp_path_factory) -> Path:
+    """A small synthetic dataset (real WAVs, strong labels, QA with train/dev splits)."""
+    from aqa.data.synth import synthesize
+
+    out = tmp_path_factory.mktemp("synth")
+    synthesize(out, n=24, seed=3, duration=2.0, dev_fraction=0.25, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory, synth_data) -> Path:
+    """A random-weight Qwen2-Audio saved like a downloaded checkpoint (2-second window)."""
+    from aqa.models.tiny import TinySpec, build_tiny, corpus_from_records
+
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    return build_tiny(out, TinySpec(audio_seconds=2, num_mel_bins=32, encoder_dim=32, decoder_dim=32,
+                                    vocab_size=400), corpus_from_records(synth_data / "qa.jsonl"))

@@ -160,6 +160,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     for f, default in asdict(TinySpec()).items():
         t.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)
     t.set_defaults(func=_run_tiny)
+    from aqa.train.pretrain import register_model_command
+
+    register_model_command(msub)
 
 
 def _run_tiny(args) -> int:

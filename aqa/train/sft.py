@@ -187,7 +187,8 @@ def train(cfg: SFTConfig) -> dict:
         stop_now = cfg.stop_after and done - start >= cfg.stop_after and done < total
         if done % cfg.save_every == 0 or done == total or stop_now:
             save_checkpoint(run, accelerator, module, optimizer, scheduler, done,
-                            {"epoch": done / steps_per_epoch}, keep=cfg.keep_checkpoints)
+                            {"epoch": done / steps_per_epoch, "processes": world, "accumulation": accum},
+                            keep=cfg.keep_checkpoints)
         if stop_now:
             stopped_early = True
             break
@@ -195,7 +196,7 @@ def train(cfg: SFTConfig) -> dict:
 
     # ---- save ------------------------------------------------------------------------------
     accelerator.end_training()
-    summary = {"run_dir": str(run.path), "steps": total, "items": len(items),
+    summary = {"run_dir": str(run.path), "steps": total, "items": len(items), "trainable_params": n_train,
                "skipped_audio": len(items.bad), "stopped_early": stopped_early}
     if stopped_early:
         log.warning("stopped after %d steps (stop_after); the same command resumes", cfg.stop_after)

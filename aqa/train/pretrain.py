@@ -1,0 +1,213 @@
+"""Pretraining from strong labels: what stands in for an audio-language model's pretraining
+when the base is a tiny random model (`aqa demo`, tests). Real bases arrive with an audio
+encoder pretrained on its own, with audio-text alignment, and with a language model that knows
+the multiple-choice format from text; a random model has none of these, so two stages give them:
+
+1. Encoder: sound event detection. The audio tower plus a temporary linear head is trained
+   with binary cross-entropy on frame-level targets (which classes sound in each encoder
+   frame), as Whisper-style encoders are pretrained apart from the language model.
+2. Alignment: every weight except the (now frozen) encoder is trained with cross-entropy on
+   two kinds of text targets, mixed half and half:
+   - captions: the labelled sounds in order of first onset with how often each occurs
+     ("beep twice, then knock once");
+   - text-only multiple-choice drills: "Which option is "hum"?" with lettered options and the
+     letter as the answer. These make the letters real output tokens, as instruction tuning
+     does for real models; without them LoRA cannot raise a letter's probability past a few
+     percent, because the output rows of never-trained tokens stay at their random scale.
+
+Nothing here shows the model a question about the audio in the multiple-choice format, so
+zero-shot it still answers such questions at about chance; SFT then teaches the task.
+
+Why the encoder is trained first and then frozen: trained jointly from random weights on
+captions, the encoder collapses to a constant output (the caption prior lowers the loss
+faster than listening does), measured here: the projected audio of different clips differed
+by 0.3% of its scale after 300 steps.
+
+Launch:
+    aqa model pretrain models/tiny --strong data/synth/strong.tsv --labels data/synth/labels.tsv \\
+        --audio-root data/synth/wav -o models/tiny-pretrained
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import shutil
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+INSTRUCTION = "Describe the sounds you hear, in order."
+
+
+def caption(events: Sequence, names: Mapping[str, str]) -> str:
+    """'beep twice, then knock once': sounds in order of first onset, with their counts."""
+    from aqa.data.audioset_strong import format_times, merge_occurrences
+
+    first: dict[str, float] = {}
+    count: dict[str, int] = {}
+    for e in merge_occurrences(events):
+        first[e.label] = min(first.get(e.label, math.inf), e.onset)
+        count[e.label] = count.get(e.label, 0) + 1
+    parts = [f"{names.get(m, m)} {format_times(count[m])}" for m in sorted(first, key=first.get)]
+    return ", then ".join(parts) if parts else "no sound"
+
+
+def drill(rng, pool: Sequence[str], n_options: int = 4) -> tuple[str, str]:
+    """A text-only multiple-choice item: (user text, answer letter)."""
+    from aqa.prompts import question_text, target_text
+
+    options = [pool[i] for i in rng.choice(len(pool), size=min(n_options, len(pool)), replace=False)]
+    k = int(rng.integers(len(options)))
+    return question_text(f'Which option is "{options[k]}"?', options), target_text(k)
+
+
+def frame_targets(events: Sequence, mids: Sequence[str], n_frames: int, seconds: float):
+    """(n_frames, n_classes) 0/1: which classes sound during each encoder frame."""
+    import numpy as np
+
+    y = np.zeros((n_frames, len(mids)), np.float32)
+    fps = n_frames / seconds
+    for e in events:
+        if e.label in mids:
+            lo = min(n_frames - 1, int(e.onset * fps))
+            y[lo:max(lo + 1, int(math.ceil(e.offset * fps))), mids.index(e.label)] = 1.0
+    return y
+
+
+def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Path, audio_root: str | Path,
+             out_dir: str | Path, *, encoder_steps: int = 200, steps: int = 300, batch_size: int = 16,
+             lr: float = 5e-4, encoder_lr: float = 1e-3, warmup: int = 30, seed: int = 0,
+             device: str | None = None, clip_ids: Iterable[str] | None = None, progress: bool = True) -> Path:
+    """Both stages on the clips of `strong_tsv` (only `clip_ids` if given); the result is
+    saved as a checkpoint folder at `out_dir`."""
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from aqa.data.audio import AudioError, load_audio
+    from aqa.data.audioset_strong import (find_audio, format_times, merge_occurrences, read_labels,
+                                          read_strong_tsv)
+    from aqa.models.base import Example, load_backend
+    from aqa.train.common import lr_lambda
+
+    # ---- setup -----------------------------------------------------------------------------
+    clips = read_strong_tsv(strong_tsv)
+    names = read_labels(labels_tsv)
+    mids = sorted(names)
+    if clip_ids is not None:
+        keep = set(clip_ids)
+        clips = {k: v for k, v in clips.items() if k in keep}
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    backend = load_backend(str(model_dir), device=device, is_trainable=True)
+    model = backend.model
+    encoder = backend.base_model().model.audio_tower
+    fe = backend.processor.feature_extractor
+    seconds = backend.audio_seconds
+    n_frames = encoder.config.max_source_positions // 2  # after the encoder's average pooling
+    audio, events = [], []
+    for cid in tqdm(sorted(clips), desc="load clips", disable=not progress):
+        path = find_audio(audio_root, cid)
+        if path is None:
+            log.warning("no audio for clip %s under %s; skipped", cid, audio_root)
+            continue
+        try:
+            audio.append(load_audio(path, max_seconds=seconds).samples)
+        except AudioError as e:
+            log.warning("skipped: %s", e)
+            continue
+        events.append(merge_occurrences(clips[cid]))
+    if not audio:
+        raise ValueError(f"{strong_tsv}: no clip with decodable audio to pretrain on")
+    dev = backend.device
+
+    # ---- stage 1: the encoder learns sound event detection ---------------------------------
+    feats = torch.tensor(np.stack([fe(a, sampling_rate=fe.sampling_rate, return_tensors="np")["input_features"][0]
+                                   for a in audio]))  # (N, mels, frames)
+    targets = torch.tensor(np.stack([frame_targets(ev, mids, n_frames, seconds) for ev in events]))
+    head = torch.nn.Linear(encoder.config.d_model, len(mids)).to(dev)
+    params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=encoder_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(warmup, encoder_steps // 5), encoder_steps, "cosine"))
+    encoder.train()
+    bar = tqdm(range(encoder_steps), desc="encoder: event detection", disable=not progress)
+    for _ in bar:
+        idx = torch.as_tensor(rng.choice(len(audio), size=min(batch_size, len(audio)), replace=False))
+        logits = head(encoder(feats[idx].to(dev)).last_hidden_state)  # (B, frames, classes)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[idx].to(dev))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    log.info("encoder pretraining: %d steps, last loss %.4f", encoder_steps, loss.item())
+    del feats, targets, head, opt
+
+    # ---- stage 2: alignment on captions and multiple-choice drills, encoder frozen ---------
+    encoder.requires_grad_(False)
+    pool = [names[m] for m in mids] + [format_times(k) for k in range(1, 6)] + [str(k) for k in range(1, 6)]
+    capts = [caption(ev, names) for ev in events]
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, steps, "cosine"))
+    model.train()
+    bar = tqdm(range(steps), desc="alignment: captions + drills", disable=not progress)
+    for _ in bar:
+        batch = []
+        for i in rng.choice(len(audio), size=batch_size, replace=len(audio) < batch_size):
+            if rng.random() < 0.5:
+                batch.append(Example(audio[i], INSTRUCTION, capts[i]))
+            else:
+                text, letter = drill(rng, pool)
+                batch.append(Example(audio[i], text, letter))
+        logp, mask = backend.target_logprobs(backend.collate(batch, with_target=True))
+        loss = -(logp.sum() / mask.sum())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    log.info("alignment pretraining: %d clips, %d steps, last loss %.3f", len(audio), steps, loss.item())
+
+    # ---- save ------------------------------------------------------------------------------
+    out = Path(out_dir)
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.eval()
+    model.save_pretrained(tmp, safe_serialization=True)
+    backend.processor.save_pretrained(tmp)
+    if (Path(model_dir) / "aqa_tiny.json").is_file():
+        shutil.copy(Path(model_dir) / "aqa_tiny.json", tmp / "aqa_tiny.json")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out
+
+
+def register_model_command(msub: argparse._SubParsersAction) -> None:
+    """`aqa model pretrain`, added to aqa.models.tiny's `aqa model` group."""
+    p = msub.add_parser("pretrain", help="pretrain a tiny base from strong labels (encoder, then alignment)",
+                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="model folder to start from")
+    p.add_argument("--strong", required=True, help="AudioSet-Strong-format TSV")
+    p.add_argument("--labels", required=True, help="mid_to_display_name TSV")
+    p.add_argument("--audio-root", required=True, help="folder holding <segment_id>.wav")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--encoder-steps", type=int, default=200)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.set_defaults(func=_run)
+
+
+def _run(a) -> int:
+    out = pretrain(a.model, a.strong, a.labels, a.audio_root, a.output, encoder_steps=a.encoder_steps,
+                   steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device)
+    print(f"wrote {out}/")
+    return 0
