@@ -52,6 +52,21 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
         os.fsync(fh.fileno())
 
 
+def drop_partial_last_line(path: str | os.PathLike) -> bool:
+    """Cut an unterminated last line (a write killed midway) off an appended file, so that the
+    next append starts on a line of its own. Returns whether anything was cut."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return False
+    cut = data.rfind(b"\n") + 1
+    atomic_write_bytes(path, data[:cut])
+    logging.getLogger(__name__).warning("%s: dropped an unfinished last line (%d bytes)", path, len(data) - cut)
+    return True
+
+
 def iter_jsonl(path: str | os.PathLike, *, skip_bad: bool = False) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed object) for each non-blank line. A line that is not JSON
     raises ValueError naming the file and the line, or with `skip_bad` is logged and skipped

@@ -96,19 +96,26 @@ def test_unknown_config_key_is_named(tmp_path):
 def test_two_processes_match_one_with_accumulation(tiny_model, synth_data, tmp_path):
     """2 processes x 1 micro-batch == 1 process x 2 accumulated micro-batches."""
     common = [f"model={tiny_model}", f"train_data=[{synth_data / 'train.jsonl'}]", "batch_size=4",
-              "micro_batch_size=2", "max_steps=3", "lr=1e-3", "lora_dropout=0", "spec_augment_masks=0",
+              "micro_batch_size=2", "max_steps=2", "lr=1e-3", "lora_dropout=0", "spec_augment_masks=0",
               "device=cpu", "lora_r=4"]
     one = tmp_path / "one"
     assert main(["sft", *common, f"output_dir={one}"]) == 0
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
-                        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                        "-m", "aqa", "sft", *common, f"output_dir={two}"],
+    # torchrun's environment is what accelerate reads on CPU (gloo); `accelerate launch --cpu`
+    # would start a single process.
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                        "--master_port", "29517", "-m", "aqa", "sft", *common, f"output_dir={two}"],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    state = json.loads((two / "checkpoints" / "step-3" / "state.json").read_text())
+    state = json.loads((two / "checkpoints" / "step-2" / "state.json").read_text())
     assert (state["processes"], state["accumulation"]) == (2, 1)
+    # The mean loss over all processes at each step: step 1 matches only if the processes see
+    # the accumulated micro-batches' items, step 2 only if step 1's gradients were averaged.
+    loss = lambda run: [json.loads(x)["loss"] for x in (run / "train_log.jsonl").read_text().splitlines()]
+    assert loss(one) == pytest.approx(loss(two), rel=1e-5)
+    # Adam divides by the gradient's scale, so float summation order moves weights by up to
+    # about lr per step; the adapters agree to that, not bit for bit.
     a, b = adapter(one), adapter(two)
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6), k
+        assert torch.allclose(a[k], b[k], atol=3e-3), k

@@ -14,7 +14,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aqa.io import append_jsonl, iter_jsonl, write_json, write_jsonl
+from aqa.io import append_jsonl, drop_partial_last_line, iter_jsonl, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
             raise ValueError(f"{out} holds predictions made with other settings {diff}; "
                              f"use another -o folder or --overwrite")
     write_json(settings_file, asdict(settings))
+    drop_partial_last_line(pred_file)
+    drop_partial_last_line(skip_file)
 
     records = load_records(settings.data, allow_outside_root=allow_outside_root, require_answer=False)
     if limit:

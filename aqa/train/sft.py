@@ -195,13 +195,14 @@ def train(cfg: SFTConfig) -> dict:
     bar.close()
 
     # ---- save ------------------------------------------------------------------------------
-    accelerator.end_training()
     summary = {"run_dir": str(run.path), "steps": total, "items": len(items), "trainable_params": n_train,
                "skipped_audio": len(items.bad), "stopped_early": stopped_early}
     if stopped_early:
         log.warning("stopped after %d steps (stop_after); the same command resumes", cfg.stop_after)
+        accelerator.end_training()
         return summary
     summary["adapter"] = str(save_adapter(run, accelerator, module))
+    accelerator.end_training()  # also ends the process group: last
     if items.bad:
         log.warning("%d clip(s) could not be decoded and were skipped: %s", len(items.bad),
                     "; ".join(list(items.bad.values())[:5]))
