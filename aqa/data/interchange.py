@@ -49,7 +49,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from aqa.data.records import LETTERS, AQARecord, RecordError, read_records, write_records
+from aqa.data.records import LETTERS, AQARecord, RecordError, json_lines, read_records, write_records
 from aqa.prompts import INSTRUCTION, parse_answer, question_text, target_text
 
 FORMATS = ("swift", "llamafactory")
@@ -225,20 +225,14 @@ def import_file(path: str | os.PathLike, *, subset: str | None = None,
     path = Path(path)
     records: list[AQARecord] = []
     errors: list[RecordError] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as e:
-                errors.append(RecordError(path, lineno, None, f"not valid JSON ({e.msg})"))
-                continue
-            try:
-                records.append(from_interchange(row, path=path, line=lineno, audio_root=audio_root,
-                                                subset=subset))
-            except RecordError as e:
-                errors.append(e)
+    for lineno, row in json_lines(path):
+        if isinstance(row, RecordError):
+            errors.append(row)
+            continue
+        try:
+            records.append(from_interchange(row, path=path, line=lineno, audio_root=audio_root, subset=subset))
+        except RecordError as e:
+            errors.append(e)
     return records, errors
 
 

@@ -136,6 +136,19 @@ def resolve_audio_path(audio: str, base_dir: str | os.PathLike, root: str | os.P
     return resolved
 
 
+def json_lines(path: str | os.PathLike):
+    """Yield (line number, parsed object) for each non-blank line of a JSONL file; a line
+    that is not JSON yields a RecordError in place of the object."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield lineno, json.loads(raw)
+            except json.JSONDecodeError as e:
+                yield lineno, RecordError(path, lineno, None, f"not valid JSON ({e.msg})")
+
+
 def read_records(path: str | os.PathLike, *, root: str | os.PathLike | None = None,
                  allow_outside_root: bool = False, require_answer: bool | None = None,
                  ) -> tuple[list[AQARecord], list[RecordError]]:
@@ -145,26 +158,20 @@ def read_records(path: str | os.PathLike, *, root: str | os.PathLike | None = No
     base = path.parent
     records: list[AQARecord] = []
     errors: list[RecordError] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                errors.append(RecordError(path, lineno, None, f"not valid JSON ({e.msg})"))
-                continue
-            try:
-                rec = AQARecord.from_dict(obj, path=path, line=lineno, require_answer=require_answer)
-                rec.audio_path = resolve_audio_path(rec.audio, base, root,
-                                                    allow_outside_root=allow_outside_root)
-            except RecordError as e:
-                errors.append(e)
-                continue
-            except PathOutsideRoot as e:
-                errors.append(RecordError(path, lineno, "audio", str(e), obj.get("id")))
-                continue
-            records.append(rec)
+    for lineno, obj in json_lines(path):
+        if isinstance(obj, RecordError):
+            errors.append(obj)
+            continue
+        try:
+            rec = AQARecord.from_dict(obj, path=path, line=lineno, require_answer=require_answer)
+            rec.audio_path = resolve_audio_path(rec.audio, base, root, allow_outside_root=allow_outside_root)
+        except RecordError as e:
+            errors.append(e)
+            continue
+        except PathOutsideRoot as e:
+            errors.append(RecordError(path, lineno, "audio", str(e), obj.get("id")))
+            continue
+        records.append(rec)
     for e in errors:
         log.warning("skipped: %s", e)
     return records, errors
