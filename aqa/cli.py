@@ -22,6 +22,7 @@ DATA_COMMANDS = (
 TOP_COMMANDS = (
     "aqa.models.tiny",
     "aqa.train.sft",
+    "aqa.train.grpo",
     "aqa.eval.run",
     "aqa.eval.report",
     "aqa.demo",

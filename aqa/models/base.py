@@ -31,6 +31,8 @@ class Example:
     audio: np.ndarray  # (N,) float32 mono at 16 kHz
     text: str
     target: str | None = None
+    #: The answer as token ids (a sampled completion, its end token included); overrides `target`.
+    target_ids: list[int] | None = None
 
 
 class Backend:
@@ -110,9 +112,10 @@ class Backend:
         mask = torch.arange(n_max, device=h.device)[None, :] >= torch.tensor(n_options, device=h.device)[:, None]
         return logits.masked_fill(mask, float("-inf"))
 
-    def target_logprobs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def target_logprobs(self, batch: dict[str, torch.Tensor], with_entropy: bool = False):
         """Log-probabilities of the labelled tokens. Returns (logp (B, L), mask (B, L)) with
-        L the longest target; the logits are built only at the L positions that predict them."""
+        L the longest target, right-aligned; the logits are built only at the L positions that
+        predict them. With `with_entropy`, also the (B, L) entropy of each of those positions."""
         labels = batch["labels"]
         h = self.hidden_states(batch)  # (B, T, H)
         # The token at t is predicted by the hidden state at t-1.
@@ -125,7 +128,11 @@ class Backend:
         hs = torch.gather(h[:, :-1], 1, order[..., None].expand(-1, -1, h.size(-1)))  # (B, L, H)
         ys = torch.gather(labels[:, 1:], 1, order).clamp_min(0)
         logits = self.output_embedding()(hs).float()  # (B, L, V) only at target positions
-        logp = torch.log_softmax(logits, -1).gather(-1, ys[..., None]).squeeze(-1)
+        logp_all = torch.log_softmax(logits, -1)
+        logp = logp_all.gather(-1, ys[..., None]).squeeze(-1)
+        if with_entropy:
+            ent = -(logp_all.exp() * logp_all).sum(-1)
+            return logp * pos_mask, pos_mask, ent * pos_mask
         return logp * pos_mask, pos_mask
 
 
@@ -184,4 +191,6 @@ class BackendModule(torch.nn.Module):
             return b.target_logprobs(batch)
         if what == "option_logits":
             return b.option_logits(batch, n_options)
+        if what == "target_logprobs_entropy":
+            return b.target_logprobs(batch, with_entropy=True)
         raise ValueError(what)

@@ -69,10 +69,11 @@ class Qwen2AudioBackend(Backend):
             pad = self.tokenizer.pad_token_id
             rows, lab_rows = [], []
             for i, e in enumerate(examples):
-                if e.target is None:
+                if e.target is None and e.target_ids is None:
                     raise ValueError("with_target=True needs a target on every example")
                 p = ids[i][att[i].bool()].tolist()
-                t = self.tokenizer.encode(e.target, add_special_tokens=False) + self._end_ids
+                t = (list(e.target_ids) if e.target_ids is not None
+                     else self.tokenizer.encode(e.target, add_special_tokens=False) + self._end_ids)
                 rows.append(p + t)
                 lab_rows.append([-100] * len(p) + t)
             T = max(len(r) for r in rows)
@@ -102,13 +103,23 @@ class Qwen2AudioBackend(Backend):
         return self.base_model().lm_head
 
     @torch.no_grad()
-    def generate(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int = 16, do_sample: bool = False,
-                 temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1) -> list[str]:
+    def generate_ids(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int = 16, do_sample: bool = False,
+                     temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1) -> list[list[int]]:
+        """New token ids per sequence (B * num_return_sequences, grouped by prompt), cut after
+        the first end token, which is kept."""
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "position_ids")}
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                   temperature=temperature if do_sample else None,
                                   top_p=top_p if do_sample else None, top_k=None,
                                   num_return_sequences=num_return_sequences,
                                   pad_token_id=self.tokenizer.pad_token_id)
-        new = out[:, batch["input_ids"].shape[1]:]
-        return self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        eos = self.base_model().generation_config.eos_token_id
+        ends = set(self._end_ids) | set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        seqs = []
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            cut = next((i + 1 for i, t in enumerate(row) if t in ends), len(row))
+            seqs.append(row[:cut])
+        return seqs
+
+    def generate(self, batch: dict[str, torch.Tensor], **kwargs) -> list[str]:
+        return self.tokenizer.batch_decode(self.generate_ids(batch, **kwargs), skip_special_tokens=True)

@@ -138,6 +138,12 @@ def build_tiny(out_dir: str | Path, spec: TinySpec | None = None, corpus: list[s
     )
     torch.manual_seed(spec.seed)
     model = Qwen2AudioForConditionalGeneration(config)
+    # A trained model's output rows are large enough for peaked next-token distributions; at
+    # the default init (std 0.02) a tiny model's logits span a fraction of a nat, and an adapter
+    # that cannot touch lm_head could never make any answer likely. std 1/sqrt(width) gives
+    # unit-scale logits, as in a trained model.
+    with torch.no_grad():
+        model.lm_head.weight.normal_(0.0, spec.decoder_dim ** -0.5)
     model.generation_config.eos_token_id = [config.text_config.eos_token_id,
                                             tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
