@@ -6,7 +6,8 @@ Stages (each skipped when its output already exists, so an interrupted demo resu
 2. models: a tiny random Qwen2-Audio (`aqa model tiny`), pretrained from the training clips'
    strong labels (`aqa model pretrain`) so that, like a real base, it can hear and knows the
    answer format, but has never seen a question about audio in that format.
-3. zero-shot evaluation on dev, LoRA SFT on train, evaluation of the tuned model.
+3. zero-shot evaluation on dev, LoRA SFT on train, evaluation of the tuned model, then GRPO
+   from the SFT adapter (choice rollouts) and its evaluation.
 4. the report: a Table-2-style table, accuracy per subset, the training loss curve.
 """
 
@@ -45,6 +46,10 @@ class DemoConfig:
     sft_batch: int = doc(16, help="LoRA SFT batch size")
     sft_lr: float = doc(1e-3, help="LoRA SFT learning rate (tiny models want more than 7B ones)")
     lora_r: int = doc(16, help="LoRA rank")
+    grpo_steps: int = doc(40, help="GRPO optimizer steps after SFT (0 skips the stage)")
+    grpo_lr: float = doc(2e-4, help="GRPO learning rate")
+    grpo_batch: int = doc(16, help="GRPO questions per step")
+    grpo_group: int = doc(6, help="GRPO answers sampled per question (G)")
     eval_batch: int = doc(16, help="evaluation batch size")
 
 
@@ -55,6 +60,8 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
     from aqa.eval.run import EvalSettings, evaluate
     from aqa.models.tiny import TinySpec, build_tiny, corpus_from_records
     from aqa.train.pretrain import pretrain
+    from aqa.train.grpo import GRPOConfig
+    from aqa.train.grpo import train as grpo_train
     from aqa.train.sft import SFTConfig, train
 
     t0 = time.time()
@@ -119,10 +126,22 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
                         save_every=50, seed=cfg.seed, spec_augment_width=8)
     stage("LoRA SFT", (sft_run / "adapter" / "adapter_config.json").is_file(), lambda: train(sft_cfg))
     stage("SFT eval", (evals / "sft" / "metrics.json").is_file(), lambda: ev("sft", sft_run / "adapter"))
+    rows, runs = ["zero-shot", "sft"], [sft_run]
+    if cfg.grpo_steps:
+        grpo_run = out / "runs" / "grpo"
+        grpo_cfg = GRPOConfig(model=str(base), sft_adapter=str(sft_run / "adapter"),
+                              train_data=[str(data / "train.jsonl")], output_dir=str(grpo_run), rollout="choice",
+                              group_size=cfg.grpo_group, lr=cfg.grpo_lr, batch_size=cfg.grpo_batch, grad_accum=1,
+                              max_steps=cfg.grpo_steps, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
+                              save_every=20, seed=cfg.seed)
+        stage("GRPO", (grpo_run / "adapter" / "adapter_config.json").is_file(), lambda: grpo_train(grpo_cfg))
+        stage("GRPO eval", (evals / "grpo" / "metrics.json").is_file(), lambda: ev("grpo", grpo_run / "adapter"))
+        rows.append("grpo")
+        runs.append(grpo_run)
 
     # ---- 4. report ---------------------------------------------------------------------------
-    rep = build_report([evals / "zero-shot", evals / "sft", sft_run], out / "report", names=["zero-shot", "sft", "sft"])
-    metrics = {n: json.loads((evals / n / "metrics.json").read_text()) for n in ("zero-shot", "sft")}
+    rep = build_report([evals / r for r in rows] + runs, out / "report", names=rows + [p.name for p in runs])
+    metrics = {n: json.loads((evals / n / "metrics.json").read_text()) for n in rows}
     summary = {"seconds": round(time.time() - t0, 1), "stages": timings,
                "pooled_dev_accuracy": {n: m["weighted_mean"]["value"] for n, m in metrics.items()},
                "chance": metrics["sft"]["weighted_mean"].get("chance"),
@@ -144,7 +163,7 @@ def _run(args) -> int:
     cfg = load_config(DemoConfig, args.config if Path(args.config).is_file() else None, args.overrides)
     s = run_demo(args.output, cfg)
     acc = s["pooled_dev_accuracy"]
-    print(f"\ndemo finished in {s['seconds']:.0f} s: pooled dev accuracy zero-shot {100 * acc['zero-shot']:.1f}%, "
-          f"after LoRA SFT {100 * acc['sft']:.1f}% (chance {100 * (s['chance'] or 0):.1f}%)")
+    stages = ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())
+    print(f"\ndemo finished in {s['seconds']:.0f} s: pooled dev accuracy {stages} (chance {100 * (s['chance'] or 0):.1f}%)")
     print(f"report: {s['report']} (and report.html, plots beside it)")
     return 0

@@ -91,6 +91,12 @@ def test_only_the_new_adapter_moves_and_reference_is_sft(tiny_model, sft_adapter
             assert torch.allclose(policy(input_ids=ids).logits, ref, atol=1e-5)
         assert not torch.allclose(policy(input_ids=ids).logits, ref, atol=1e-5)
     assert load_file(sft_adapter / "adapter_model.safetensors").keys() == new.keys()
+    # The saved adapter names the SFT adapter under it, so loading it alone gives the policy.
+    from aqa.models.base import load_backend
+
+    b = load_backend(str(tiny_model), adapter=str(run / "adapter"))
+    with torch.no_grad():
+        assert torch.allclose(b.model(input_ids=ids).logits, policy(input_ids=ids).logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("rollout", ["choice", "generate"])

@@ -136,6 +136,23 @@ class Backend:
         return logp * pos_mask, pos_mask
 
 
+#: Written into an adapter folder trained on top of merged adapters (GRPO after SFT): the
+#: adapters to merge, in order, before this one is applied.
+STACK_FILE = "aqa_merge_first.json"
+
+
+def attach_adapter(model, adapter: str, *, is_trainable: bool = False):
+    """Wrap `model` with the peft adapter at `adapter`, first merging the adapters its
+    STACK_FILE names (so a GRPO adapter loads on top of the SFT weights it was trained on)."""
+    from peft import PeftModel
+
+    stack = Path(adapter) / STACK_FILE
+    if stack.is_file():
+        for below in json.loads(stack.read_text())["merge_first"]:
+            model = PeftModel.from_pretrained(model, below).merge_and_unload()
+    return PeftModel.from_pretrained(model, adapter, is_trainable=is_trainable)
+
+
 def model_family(path: str, trust_remote_code: bool = False) -> str:
     """The `model_type` of a local folder or hub id."""
     cfg = Path(path) / "config.json"

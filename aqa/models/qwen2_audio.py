@@ -13,7 +13,7 @@ import logging
 
 import torch
 
-from aqa.models.base import Backend, Example, default_device, default_dtype
+from aqa.models.base import Backend, Example, attach_adapter, default_device, default_dtype
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +36,7 @@ class Qwen2AudioBackend(Backend):
             path, dtype=dt, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
         model.to(dev)
         if adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, adapter, is_trainable=is_trainable)
+            model = attach_adapter(model, adapter, is_trainable=is_trainable)
         model.train(is_trainable)
         return cls(model, processor, dev)
 

@@ -23,6 +23,9 @@ optimizer step, so pi_old equals pi_theta at the step and the ratio is 1 in valu
 is still the policy gradient); clipping acts from `ppo_epochs` = 2 on. The advantage uses the
 sample standard deviation, and a group whose rewards are all equal contributes only its KL term.
 
+The saved adapter folder names the adapters it was trained on top of (aqa_merge_first.json),
+so `aqa eval --adapter RUN/adapter` merges the SFT adapter first by itself.
+
 Launch:
     aqa grpo configs/qwen2_audio/grpo.yaml sft_adapter=runs/sft/adapter train_data=[data/train.jsonl]
     accelerate launch --config_file configs/accelerate/zero2.yaml -m aqa grpo CONFIG.yaml ...
@@ -31,10 +34,12 @@ Launch:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from aqa.config import describe, doc, load_config
 
@@ -123,7 +128,8 @@ def train(cfg: GRPOConfig) -> dict:
     from tqdm.auto import tqdm
 
     from aqa.data.records import load_records
-    from aqa.models.base import BackendModule, Example, load_backend
+    from aqa.io import write_json
+    from aqa.models.base import STACK_FILE, BackendModule, Example, load_backend
     from aqa.prompts import parse_answer
     from aqa.train.common import (RunDir, add_lora, count_params, load_checkpoint, lr_lambda, resolve_resume,
                                   save_adapter, save_checkpoint, trainable_parameters)
@@ -145,9 +151,14 @@ def train(cfg: GRPOConfig) -> dict:
         run.write_config(cfg)
     backend = load_backend(cfg.model, device=str(accelerator.device), dtype="bf16" if use_bf16 else "fp32",
                            trust_remote_code=cfg.trust_remote_code)
+    below = []
     if cfg.sft_adapter:
-        # Merge the SFT adapter: the merged weights are the reference policy.
-        backend.model = PeftModel.from_pretrained(backend.model, cfg.sft_adapter).merge_and_unload()
+        # Merge the SFT adapter (and whatever it stood on): the merged weights are the reference.
+        stack = Path(cfg.sft_adapter) / STACK_FILE
+        below = (json.loads(stack.read_text())["merge_first"] if stack.is_file() else []) + [
+            str(Path(cfg.sft_adapter).resolve())]
+        for path in below:
+            backend.model = PeftModel.from_pretrained(backend.model, path).merge_and_unload()
     add_lora(backend, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, audio_tower=False)
     backend.model.train()
     n_train, n_total = count_params(backend.model)
@@ -276,7 +287,10 @@ def train(cfg: GRPOConfig) -> dict:
     summary = {"run_dir": str(run.path), "steps": rollout_steps, "questions": len(items),
                "trainable_params": n_train, "skipped_audio": len(items.bad), "stopped_early": stopped_early}
     if not stopped_early:
-        summary["adapter"] = str(save_adapter(run, accelerator, module))
+        adapter = save_adapter(run, accelerator, module)
+        if accelerator.is_main_process and below:
+            write_json(adapter / STACK_FILE, {"merge_first": below})
+        summary["adapter"] = str(adapter)
     accelerator.end_training()
     return summary
 

@@ -10,7 +10,7 @@ the multiple-choice format from text; a random model has none of these, so two s
    two kinds of text targets, mixed half and half:
    - captions: the labelled sounds in order of first onset with how often each occurs
      ("beep twice, then knock once");
-   - text-only multiple-choice drills: "Which option is "hum"?" with lettered options and the
+   - text-only multiple-choice drills: "Which option is hum?" with lettered options and the
      letter as the answer. These make the letters real output tokens, as instruction tuning
      does for real models; without them LoRA cannot raise a letter's probability past a few
      percent, because the output rows of never-trained tokens stay at their random scale.
@@ -61,7 +61,9 @@ def drill(rng, pool: Sequence[str], n_options: int = 4) -> tuple[str, str]:
 
     options = [pool[i] for i in rng.choice(len(pool), size=min(n_options, len(pool)), replace=False)]
     k = int(rng.integers(len(options)))
-    return question_text(f'Which option is "{options[k]}"?', options), target_text(k)
+    # No quotes around the option: '"hum' and ' hum' are different tokens, and the drill is
+    # meant to teach looking an option up by its own tokens.
+    return question_text(f"Which option is {options[k]}?", options), target_text(k)
 
 
 def frame_targets(events: Sequence, mids: Sequence[str], n_frames: int, seconds: float):
