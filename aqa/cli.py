@@ -25,6 +25,7 @@ TOP_COMMANDS = (
     "aqa.train.grpo",
     "aqa.eval.run",
     "aqa.eval.report",
+    "aqa.ensemble",
     "aqa.demo",
 )
 

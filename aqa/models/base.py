@@ -28,7 +28,7 @@ from aqa.data.records import LETTERS
 class Example:
     """One model input: a clip, the user's text, and what the assistant should answer."""
 
-    audio: np.ndarray  # (N,) float32 mono at 16 kHz
+    audio: np.ndarray | None  # (N,) float32 mono at 16 kHz; None: a prompt without audio
     text: str
     target: str | None = None
     #: The answer as token ids (a sampled completion, its end token included); overrides `target`.

@@ -49,17 +49,24 @@ class Qwen2AudioBackend(Backend):
     def audio_seconds(self) -> float:
         return float(self.processor.feature_extractor.chunk_length)
 
-    def prompt(self, text: str) -> str:
-        messages = [{"role": "user", "content": [{"type": "audio", "audio_url": "clip"},
-                                                 {"type": "text", "text": text}]}]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    def prompt(self, text: str, with_audio: bool = True) -> str:
+        content = ([{"type": "audio", "audio_url": "clip"}] if with_audio else []) + [{"type": "text", "text": text}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                  add_generation_prompt=True, tokenize=False)
 
     def collate(self, examples: list[Example], *, with_target: bool = False) -> dict[str, torch.Tensor]:
         fe = self.processor.feature_extractor
         window = int(fe.chunk_length * fe.sampling_rate)
-        enc = self.processor(text=[self.prompt(e.text) for e in examples],
-                             audio=[e.audio[:window] for e in examples], sampling_rate=fe.sampling_rate,
-                             padding=True, return_tensors="pt")
+        text_only = [e.audio is None for e in examples]
+        if all(text_only):  # a prompt without audio: the tokenizer alone
+            enc = self.tokenizer([self.prompt(e.text, with_audio=False) for e in examples], padding=True,
+                                 return_tensors="pt")
+        elif any(text_only):
+            raise ValueError("a batch mixes examples with and without audio")
+        else:
+            enc = self.processor(text=[self.prompt(e.text) for e in examples],
+                                 audio=[e.audio[:window] for e in examples], sampling_rate=fe.sampling_rate,
+                                 padding=True, return_tensors="pt")
         ids, att = enc["input_ids"], enc["attention_mask"]
         if with_target:
             # Append the target ids to each unpadded prompt, then left-pad again: tokenising the
@@ -86,8 +93,8 @@ class Qwen2AudioBackend(Backend):
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         core = self.base_model().model  # Qwen2AudioModel: encoder, projector, decoder
         out = core(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], input_features=batch["input_features"],
-                   feature_attention_mask=batch["feature_attention_mask"], use_cache=False)
+                   position_ids=batch["position_ids"], input_features=batch.get("input_features"),
+                   feature_attention_mask=batch.get("feature_attention_mask"), use_cache=False)
         return out.last_hidden_state
 
     def lora_target_modules(self, audio_tower: bool = False) -> str:

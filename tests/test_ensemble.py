@@ -1,0 +1,108 @@
+"""The learned logit ensemble: recovers known temperatures and weights, never scores an item
+with parameters fitted on it, aligns items across option orders."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import aqa.ensemble as ens
+from aqa.cli import main
+from aqa.io import write_jsonl
+
+
+def write_dir(d, ids, choices, probs, answers, subset="s"):
+    rows = [{"id": i, "subset": subset, "question_type": "", "choices": c, "answer": a, "probs": list(map(float, p)),
+             "pred": int(np.argmax(p)), "correct": int(np.argmax(p)) == a} for i, c, p, a in zip(ids, choices, probs, answers)]
+    write_jsonl(d / "predictions.jsonl", rows)
+    return d
+
+
+def softmax(z, t=1.0):
+    e = np.exp((z - z.max(-1, keepdims=True)) / t)
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_recovers_known_temperatures_and_weights():
+    rng = np.random.default_rng(0)
+    N, K = 4000, 4
+    za, zb = rng.normal(0, 2.0, (N, K)), rng.normal(0, 2.0, (N, K))
+    true_t, true_w = [0.5, 2.0], [0.7, 0.3]
+    p = true_w[0] * softmax(za, true_t[0]) + true_w[1] * softmax(zb, true_t[1])
+    y = np.array([rng.choice(K, p=row) for row in p])
+    # The models report their raw softmax; the ensemble must find the temperatures.
+    logp = torch.tensor(np.log(np.stack([softmax(za), softmax(zb)])))
+    fitted = ens.fit(logp, torch.tensor(y), steps=800, lr=0.05)
+    assert fitted["temperatures"] == pytest.approx(true_t, rel=0.15)
+    assert fitted["weights"] == pytest.approx(true_w, abs=0.08)
+
+
+def test_cross_fitting_never_scores_an_item_with_its_own_fit(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    n = 50
+    ids = [f"q{i}" for i in range(n)]
+    ch = [["a", "b", "c"]] * n
+    ans = [int(x) for x in rng.integers(0, 3, n)]
+    d1 = write_dir(tmp_path / "m1", ids, ch, softmax(rng.normal(size=(n, 3))), ans)
+    d2 = write_dir(tmp_path / "m2", ids, ch, softmax(rng.normal(size=(n, 3))), ans)
+    a = ens.align([d1, d2])
+    fingerprint = {tuple(np.round(a.logp[0, j, :3].numpy(), 9)): a.ids[j] for j in range(n)}
+    fitted_on = []
+    real_fit = ens.fit
+
+    def spy(logp, answers, *args):
+        fitted_on.append({fingerprint[tuple(np.round(logp[0, j, :3].numpy(), 9))] for j in range(logp.shape[1])})
+        return real_fit(logp, answers, *args)
+
+    scored_by = []
+    real_apply = ens.apply_params
+
+    def spy_apply(logp, params):
+        scored_by.append({fingerprint[tuple(np.round(logp[0, j, :3].numpy(), 9))] for j in range(logp.shape[1])})
+        return real_apply(logp, params)
+
+    monkeypatch.setattr(ens, "fit", spy)
+    monkeypatch.setattr(ens, "apply_params", spy_apply)
+    ens.cross_fit(a, k=5, steps=5)
+    assert len(fitted_on) == len(scored_by) == 5
+    for fit_ids, scored in zip(fitted_on, scored_by):
+        assert not fit_ids & scored and fit_ids | scored == set(ids)
+    assert set().union(*scored_by) == set(ids)
+
+
+def test_alignment_across_option_orders_and_mismatches(tmp_path):
+    ids = ["x", "y", "z"]
+    ch1 = [["dog", "cat", "cow"], ["one", "two"], ["p", "q", "r", "s"]]
+    p1 = [[0.7, 0.2, 0.1], [0.4, 0.6], [0.1, 0.2, 0.3, 0.4]]
+    # Model 2 saw the options in another order (same texts), and one item's options differ.
+    ch2 = [["cow", "dog", "cat"], ["two", "one"], ["p", "q", "r", "t"]]
+    p2 = [[0.1, 0.7, 0.2], [0.6, 0.4], [0.25, 0.25, 0.25, 0.25]]
+    d1 = write_dir(tmp_path / "a", ids, ch1, p1, [0, 1, 3])
+    d2 = write_dir(tmp_path / "b", ids, ch2, p2, [1, 0, 3])
+    a = ens.align([d1, d2])
+    assert a.ids == ["x", "y"] and a.left_out == {"option texts differ": 1}
+    assert torch.allclose(a.logp[0, :, :3], a.logp[1, :, :3])  # the same model, options re-ordered
+    assert torch.isinf(a.logp[0, 1, 2]) and a.n_options.tolist() == [3, 2]
+
+
+def test_fit_cli_writes_params_and_honest_metrics(tmp_path):
+    rng = np.random.default_rng(2)
+    n = 80
+    ids = [f"q{i}" for i in range(n)]
+    ans = [int(x) for x in rng.integers(0, 4, n)]
+    good = softmax(np.eye(4)[ans] * 3 + rng.normal(0, 1, (n, 4)))
+    noise = softmax(rng.normal(0, 1, (n, 4)))
+    ch = [["a", "b", "c", "d"]] * n
+    d1, d2 = write_dir(tmp_path / "good", ids, ch, good, ans), write_dir(tmp_path / "noise", ids, ch, noise, ans)
+    out = tmp_path / "ens"
+    assert main(["ensemble", "fit", str(d1), str(d2), "-o", str(out)]) == 0
+    params = json.loads((out / "params.json").read_text())
+    assert params["weights"][0] > params["weights"][1] and abs(sum(params["weights"]) - 1) < 1e-9
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "cross-fitted" in metrics["fit"] and metrics["n"] == n
+    comp = json.loads((out / "comparison.json").read_text())
+    assert {"good", "noise", "average of probabilities", "majority vote"} <= set(comp)
+    assert main(["ensemble", "apply", str(out), str(d1), str(d2), "-o", str(tmp_path / "applied")]) == 0
+    applied = json.loads((tmp_path / "applied" / "metrics.json").read_text())
+    assert applied["weighted_mean"]["value"] >= comp["noise"]["weighted_mean"]
