@@ -119,7 +119,7 @@ def fit(logp: torch.Tensor, answers: torch.Tensor, steps: int = 500, lr: float =
         loss.backward()
         opt.step()
     return {"temperatures": torch.exp(log_t).tolist(), "weights": torch.softmax(w_raw, 0).tolist(),
-            "loss": float(loss)}
+            "loss": loss.item()}
 
 
 def apply_params(logp: torch.Tensor, params: dict) -> torch.Tensor:

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from aqa.data.audio import MODEL_WINDOW_S, AudioError, file_hash, load_audio
-from aqa.data.records import LETTERS, AQARecord, RecordError, read_records
+from aqa.data.records import LETTERS, AQARecord, read_records
 
 #: Exit codes of `aqa data check`.
 EXIT_OK, EXIT_HARD, EXIT_UNREADABLE = 0, 1, 2

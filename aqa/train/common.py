@@ -163,6 +163,58 @@ def save_adapter(run: RunDir, accelerator, model, name: str = "adapter") -> Path
     return out
 
 
+def make_accelerator(run: RunDir, *, device: str, bf16: bool, accumulation):
+    """The run's Accelerator: bf16 only on GPU, TensorBoard logs in the run folder.
+    `accumulation(world)` gives the gradient accumulation steps for the number of processes.
+    Returns (accelerator, processes, accumulation steps, bf16 in use)."""
+    from accelerate import Accelerator, PartialState
+
+    world = PartialState(cpu=device == "cpu").num_processes
+    accum = accumulation(world)
+    use_bf16 = bf16 and torch.cuda.is_available() and device != "cpu"
+    acc = Accelerator(gradient_accumulation_steps=accum, mixed_precision="bf16" if use_bf16 else "no",
+                      log_with="tensorboard", project_dir=str(run.path), cpu=device == "cpu")
+    return acc, world, accum, use_bf16
+
+
+def resume(run: RunDir, how: str, accelerator, module, optimizer, scheduler) -> int:
+    """Restore the checkpoint `how` names (auto: the latest) and return its step, or 0."""
+    ckpt = resolve_resume(run, how)
+    if ckpt is None:
+        return 0
+    step = load_checkpoint(ckpt, accelerator, module, optimizer, scheduler)["step"]
+    if accelerator.is_main_process:
+        run.truncate_log(step)
+    log.info("resumed from %s at step %d", ckpt, step)
+    return step
+
+
+def add_recipe_command(sub, name: str, help: str, doc: str, cfg_cls, train_fn) -> None:
+    """`aqa NAME CONFIG.yaml [key=value ...]` for a recipe with a config dataclass."""
+    import argparse
+
+    from aqa.config import describe, load_config
+
+    def run(args) -> int:
+        if args.help_config:
+            print(describe(cfg_cls))
+            return 0
+        overrides, path = list(args.overrides), args.config
+        if path and "=" in path and not path.endswith((".yaml", ".yml")):
+            overrides.insert(0, path)
+            path = None
+        summary = train_fn(load_config(cfg_cls, path, overrides))
+        if not summary.get("stopped_early"):
+            print(f"wrote {summary['run_dir']}/ (config.yaml, adapter/, checkpoints/, train_log.jsonl, tensorboard/)")
+        return 0
+
+    p = sub.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="YAML config (see --help-config)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--help-config", action="store_true", help="list every config key")
+    p.set_defaults(func=run)
+
+
 def resolve_resume(run: RunDir, resume: str) -> Path | None:
     if resume == "never":
         return None

@@ -69,3 +69,12 @@ class QAItems:
             choices, answer, order = list(r.choices), r.answer, list(range(len(r.choices)))
         ex = Example(audio.samples, question_text(r.question, choices), target_text(answer))
         return Item(ex, r, list(order), answer)
+
+    def sample(self, index: int, epoch: int) -> Item:
+        """The item at `index`, or the next one with decodable audio: a bad clip is replaced,
+        not dropped, so every process keeps its batch size."""
+        for j in range(len(self.records)):
+            it = self.get((index + j) % len(self.records), epoch)
+            if it is not None:
+                return it
+        raise RuntimeError("no training item has decodable audio")

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aqa.config import describe, doc, load_config
+from aqa.config import doc
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,6 @@ def train(cfg: GRPOConfig) -> dict:
     """Run GRPO; returns a summary dict. Reads top to bottom: setup, loop, save."""
     import numpy as np
     import torch
-    from accelerate import Accelerator
     from peft import PeftModel
     from tqdm.auto import tqdm
 
@@ -131,8 +130,8 @@ def train(cfg: GRPOConfig) -> dict:
     from aqa.io import write_json
     from aqa.models.base import STACK_FILE, BackendModule, Example, load_backend
     from aqa.prompts import parse_answer
-    from aqa.train.common import (RunDir, add_lora, count_params, load_checkpoint, lr_lambda, resolve_resume,
-                                  save_adapter, save_checkpoint, trainable_parameters)
+    from aqa.train.common import (RunDir, add_lora, count_params, lr_lambda, make_accelerator, resume, save_adapter,
+                                  save_checkpoint, trainable_parameters)
     from aqa.train.data import QAItems, epoch_order
     from aqa.train.grpo_loss import grpo_loss, group_advantages
 
@@ -140,11 +139,8 @@ def train(cfg: GRPOConfig) -> dict:
     if not cfg.model or not cfg.train_data:
         raise ValueError("config keys 'model' and 'train_data' must be set")
     run = RunDir(cfg.output_dir)
-    probe = Accelerator(cpu=cfg.device == "cpu")
-    world = probe.num_processes
-    use_bf16 = cfg.bf16 and probe.device.type == "cuda"
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision="bf16" if use_bf16 else "no",
-                              log_with="tensorboard", project_dir=str(run.path), cpu=cfg.device == "cpu")
+    accelerator, world, _, use_bf16 = make_accelerator(run, device=cfg.device, bf16=cfg.bf16,
+                                                       accumulation=lambda world: cfg.grad_accum)
     torch.manual_seed(cfg.seed)
     if accelerator.is_main_process:
         run.path.mkdir(parents=True, exist_ok=True)
@@ -177,24 +173,11 @@ def train(cfg: GRPOConfig) -> dict:
                                                                        cfg.schedule))
     module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     peft_model = accelerator.unwrap_model(module).model
-    start = 0
-    ckpt = resolve_resume(run, cfg.resume)
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, accelerator, module, optimizer, scheduler)["step"]
-        if accelerator.is_main_process:
-            run.truncate_log(start)
-        log.info("resumed from %s at step %d", ckpt, start)
+    start = resume(run, cfg.resume, accelerator, module, optimizer, scheduler)
     accelerator.init_trackers("tensorboard")
     log.info("GRPO (%s rollouts, G=%d): %d questions, %d steps, %d questions per step; %.2f M of %.1f M "
              "parameters trainable", cfg.rollout, cfg.group_size, len(items), rollout_steps, per_step,
              n_train / 1e6, n_total / 1e6)
-
-    def sample(index: int, epoch: int):
-        for j in range(len(items)):
-            it = items.get((index + j) % len(items), epoch)
-            if it is not None:
-                return it
-        raise RuntimeError("no training item has decodable audio")
 
     # ---- loop ------------------------------------------------------------------------------
     bar = tqdm(total=rollout_steps, initial=start, desc=f"grpo ({cfg.rollout})",
@@ -209,7 +192,7 @@ def train(cfg: GRPOConfig) -> dict:
         rolls = []
         for k in range(cfg.grad_accum):
             lo = (k * world + accelerator.process_index) * cfg.batch_size
-            micro = [sample(int(i), epoch) for i in order[lo:lo + cfg.batch_size]]
+            micro = [items.sample(int(i), epoch) for i in order[lo:lo + cfg.batch_size]]
             seed = hash((cfg.seed, step, k, accelerator.process_index)) & 0x7FFFFFFF
             if cfg.rollout == "choice":
                 batch, n, samples, rewards, greedy = rollout_choice(module, backend, micro, cfg,
@@ -296,23 +279,6 @@ def train(cfg: GRPOConfig) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grpo", help="GRPO reinforcement learning after SFT", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="YAML config (see --help-config)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.add_argument("--help-config", action="store_true", help="list every config key")
-    p.set_defaults(func=_run)
+    from aqa.train.common import add_recipe_command
 
-
-def _run(args) -> int:
-    if args.help_config:
-        print(describe(GRPOConfig))
-        return 0
-    overrides, path = list(args.overrides), args.config
-    if path and "=" in path and not path.endswith((".yaml", ".yml")):
-        overrides.insert(0, path)
-        path = None
-    summary = train(load_config(GRPOConfig, path, overrides))
-    if not summary["stopped_early"]:
-        print(f"wrote {summary['run_dir']}/ (config.yaml, adapter/, checkpoints/, train_log.jsonl, tensorboard/)")
-    return 0
+    add_recipe_command(sub, "grpo", "GRPO reinforcement learning after SFT", __doc__, GRPOConfig, train)

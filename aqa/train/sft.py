@@ -25,7 +25,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from aqa.config import describe, doc, load_config
+from aqa.config import doc
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +74,13 @@ class SFTConfig:
 def train(cfg: SFTConfig) -> dict:
     """Run SFT; returns a summary dict. Reads top to bottom: setup, loop, save."""
     import torch
-    from accelerate import Accelerator
     from tqdm.auto import tqdm
 
     from aqa.data.augment import freq_mask
     from aqa.data.records import load_records
     from aqa.models.base import BackendModule, load_backend
-    from aqa.train.common import (RunDir, add_lora, count_params, load_checkpoint, lr_lambda,
-                                  resolve_resume, save_adapter, save_checkpoint, trainable_parameters)
+    from aqa.train.common import (RunDir, add_lora, count_params, lr_lambda, make_accelerator, resume, save_adapter,
+                                  save_checkpoint, trainable_parameters)
     from aqa.train.data import QAItems, epoch_order
 
     # ---- setup -----------------------------------------------------------------------------
@@ -90,15 +89,15 @@ def train(cfg: SFTConfig) -> dict:
     if not cfg.train_data:
         raise ValueError("config key 'train_data' is empty: name at least one AQA JSONL file")
     run = RunDir(cfg.output_dir)
-    probe = Accelerator(cpu=cfg.device == "cpu")
-    world = probe.num_processes
-    if cfg.batch_size % (cfg.micro_batch_size * world):
-        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
-                         f"{cfg.micro_batch_size} x {world} process(es)")
-    accum = cfg.batch_size // (cfg.micro_batch_size * world)
-    use_bf16 = cfg.bf16 and probe.device.type == "cuda"
-    accelerator = Accelerator(gradient_accumulation_steps=accum, mixed_precision="bf16" if use_bf16 else "no",
-                              log_with="tensorboard", project_dir=str(run.path), cpu=cfg.device == "cpu")
+
+    def accumulation(world: int) -> int:
+        if cfg.batch_size % (cfg.micro_batch_size * world):
+            raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
+                             f"{cfg.micro_batch_size} x {world} process(es)")
+        return cfg.batch_size // (cfg.micro_batch_size * world)
+
+    accelerator, world, accum, use_bf16 = make_accelerator(run, device=cfg.device, bf16=cfg.bf16,
+                                                           accumulation=accumulation)
     torch.manual_seed(cfg.seed)
     if accelerator.is_main_process:
         run.path.mkdir(parents=True, exist_ok=True)
@@ -126,25 +125,11 @@ def train(cfg: SFTConfig) -> dict:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(warmup, total, cfg.schedule))
     module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
-    start = 0
-    ckpt = resolve_resume(run, cfg.resume)
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, accelerator, module, optimizer, scheduler)["step"]
-        if accelerator.is_main_process:
-            run.truncate_log(start)
-        log.info("resumed from %s at step %d", ckpt, start)
+    start = resume(run, cfg.resume, accelerator, module, optimizer, scheduler)
     accelerator.init_trackers("tensorboard")
     log.info("SFT: %d items, %d steps (%d per epoch), batch %d = %d x %d accumulation x %d process(es); "
              "%.2f M of %.1f M parameters trainable", len(items), total, steps_per_epoch, cfg.batch_size,
              cfg.micro_batch_size, accum, world, n_train / 1e6, n_total / 1e6)
-
-    def sample(index: int, epoch: int):
-        # A bad clip is replaced by the next good item, so every process keeps its batch size.
-        for j in range(len(items)):
-            it = items.get((index + j) % len(items), epoch)
-            if it is not None:
-                return it
-        raise RuntimeError("no training item has decodable audio")
 
     # ---- loop ------------------------------------------------------------------------------
     bar = tqdm(total=total, initial=start, desc="sft", disable=not accelerator.is_main_process)
@@ -156,7 +141,7 @@ def train(cfg: SFTConfig) -> dict:
         losses = []
         for k in range(accum):
             lo = (k * world + accelerator.process_index) * cfg.micro_batch_size
-            micro = [sample(int(i), epoch) for i in order[lo:lo + cfg.micro_batch_size]]
+            micro = [items.sample(int(i), epoch) for i in order[lo:lo + cfg.micro_batch_size]]
             batch = backend.collate([m.example for m in micro], with_target=True)
             if cfg.spec_augment_masks > 0:
                 g = torch.Generator().manual_seed(hash((cfg.seed, step, k, accelerator.process_index)) & 0x7FFFFFFF)
@@ -210,25 +195,6 @@ def train(cfg: SFTConfig) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sft", help="LoRA supervised fine-tuning", description=__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="YAML config (see --help-config)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.add_argument("--help-config", action="store_true", help="list every config key")
-    p.set_defaults(func=_run)
+    from aqa.train.common import add_recipe_command
 
-
-def _run(args) -> int:
-    if args.help_config:
-        print(describe(SFTConfig))
-        return 0
-    overrides = list(args.overrides)
-    path = args.config
-    if path and "=" in path and not path.endswith((".yaml", ".yml")):
-        overrides.insert(0, path)
-        path = None
-    cfg = load_config(SFTConfig, path, overrides)
-    summary = train(cfg)
-    if not summary.get("stopped_early"):
-        print(f"wrote {summary['run_dir']}/ (config.yaml, adapter/, checkpoints/, train_log.jsonl, tensorboard/)")
-    return 0
+    add_recipe_command(sub, "sft", "LoRA supervised fine-tuning", __doc__, SFTConfig, train)
