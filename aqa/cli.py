@@ -26,6 +26,7 @@ TOP_COMMANDS = (
     "aqa.eval.run",
     "aqa.eval.report",
     "aqa.ensemble",
+    "aqa.export",
     "aqa.demo",
 )
 

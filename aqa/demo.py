@@ -9,7 +9,9 @@ Stages (each skipped when its output already exists, so an interrupted demo resu
    strong labels (`aqa model pretrain`) so that, like a real base, it can hear and knows the
    answer format, but has never seen a question about audio in that format.
 3. zero-shot evaluation on dev, LoRA SFT on train, evaluation of the tuned model, then GRPO
-   from the SFT adapter (choice rollouts) and its evaluation.
+   from the SFT adapter (choice rollouts) and its evaluation; a second SFT that differs in
+   seed and LoRA rank, and the learned logit ensemble of the two tuned models (cross-fitted on
+   dev), beside the plain average of their probabilities and their majority vote.
 4. the report: a Table-2-style table, accuracy per subset, the training loss curve.
 
 Where the demo departs from the method: options keep a fixed order and are not shuffled in
@@ -23,6 +25,7 @@ are the kind that look-up is not needed for. Everything else runs as on the real
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import time
@@ -55,6 +58,7 @@ class DemoConfig:
     sft_batch: int = doc(16, help="LoRA SFT batch size")
     sft_lr: float = doc(1e-3, help="LoRA SFT learning rate (tiny models want more than 7B ones)")
     lora_r: int = doc(16, help="LoRA rank")
+    second_lora_r: int = doc(8, help="the second tuned model for the ensemble: its LoRA rank (0 skips it)")
     grpo_steps: int = doc(40, help="GRPO optimizer steps after SFT (0 skips the stage)")
     grpo_lr: float = doc(2e-4, help="GRPO learning rate")
     grpo_batch: int = doc(16, help="GRPO questions per step")
@@ -115,6 +119,8 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
     from aqa.eval.run import EvalSettings, evaluate
     from aqa.models.tiny import TinySpec, build_tiny, corpus_from_records
     from aqa.train.pretrain import pretrain
+    from aqa.ensemble import run_fit
+    from aqa.train.common import safe_name
     from aqa.train.grpo import GRPOConfig
     from aqa.train.grpo import train as grpo_train
     from aqa.train.sft import SFTConfig, train
@@ -182,6 +188,14 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
     stage("LoRA SFT", (sft_run / "adapter" / "adapter_config.json").is_file(), lambda: train(sft_cfg))
     stage("SFT eval", (evals / "sft" / "metrics.json").is_file(), lambda: ev("sft", sft_run / "adapter"))
     rows, runs = ["zero-shot", "sft"], [sft_run]
+    if cfg.second_lora_r:
+        # A second tuned model that differs in seed and rank, for the ensemble stage.
+        sft_b = out / "runs" / "sft-b"
+        b_cfg = dataclasses.replace(sft_cfg, output_dir=str(sft_b), seed=cfg.seed + 1, lora_r=cfg.second_lora_r,
+                                    lora_alpha=2 * cfg.second_lora_r)
+        stage("second LoRA SFT", (sft_b / "adapter" / "adapter_config.json").is_file(), lambda: train(b_cfg))
+        stage("second SFT eval", (evals / "sft-b" / "metrics.json").is_file(), lambda: ev("sft-b", sft_b / "adapter"))
+        rows.append("sft-b")
     if cfg.grpo_steps:
         grpo_run = out / "runs" / "grpo"
         grpo_cfg = GRPOConfig(model=str(base), sft_adapter=str(sft_run / "adapter"),
@@ -194,8 +208,20 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
         rows.append("grpo")
         runs.append(grpo_run)
 
+    extra_dirs, extra_names = [], []
+    if cfg.second_lora_r:
+        ens = evals / "ensemble"
+        stage("ensemble", (ens / "metrics.json").is_file(),
+              lambda: run_fit([str(evals / "sft"), str(evals / "sft-b")], ens, names=["sft", "sft-b"]))
+        rows.append("ensemble")
+        for n in ("average of probabilities", "majority vote"):
+            extra_dirs.append(ens / "baselines" / safe_name(n))
+            extra_names.append(f"sft + sft-b, {n}")
+
     # ---- 4. report ---------------------------------------------------------------------------
-    rep = build_report([evals / r for r in rows] + runs, out / "report", names=rows + [p.name for p in runs])
+    names = [r if r != "ensemble" else "ensemble (cross-fitted)" for r in rows]
+    rep = build_report([evals / r for r in rows] + extra_dirs + runs, out / "report",
+                       names=names + extra_names + [p.name for p in runs])
     metrics = {n: json.loads((evals / n / "metrics.json").read_text()) for n in rows}
     summary = {"seconds": round(time.time() - t0, 1), "stages": timings,
                "pooled_dev_accuracy": {n: m["weighted_mean"]["value"] for n, m in metrics.items()},

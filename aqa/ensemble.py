@@ -178,7 +178,8 @@ def baselines(a: Aligned, names: list[str]) -> dict[str, torch.Tensor]:
 
 def run_fit(pred_dirs: list[str], out_dir: str | Path, *, folds: int = 5, steps: int = 500, lr: float = 0.05,
             names: list[str] | None = None, n_boot: int = 1000) -> dict:
-    from aqa.eval.metrics import compute_metrics, write_metrics
+    from aqa.eval.metrics import write_metrics
+    from aqa.train.common import safe_name
 
     out = Path(out_dir)
     names = names or [Path(d).name for d in pred_dirs]
@@ -197,7 +198,11 @@ def run_fit(pred_dirs: list[str], out_dir: str | Path, *, folds: int = 5, steps:
                                                     f"fitted on the other folds", "left_out": a.left_out})
     table = {f"ensemble, cross-fitted ({folds} folds)": metrics}
     for n, p in baselines(a, names).items():
-        table[n] = compute_metrics(rows_from_probs(a, p), n_boot=0)
+        # Each baseline as an eval dir of its own, so that `aqa report` can show it beside the ensemble.
+        b_dir = out / "baselines" / safe_name(n)
+        b_rows = rows_from_probs(a, p)
+        write_jsonl(b_dir / "predictions.jsonl", b_rows)
+        table[n] = write_metrics(b_dir, b_rows, n_boot=n_boot, extra={"name": n})
     comparison = {n: {"weighted_mean": m["weighted_mean"]["value"], "arithmetic_mean": m["arithmetic_mean"]["value"],
                       "subsets": {s: v["accuracy"] for s, v in m["subsets"].items()}} for n, m in table.items()}
     write_json(out / "comparison.json", comparison)
@@ -251,7 +256,7 @@ def _run_fit(args) -> int:
         print(f"{n:{width}}  {100 * m['weighted_mean']:8.1f}  {100 * m['arithmetic_mean']:10.1f}")
     print(f"temperatures {['%.3f' % t for t in s['params']['temperatures']]}, "
           f"weights {['%.3f' % w for w in s['params']['weights']]}")
-    print(f"wrote {args.output}/ (params.json, predictions.jsonl, metrics.json, comparison.json)")
+    print(f"wrote {args.output}/ (params.json, predictions.jsonl, metrics.json, comparison.json, baselines/)")
     return 0
 
 

@@ -6,20 +6,22 @@ from aqa.demo import DemoConfig, run_demo
 
 TOY = DemoConfig(clips=24, clip_seconds=2, dev_fraction=0.25, dev_questions=0, encoder_dim=32, encoder_layers=1,
                  decoder_dim=32, decoder_layers=1, num_mel_bins=32, encoder_steps=2, pretrain_steps=2, sft_steps=2,
-                 sft_batch=4, grpo_steps=2, grpo_batch=4, grpo_group=2, eval_batch=8, lora_r=2)
+                 sft_batch=4, grpo_steps=2, grpo_batch=4, grpo_group=2, eval_batch=8, lora_r=2, second_lora_r=2)
 
 
 def test_demo_writes_every_stage_and_resumes(tmp_path):
     out = tmp_path / "demo"
     s = run_demo(out, TOY, progress=False)
-    assert set(s["pooled_dev_accuracy"]) == {"zero-shot", "sft", "grpo"}
-    for stage in ("zero-shot", "sft", "grpo"):
+    assert set(s["pooled_dev_accuracy"]) == {"zero-shot", "sft", "sft-b", "grpo", "ensemble"}
+    for stage in ("zero-shot", "sft", "sft-b", "grpo"):
         m = json.loads((out / "eval" / stage / "metrics.json").read_text())
         assert m["n"] > 0 and m["name"] == stage
     assert (out / "runs" / "sft" / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "runs" / "grpo" / "adapter" / "aqa_merge_first.json").is_file()
+    ens = json.loads((out / "eval" / "ensemble" / "metrics.json").read_text())
+    assert "cross-fitted" in ens["fit"]
     md = (out / "report" / "report.md").read_text()
-    assert all(name in md for name in ("zero-shot", "sft", "grpo"))
+    assert all(name in md for name in ("zero-shot", "sft", "grpo", "ensemble (cross-fitted)", "majority vote"))
     for png in ("accuracy_per_subset.png", "loss_sft.png"):
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Train and dev never share a clip.
