@@ -79,6 +79,17 @@ def frame_targets(events: Sequence, mids: Sequence[str], n_frames: int, seconds:
     return y
 
 
+def _step(loss, params, opt, sched) -> None:
+    """Backward, clip at 1.0, step the optimizer and the schedule."""
+    import torch
+
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad()
+
+
 def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Path, audio_root: str | Path,
              out_dir: str | Path, *, encoder_steps: int = 200, steps: int = 300, batch_size: int = 16,
              lr: float = 5e-4, encoder_lr: float = 1e-3, warmup: int = 30, seed: int = 0,
@@ -140,11 +151,7 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
         idx = torch.as_tensor(rng.choice(len(audio), size=min(batch_size, len(audio)), replace=False))
         logits = head(encoder(feats[idx].to(dev)).last_hidden_state)  # (B, frames, classes)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[idx].to(dev))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
+        _step(loss, params, opt, sched)
         bar.set_postfix(loss=f"{loss.item():.4f}")
     log.info("encoder pretraining: %d steps, last loss %.4f", encoder_steps, loss.item())
     del feats, targets, head, opt
@@ -168,11 +175,7 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
                 batch.append(Example(audio[i], text, letter))
         logp, mask = backend.target_logprobs(backend.collate(batch, with_target=True))
         loss = -(logp.sum() / mask.sum())
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad()
+        _step(loss, params, opt, sched)
         bar.set_postfix(loss=f"{loss.item():.3f}")
     log.info("alignment pretraining: %d clips, %d steps, last loss %.3f", len(audio), steps, loss.item())
 
