@@ -59,6 +59,7 @@ class DemoConfig:
     sft_lr: float = doc(1e-3, help="LoRA SFT learning rate (tiny models want more than 7B ones)")
     lora_r: int = doc(16, help="LoRA rank")
     second_lora_r: int = doc(8, help="the second tuned model for the ensemble: its LoRA rank (0 skips it)")
+    second_sft_steps: int = doc(150, help="the second tuned model: LoRA SFT optimizer steps")
     grpo_steps: int = doc(40, help="GRPO optimizer steps after SFT (0 skips the stage)")
     grpo_lr: float = doc(2e-4, help="GRPO learning rate")
     grpo_batch: int = doc(16, help="GRPO questions per step")
@@ -192,7 +193,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
         # A second tuned model that differs in seed and rank, for the ensemble stage.
         sft_b = out / "runs" / "sft-b"
         b_cfg = dataclasses.replace(sft_cfg, output_dir=str(sft_b), seed=cfg.seed + 1, lora_r=cfg.second_lora_r,
-                                    lora_alpha=2 * cfg.second_lora_r)
+                                    lora_alpha=2 * cfg.second_lora_r, max_steps=cfg.second_sft_steps)
         stage("second LoRA SFT", (sft_b / "adapter" / "adapter_config.json").is_file(), lambda: train(b_cfg))
         stage("second SFT eval", (evals / "sft-b" / "metrics.json").is_file(), lambda: ev("sft-b", sft_b / "adapter"))
         rows.append("sft-b")

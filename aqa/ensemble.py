@@ -98,8 +98,10 @@ def align(pred_dirs: list[str | Path]) -> Aligned:
 
 def mixture(logp: torch.Tensor, log_t: torch.Tensor, w_raw: torch.Tensor) -> torch.Tensor:
     """(M, N, K) log-probs -> (N, K) mixed probabilities."""
-    scaled = logp / torch.exp(log_t)[:, None, None]
-    p = torch.softmax(scaled, -1)  # -inf options get 0
+    real = torch.isfinite(logp)  # options past an item's count are -inf
+    # -inf / T would give NaN gradients for T even where masked: divide finite values only.
+    scaled = torch.where(real, torch.where(real, logp, 0.0) / torch.exp(log_t)[:, None, None], float("-inf"))
+    p = torch.softmax(scaled, -1)
     w = torch.softmax(w_raw, 0)
     return (w[:, None, None] * p).sum(0)
 

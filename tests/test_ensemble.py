@@ -86,6 +86,25 @@ def test_alignment_across_option_orders_and_mismatches(tmp_path):
     assert torch.isinf(a.logp[0, 1, 2]) and a.n_options.tolist() == [3, 2]
 
 
+def test_items_with_different_option_counts(tmp_path):
+    rng = np.random.default_rng(3)
+    n = 60
+    ids = [f"q{i}" for i in range(n)]
+    ks = [3 if i % 2 else 5 for i in range(n)]
+    ch = [[f"o{j}" for j in range(k)] for k in ks]
+    ans = [int(rng.integers(k)) for k in ks]
+    good = [softmax(np.eye(k)[a] * 2 + rng.normal(0, 1, k)) for k, a in zip(ks, ans)]
+    other = [softmax(np.eye(k)[a] * 1 + rng.normal(0, 1, k)) for k, a in zip(ks, ans)]
+    d1, d2 = write_dir(tmp_path / "a", ids, ch, good, ans), write_dir(tmp_path / "b", ids, ch, other, ans)
+    s = ens.run_fit([str(d1), str(d2)], tmp_path / "e", n_boot=0)
+    assert all(np.isfinite(s["params"]["temperatures"])) and all(np.isfinite(s["params"]["weights"]))
+    comp = s["comparison"]
+    cross = comp["ensemble, cross-fitted (5 folds)"]["weighted_mean"]
+    assert cross >= min(comp["a"]["weighted_mean"], comp["b"]["weighted_mean"])
+    rows = [json.loads(x) for x in (tmp_path / "e" / "predictions.jsonl").read_text().splitlines()]
+    assert [len(r["probs"]) for r in rows] == ks and all(abs(sum(r["probs"]) - 1) < 1e-5 for r in rows)
+
+
 def test_fit_cli_writes_params_and_honest_metrics(tmp_path):
     rng = np.random.default_rng(2)
     n = 80
