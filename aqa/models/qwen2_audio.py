@@ -43,7 +43,8 @@ class Qwen2AudioBackend(Backend):
     def __init__(self, model, processor, device):
         super().__init__(model, processor, device)
         self.tokenizer.padding_side = "left"
-        self._end_ids = self.tokenizer.encode(END_OF_TURN, add_special_tokens=False)
+        #: Token ids that end the assistant's turn (after every target).
+        self.end_ids = self.tokenizer.encode(END_OF_TURN, add_special_tokens=False)
 
     @property
     def audio_seconds(self) -> float:
@@ -78,7 +79,7 @@ class Qwen2AudioBackend(Backend):
                     raise ValueError("with_target=True needs a target on every example")
                 p = ids[i][att[i].bool()].tolist()
                 t = (list(e.target_ids) if e.target_ids is not None
-                     else self.tokenizer.encode(e.target, add_special_tokens=False) + self._end_ids)
+                     else self.tokenizer.encode(e.target, add_special_tokens=False) + self.end_ids)
                 rows.append(p + t)
                 lab_rows.append([-100] * len(p) + t)
             T = max(len(r) for r in rows)
@@ -119,7 +120,7 @@ class Qwen2AudioBackend(Backend):
                                   num_return_sequences=num_return_sequences,
                                   pad_token_id=self.tokenizer.pad_token_id)
         eos = self.base_model().generation_config.eos_token_id
-        ends = set(self._end_ids) | set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+        ends = set(self.end_ids) | set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         seqs = []
         for row in out[:, batch["input_ids"].shape[1]:].tolist():
             cut = next((i + 1 for i, t in enumerate(row) if t in ends), len(row))

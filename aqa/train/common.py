@@ -93,6 +93,12 @@ class RunDir:
         atomic_write_text(self.log_file, "".join(k + "\n" for k in keep))
 
 
+def _sharded(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
 def save_checkpoint(run: RunDir, accelerator, model, optimizer, scheduler, step: int, extra: dict,
                     keep: int = 2) -> Path:
     """Write checkpoints/step-N atomically (a temp folder renamed at the end). Holds the
@@ -112,12 +118,17 @@ def save_checkpoint(run: RunDir, accelerator, model, optimizer, scheduler, step:
     torch.save({"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                tmp / f"rng-{rank}.pt")
+    if _sharded(accelerator):
+        # ZeRO partitions the optimizer state over the processes: every process saves its part
+        # through accelerate (which also writes the module's weights, frozen ones included).
+        accelerator.save_state(str(tmp / "accelerate"))
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unwrapped.model).items()}
         save_file(weights, tmp / "adapter.safetensors")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        if not _sharded(accelerator):
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         write_json(tmp / "state.json", {"step": step, "time": time.time(), **extra})
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -136,10 +147,13 @@ def load_checkpoint(ckpt: Path, accelerator, model, optimizer, scheduler) -> dic
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    unwrapped = accelerator.unwrap_model(model)
-    set_peft_model_state_dict(unwrapped.model, load_file(ckpt / "adapter.safetensors"))
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
+    if (ckpt / "accelerate").is_dir():
+        accelerator.load_state(str(ckpt / "accelerate"))
+    else:
+        unwrapped = accelerator.unwrap_model(model)
+        set_peft_model_state_dict(unwrapped.model, load_file(ckpt / "adapter.safetensors"))
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location="cpu"))
+        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=True))
     rng_file = ckpt / f"rng-{accelerator.process_index}.pt"
     if rng_file.is_file():
         rng = torch.load(rng_file, weights_only=True)

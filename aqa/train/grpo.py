@@ -212,7 +212,7 @@ def train(cfg: GRPOConfig) -> dict:
                                                == m.answer) for g in range(G)] for q, m in enumerate(micro)])
                 # An empty completion (max_new_tokens 0) still needs one token to score.
                 batch = backend.collate([Example(m.example.audio, m.example.text,
-                                                 target_ids=seqs[q * G + g] or backend._end_ids)
+                                                 target_ids=seqs[q * G + g] or backend.end_ids)
                                          for q, m in enumerate(micro) for g in range(G)], with_target=True)
             with torch.no_grad(), peft_model.disable_adapter():  # the reference: new adapter off
                 ref = (choice_logprobs(module, batch, n, samples, cfg.temperature)[0] if cfg.rollout == "choice"
