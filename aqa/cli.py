@@ -17,6 +17,8 @@ DATA_COMMANDS = (
     "aqa.data.synth",
     "aqa.data.check",
     "aqa.data.interchange",
+    "aqa.data.filter",
+    "aqa.data.dcase2026",
 )
 #: Modules that add a top-level subcommand.
 TOP_COMMANDS = (

@@ -11,7 +11,9 @@ Stages (each skipped when its output already exists, so an interrupted demo resu
 3. zero-shot evaluation on dev, LoRA SFT on train, evaluation of the tuned model, then GRPO
    from the SFT adapter (choice rollouts) and its evaluation; a second SFT that differs in
    seed and LoRA rank, and the learned logit ensemble of the two tuned models (cross-fitted on
-   dev), beside the plain average of their probabilities and their majority vote.
+   dev), beside the plain average of their probabilities and their majority vote. The tuned
+   model is also evaluated with every clip replaced by silence of the same length, so the
+   report shows how much of its accuracy comes from listening.
 4. the report: a Table-2-style table, accuracy per subset, the training loss curve.
 
 Where the demo departs from the method: options keep a fixed order and are not shuffled in
@@ -175,10 +177,10 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
                            clip_ids=train_clips, progress=progress))
 
     # ---- 3. zero-shot, SFT, tuned ------------------------------------------------------------
-    def ev(name: str, adapter: Path | None):
+    def ev(name: str, adapter: Path | None, audio: str = "normal", reference: Path | None = None):
         evaluate(EvalSettings(str(base), str(adapter) if adapter else None, str(data / "dev.jsonl"),
-                              seed=cfg.seed), evals / name, batch_size=cfg.eval_batch, name=name,
-                 progress=progress)
+                              seed=cfg.seed, audio=audio), evals / name, batch_size=cfg.eval_batch, name=name,
+                 progress=progress, reference=reference)
 
     stage("zero-shot eval", (evals / "zero-shot" / "metrics.json").is_file(), lambda: ev("zero-shot", None))
     sft_run = out / "runs" / "sft"
@@ -188,7 +190,10 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
                         save_every=50, seed=cfg.seed, spec_augment_width=8, shuffle_options=False)
     stage("LoRA SFT", (sft_run / "adapter" / "adapter_config.json").is_file(), lambda: train(sft_cfg))
     stage("SFT eval", (evals / "sft" / "metrics.json").is_file(), lambda: ev("sft", sft_run / "adapter"))
-    rows, runs = ["zero-shot", "sft"], [sft_run]
+    # How much of the tuned model's accuracy comes from listening: the same model, silent clips.
+    stage("SFT eval on silence", (evals / "sft-silence" / "metrics.json").is_file(),
+          lambda: ev("sft-silence", sft_run / "adapter", audio="silence", reference=evals / "sft"))
+    rows, runs = ["zero-shot", "sft", "sft-silence"], [sft_run]
     if cfg.second_lora_r:
         # A second tuned model that differs in seed and rank, for the ensemble stage.
         sft_b = out / "runs" / "sft-b"
@@ -220,7 +225,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
             extra_names.append(f"sft + sft-b, {n}")
 
     # ---- 4. report ---------------------------------------------------------------------------
-    names = [r if r != "ensemble" else "ensemble (cross-fitted)" for r in rows]
+    names = [{"ensemble": "ensemble (cross-fitted)", "sft-silence": "sft, silent audio"}.get(r, r) for r in rows]
     rep = build_report([evals / r for r in rows] + extra_dirs + runs, out / "report",
                        names=names + extra_names + [p.name for p in runs])
     metrics = {n: json.loads((evals / n / "metrics.json").read_text()) for n in rows}

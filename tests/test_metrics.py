@@ -159,3 +159,20 @@ def test_format_summary():
     assert any(ln.startswith("arithmetic mean") and "50.0" in ln for ln in lines)  # (0.5+1+0)/3
     assert any(ln.startswith("weighted mean") and "62.5" in ln for ln in lines)
     assert "1 unparsed" in text and "K=3" in text
+
+
+def test_option_order_robustness_worked_by_hand():
+    from aqa.eval.metrics import compute_metrics
+
+    rows = [
+        # K=3 orders chose 0, 0, 1; answer 0: 2 of 3 right; pairs (0,0) same, (0,1) x2 differ -> 1/3
+        {"id": "a", "subset": "s", "choices": ["x", "y"], "answer": 0, "pred": 0, "shuffle_preds": [0, 0, 1]},
+        # all three chose 2, answer 2: right under every order; pair consistency 1
+        {"id": "b", "subset": "s", "choices": ["x", "y", "z"], "answer": 2, "pred": 2, "shuffle_preds": [2, 2, 2]},
+        # 0, 1, 2; answer 1: 1 of 3 right; no pair agrees
+        {"id": "c", "subset": "s", "choices": ["x", "y", "z"], "answer": 1, "pred": 1, "shuffle_preds": [0, 1, 2]},
+    ]
+    sh = compute_metrics(rows, n_boot=0)["shuffles"]
+    assert sh["mean_accuracy"] == pytest.approx((2 / 3 + 1 + 1 / 3) / 3, abs=1e-6)
+    assert sh["all_correct"] == pytest.approx(1 / 3, abs=1e-6)
+    assert sh["pair_consistency"] == pytest.approx((1 / 3 + 1 + 0) / 3, abs=1e-6)

@@ -121,20 +121,25 @@ def _shuffle_stats(rows: Sequence[dict]) -> dict | None:
     a model that fails under every order has no consistent answer.
     """
     agreement, same, all_correct, n_lab, k_max, n = 0.0, 0, 0, 0, 0, 0
+    pair_consistency, mean_accuracy = 0.0, 0.0
     for r in rows:
         preds = r.get("shuffle_preds")
         if not isinstance(preds, list) or len(preds) < 2:
             continue
         n += 1
-        k_max = max(k_max, len(preds))
+        k = len(preds)
+        k_max = max(k_max, k)
         votes = Counter(int(p) for p in preds if p is not None)
         top = votes.most_common(1)[0][1] if votes else 0
-        agreement += top / len(preds)
-        same += top == len(preds)
+        agreement += top / k
+        same += top == k
+        # Over all k(k-1)/2 pairs of orders, the share that chose the same option.
+        pair_consistency += sum(c * (c - 1) / 2 for c in votes.values()) / (k * (k - 1) / 2)
         answer = r.get("answer")
         if answer is not None:
             n_lab += 1
-            all_correct += votes.get(int(answer), 0) == len(preds)
+            all_correct += votes.get(int(answer), 0) == k
+            mean_accuracy += votes.get(int(answer), 0) / k
     if not n:
         return None
     return {
@@ -144,6 +149,9 @@ def _shuffle_stats(rows: Sequence[dict]) -> dict | None:
         "all_same": _round(same / n),
         # the strict score: right under every order (as in circular evaluation)
         "all_correct": _round(all_correct / n_lab) if n_lab else None,
+        # accuracy of one order, averaged over the K orders
+        "mean_accuracy": _round(mean_accuracy / n_lab) if n_lab else None,
+        "pair_consistency": _round(pair_consistency / n),
     }
 
 

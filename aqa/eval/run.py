@@ -31,13 +31,19 @@ class EvalSettings:
     vote: str = "probs"
     max_new_tokens: int = 16
     seed: int = 0
+    #: normal; silence (each clip replaced by silence of its length); none (a prompt without audio)
+    audio: str = "normal"
 
 
 def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch_size: int = 8,
              device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False,
              allow_outside_root: bool = False, limit: int = 0, name: str | None = None,
-             overwrite: bool = False, n_boot: int = 1000, progress: bool = True) -> dict:
-    """Evaluate and return the metrics dict. `backend` may be passed to reuse a loaded model."""
+             overwrite: bool = False, n_boot: int = 1000, progress: bool = True,
+             reference: str | Path | None = None) -> dict:
+    """Evaluate and return the metrics dict. `backend` may be passed to reuse a loaded model.
+    With `reference` (an eval dir of the same model with the audio), a silent or audio-free
+    evaluation also reports each item's audio contribution."""
+    import numpy as np
     from tqdm.auto import tqdm
 
     from aqa.data.audio import AudioError, load_audio
@@ -49,6 +55,8 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
         raise ValueError(f"mode must be score or generate, got {settings.mode!r}")
     if settings.shuffles < 1:
         raise ValueError("shuffles must be >= 1")
+    if settings.audio not in ("normal", "silence", "none"):
+        raise ValueError(f"audio must be normal, silence or none, got {settings.audio!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pred_file, skip_file, settings_file = out / "predictions.jsonl", out / "skipped.jsonl", out / "eval_config.json"
@@ -98,7 +106,8 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
                 log.debug("%s: %.1f s clip truncated to the model's %.0f s window", r.id, a.duration,
                           backend.audio_seconds)
             ok.append(r)
-            audios.append(a.samples)
+            # The silent baseline keeps each clip's length, so only the sound itself is gone.
+            audios.append({"normal": a.samples, "silence": np.zeros_like(a.samples), "none": None}[settings.audio])
         if ok:
             queries = make_queries(ok, audios, settings.shuffles, settings.seed)
             if settings.mode == "score":
@@ -117,6 +126,8 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
     rows = [r for r in rows if r["id"] in keep]
     extra = {"name": name or out.name, "mode": settings.mode, "model": settings.model,
              "adapter": settings.adapter, "data": settings.data, "n_skipped": len(skipped)}
+    if reference:
+        extra["audio_contribution"] = audio_contribution(load_predictions(reference), rows, out)
     metrics = write_metrics(out, rows, n_boot=n_boot, seed=settings.seed, extra=extra)
     if settings.mode == "generate":
         unparsed = [r for r in rows if r.get("pred") is None]
@@ -124,6 +135,29 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
     if progress:
         print(format_summary(metrics))
     return metrics
+
+
+def audio_contribution(with_audio: list[dict], without: list[dict], out: Path) -> dict:
+    """Per subset: accuracy with the audio, without it, and the mean audio contribution (correct
+    with audio minus correct without, per item, over the items both evaluations answered).
+    Writes the per-item values to OUT/contribution.jsonl."""
+    from aqa.eval.metrics import order_subsets
+
+    ref = {r["id"]: r for r in with_audio if r.get("answer") is not None}
+    per_item = [{"id": r["id"], "subset": r["subset"],
+                 "contribution": int(bool(ref[r["id"]].get("correct"))) - int(bool(r.get("correct")))}
+                for r in without if r["id"] in ref]
+    write_jsonl(out / "contribution.jsonl", per_item)
+    table: dict = {}
+    for subset in order_subsets({p["subset"] for p in per_item}) + ["all"]:
+        items = [p for p in per_item if subset in ("all", p["subset"])]
+        ids = {p["id"] for p in items}
+        table[subset] = {
+            "n": len(items),
+            "accuracy_with_audio": sum(bool(ref[i].get("correct")) for i in ids) / len(items),
+            "accuracy_without": sum(bool(r.get("correct")) for r in without if r["id"] in ids) / len(items),
+            "contribution": sum(p["contribution"] for p in items) / len(items)}
+    return table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -147,14 +181,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--allow-outside-root", action="store_true")
     p.add_argument("--overwrite", action="store_true", help="discard predictions already in the folder")
+    p.add_argument("--audio", choices=["normal", "silence", "none"], default="normal",
+                   help="silence: each clip replaced by silence of the same length; none: no audio in the prompt")
+    p.add_argument("--reference", help="with --audio silence/none: the eval dir made with the audio, to report "
+                                       "each item's audio contribution")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
     s = EvalSettings(model=args.model, adapter=args.adapter, data=args.data, mode=args.mode,
-                     shuffles=args.shuffles, vote=args.vote, max_new_tokens=args.max_new_tokens, seed=args.seed)
+                     shuffles=args.shuffles, vote=args.vote, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                     audio=args.audio)
     evaluate(s, args.output, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
              trust_remote_code=args.trust_remote_code, allow_outside_root=args.allow_outside_root,
-             limit=args.limit, name=args.name, overwrite=args.overwrite)
+             limit=args.limit, name=args.name, overwrite=args.overwrite, reference=args.reference)
     print(f"wrote {args.output}/ (predictions.jsonl, metrics.json)")
     return 0

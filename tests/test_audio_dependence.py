@@ -1,0 +1,64 @@
+"""Does the model listen? Silent and audio-free evaluation, audio contribution, the filter."""
+
+import json
+
+import pytest
+
+from aqa.cli import main
+from aqa.data.filter import weak_ids
+from aqa.data.records import load_records
+from aqa.eval.run import EvalSettings, evaluate
+from aqa.io import write_jsonl
+from aqa.models.base import load_backend
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model):
+    return load_backend(str(tiny_model))
+
+
+def test_silence_changes_answers_and_contribution_is_reported(tiny_model, synth_data, tmp_path, backend):
+    data = str(synth_data / "dev.jsonl")
+    normal = evaluate(EvalSettings(str(tiny_model), None, data), tmp_path / "n", backend=backend, progress=False)
+    silent = evaluate(EvalSettings(str(tiny_model), None, data, audio="silence"), tmp_path / "s", backend=backend,
+                      progress=False, reference=tmp_path / "n")
+    none = evaluate(EvalSettings(str(tiny_model), None, data, audio="none"), tmp_path / "x", backend=backend,
+                    progress=False)
+    rows = lambda d: [json.loads(x) for x in (tmp_path / d / "predictions.jsonl").read_text().splitlines()]
+    # The audio reaches the model: its probabilities move when the clip is silenced or absent.
+    assert any(a["probs"] != b["probs"] for a, b in zip(rows("n"), rows("s")))
+    assert any(a["probs"] != b["probs"] for a, b in zip(rows("s"), rows("x")))
+    contrib = silent["audio_contribution"]
+    per_item = [json.loads(x) for x in (tmp_path / "s" / "contribution.jsonl").read_text().splitlines()]
+    by_id = {r["id"]: r for r in rows("n")}
+    for p, r in zip(per_item, rows("s")):
+        assert p["contribution"] == int(by_id[r["id"]]["correct"]) - int(r["correct"])
+    overall = contrib["all"]
+    assert overall["accuracy_with_audio"] == pytest.approx(normal["weighted_mean"]["value"], abs=1e-6)
+    assert overall["accuracy_without"] == pytest.approx(silent["weighted_mean"]["value"], abs=1e-6)
+    assert overall["contribution"] == pytest.approx(overall["accuracy_with_audio"] - overall["accuracy_without"])
+    assert none["n"] == normal["n"]
+
+
+def test_filter_drops_questions_silence_answers(synth_data, tmp_path):
+    recs = load_records(synth_data / "dev.jsonl")[:4]
+    correct = {  # per model: which of the 4 questions it got right on silence
+        "m1": [True, True, False, False], "m2": [True, False, True, False], "m3": [True, False, False, False]}
+    dirs = []
+    for m, ok in correct.items():
+        write_jsonl(tmp_path / m / "predictions.jsonl",
+                    [{"id": r.id, "subset": r.subset, "choices": r.choices, "answer": r.answer,
+                      "pred": r.answer if c else (r.answer + 1) % len(r.choices), "correct": c}
+                     for r, c in zip(recs, ok)])
+        dirs.append(str(tmp_path / m))
+    # counts: q0 3, q1 1, q2 1, q3 0 -> weak at 2 of 3: only q0
+    weak, counts = weak_ids(dirs, 2)
+    assert weak == {recs[0].id} and counts[recs[1].id] == 1
+    assert weak_ids(dirs, 1)[0] == {recs[0].id, recs[1].id, recs[2].id}
+    sub = [r.to_dict() for r in recs]
+    write_jsonl(synth_data / "four.jsonl", sub)
+    out = tmp_path / "kept.jsonl"
+    assert main(["data", "filter", str(synth_data / "four.jsonl"), "--silent", *dirs, "-o", str(out),
+                 "--allow-outside-root"]) == 0
+    kept = [json.loads(x)["id"] for x in out.read_text().splitlines()]
+    assert kept == [r.id for r in recs[1:]]
