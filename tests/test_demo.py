@@ -24,7 +24,7 @@ def test_demo_writes_every_stage_and_resumes(tmp_path):
     assert "cross-fitted" in ens["fit"]
     md = (out / "report" / "report.md").read_text()
     assert all(name in md for name in ("zero-shot", "sft", "grpo", "ensemble (cross-fitted)", "majority vote",
-                                         "sft, silent audio"))
+                                         "sft, silent audio", "Audio contribution"))
     for png in ("accuracy_per_subset.png", "loss_sft.png"):
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Train and dev never share a clip.

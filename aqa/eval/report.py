@@ -241,6 +241,22 @@ def question_type_table(evals: Sequence[EvalRun]) -> Table | None:
     return Table("Accuracy by question type (%)", ["question type", "items", *[e.name for e in evals]], rows)
 
 
+def contribution_table(evals: Sequence[EvalRun]) -> Table | None:
+    """For evaluations run without the audio (`aqa eval --audio silence --reference ...`): per
+    subset, accuracy with the audio, without it, and the mean audio contribution per item."""
+    rows = []
+    for e in evals:
+        table = e.metrics.get("audio_contribution")
+        for subset, c in (table or {}).items():
+            rows.append([e.name, subset, str(c["n"]), pct(c["accuracy_with_audio"]), pct(c["accuracy_without"]),
+                         pct(c["contribution"])])
+    if not rows:
+        return None
+    return Table("Audio contribution (%)", ["run", "subset", "items", "with audio", "without", "contribution"],
+                 rows, caption="Contribution: per item, correct with the audio minus correct without it, "
+                               "averaged (points of accuracy that come from listening).")
+
+
 def training_table(trains: Sequence[TrainRun], plots: dict[str, str]) -> Table:
     rows = []
     for t in trains:
@@ -488,9 +504,9 @@ def build_report(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     if evals:
         tables.append(accuracy_table(evals))
         tables.append(details_table(evals, {k: c["ece"] for k, c in curves.items()}))
-        qt = question_type_table(evals)
-        if qt is not None:
-            tables.append(qt)
+        for extra in (question_type_table(evals), contribution_table(evals)):
+            if extra is not None:
+                tables.append(extra)
     if trains:
         tables.append(training_table(trains, train_plots))
     sources = [(e.name, str(e.path)) for e in evals] + [(t.name, str(t.path)) for t in trains]
