@@ -1,6 +1,6 @@
 """Exports for challenge organisers and other scorers (`aqa export ...`).
 
-- `dcase2025`: a CSV with one row per question of the evaluated file: the question id and the
+- `dcase2025`, `dcase2026` (the same shape): a CSV with one row per question of the evaluated file: the question id and the
   chosen option exactly as the question file writes it (the record's `meta.original_choices`,
   letter prefix and all). An incomplete set (a question without a prediction, or whose
   prediction could not be parsed) is refused: a submission must answer every question.
@@ -103,6 +103,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--questions", help="the AQA JSONL evaluated (default: the one in PRED_DIR/eval_config.json)")
     d.add_argument("--allow-outside-root", action="store_true")
     d.set_defaults(func=_run_dcase)
+    d26 = esub.add_parser("dcase2026", help="DCASE 2026 Task 5 submission CSV (question id, chosen option)")
+    d26.add_argument("pred_dir")
+    d26.add_argument("-o", "--output", required=True)
+    d26.add_argument("--questions", help="the AQA JSONL evaluated (default: the one in PRED_DIR/eval_config.json)")
+    d26.add_argument("--allow-outside-root", action="store_true")
+    d26.set_defaults(func=_run_dcase)
     m = esub.add_parser("mmau", help="MMAU JSON with model_prediction, for MMAU's evaluation.py")
     m.add_argument("pred_dir")
     m.add_argument("--questions", required=True, help="the original mmau-test-mini.json (or test) file")

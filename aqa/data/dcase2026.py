@@ -1,0 +1,391 @@
+"""`aqa data dcase2026` and `aqa data audiomcq`: the DCASE 2026 Task 5 (Audio-Dependent QA)
+question files and its AudioMCQ training file as AQA records, and the 2026 submission CSV.
+
+Both inputs are JSONL, one question per line (DESIGN 2.2):
+
+- DCASE 2026 (``dev.jsonl``, the evaluation file): ``id``, ``audio_path`` (relative to the
+  dataset root, e.g. ``dev_audios/x.wav``), ``question_text``, ``multi_choice`` (option
+  texts) and ``answer`` (the option *text*; absent or null in the evaluation file). Records
+  get subset ``adqa``, source ``dcase2026`` and, when the item carries one, its own
+  ``question_type`` (or ``category``).
+- AudioMCQ: ``source_dataset``, ``id``, ``question_type``, ``audio_path``, ``question``,
+  ``choices``, ``answer`` (text) and a chain-of-thought field (``cot``, ``chain_of_thought``
+  or ``reasoning``; kept in ``meta["cot"]``). Records get subset
+  ``audiomcq-<source_dataset>`` (lower-case, spaces as dashes), source ``audiomcq`` and
+  split ``train``.
+
+What each record holds and how defects are handled:
+
+- ``choices`` are the option texts with whitespace and stray trailing punctuation normalised
+  (`aqa.data.text.normalise_options`, no letter stripping: these files write plain texts, and
+  stripping would eat "F. Scott Fitzgerald"). The source strings stay in
+  ``meta["original_choices"]``, the source id in ``meta["original_id"]`` and the answer
+  string in ``meta["original_answer"]``, so an export can write back what the file wrote.
+- ``answer`` is the index of the option the answer text names (`aqa.data.text.match_answer`
+  by text only). An answer text that names no option, or names two (two source options equal
+  after normalisation, or equal but for case), is a defect that cannot be flagged and kept:
+  a labelled split cannot hold a null answer and picking one of two would be a guess. The
+  item is therefore skipped and listed in the report (``answer-matches-no-choice`` /
+  ``answer-matches-several-choices``).
+- On the ``eval`` split answers are not read: ``answer`` is null. Converting a file without
+  answers as ``dev`` skips every item as ``answer-missing``; the summary then says to pass
+  ``--split eval``.
+- Audio: ``audio_path`` is resolved against the dataset root (``--audio-root``, default the
+  JSONL's folder); a path that leaves it is refused (item skipped and reported) unless
+  ``--allow-outside-root``. A missing or empty audio file is a defect in ``meta["defects"]``
+  (``--drop-flagged`` leaves such records out), an MP3 named ``.wav`` a note.
+- A line that is not JSON, not an object, or lacks a field is skipped and reported with its
+  file and line (``file`` is ``PATH:LINE``; ``line`` holds the number). Repeated ids are
+  skipped after the first (in line order). Output is sorted by id, so reruns are
+  byte-identical; the report goes to ``OUT.report.json`` (`write_conversion`).
+
+`export_dcase2026` writes the 2026 submission CSV (``question_id,answer``, the chosen option
+as the question file wrote it). The 2026 format is the 2025 one, so it is
+`aqa.export.export_dcase2025` under the 2026 name: one code path, one set of refusals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from aqa.data.dcase2025 import (ConversionReport, SkipItem, format_mismatch, inspect_audio_file,
+                                progress, write_conversion)
+from aqa.data.records import (AQARecord, PathOutsideRoot, RecordError, json_lines,
+                              resolve_audio_path)
+from aqa.data.text import (NOTE_DUPLICATES, clean_whitespace, match_answer, match_key,
+                           normalise_options)
+
+SOURCE = "dcase2026"
+AUDIOMCQ_SOURCE = "audiomcq"
+SUBSET = "adqa"
+SPLITS = ("dev", "eval")
+#: Splits published without answers.
+UNLABELLED = frozenset({"eval"})
+#: Keys a chain-of-thought may sit under in AudioMCQ, first present wins.
+COT_KEYS = ("cot", "chain_of_thought", "reasoning")
+DEFECT_SEVERAL = "answer-matches-several-choices"
+DEFECT_NONE = "answer-matches-no-choice"
+
+#: An item converter: (parsed object, dataset root, split, allow_outside_root) -> record.
+ItemConverter = Callable[[Any, Path, str, bool], AQARecord]
+
+
+# ---------------------------------------------------------------------------------------------
+# One item
+
+
+def _string_id(obj: dict) -> str:
+    """The item's id as a string; numbers are accepted since JSONL writers often emit them."""
+    rid = obj.get("id")
+    if isinstance(rid, (int, float)) and not isinstance(rid, bool):
+        rid = str(rid)
+    if not isinstance(rid, str) or not rid.strip():
+        raise SkipItem("missing-field", "'id' missing or empty")
+    return rid.strip()
+
+
+def _text_field(obj: dict, key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise SkipItem("missing-field", f"'{key}' missing or empty")
+    return value
+
+
+def answer_index(raw_answer: Any, raw_choices: list[str]) -> int:
+    """The index in ``normalise_options(raw_choices).choices`` of the option `raw_answer`
+    names by its text. Raises `SkipItem` when it names none or more than one option."""
+    if not isinstance(raw_answer, str) or not raw_answer.strip():
+        raise SkipItem("answer-missing", f"'answer' missing or not a string: {raw_answer!r} "
+                                         f"(an evaluation file is converted with --split eval)")
+    options = normalise_options(raw_choices, strip_letters=False)
+    m = match_answer(raw_answer, options, use_letter=False)
+    if m.index is not None:
+        # The normalised match may land on an option that several source strings merged
+        # into ("dog" and "dog."): the answer then names two of the file's options.
+        sources = [raw_choices[i] for i, j in enumerate(options.index_of) if j == m.index]
+        if len(sources) > 1:
+            raise SkipItem(DEFECT_SEVERAL, f"answer {raw_answer!r} names {len(sources)} options "
+                                           f"{sources} of {raw_choices}")
+        return m.index
+    # find_choice returns None both for no match and for a case-insensitive tie; tell them apart
+    # so that the report says which defect the file has.
+    key = match_key(raw_answer)
+    ties = [c for c in options.choices if match_key(c) == key]
+    if len(ties) > 1:
+        raise SkipItem(DEFECT_SEVERAL, f"answer {raw_answer!r} names {len(ties)} options "
+                                       f"{ties} (differing only in case) of {raw_choices}")
+    raise SkipItem(DEFECT_NONE, f"answer {raw_answer!r} names no option of {raw_choices}")
+
+
+def _build_record(*, rid: str, original_id: Any, audio: str, question: str, raw_choices: Any,
+                  raw_answer: Any, labelled: bool, subset: str, question_type: str, source: str,
+                  split: str, root: Path, allow_outside_root: bool,
+                  extra_meta: dict[str, Any] | None = None) -> AQARecord:
+    """What both formats share once their fields are picked out: options, answer, audio
+    checks, meta and validation. Raises `SkipItem` for an item that cannot be stored."""
+    if not isinstance(raw_choices, list) or not all(isinstance(c, str) for c in raw_choices):
+        raise SkipItem("missing-field", "options missing or not a list of strings")
+    options = normalise_options(raw_choices, strip_letters=False)
+    notes = list(options.notes)
+    defects: list[str] = []
+    if len(options.choices) < 2:
+        raise SkipItem("too-few-choices",
+                       f"{len(options.choices)} distinct option(s) after normalisation: {raw_choices}")
+    if any(not c for c in options.choices):
+        raise SkipItem("empty-choice", f"an option is empty: {raw_choices}")
+
+    meta: dict[str, Any] = {"original_id": original_id, "audio_path": audio,
+                            "original_choices": list(raw_choices)}
+    if raw_answer is not None:
+        meta["original_answer"] = raw_answer
+    answer = answer_index(raw_answer, raw_choices) if labelled else None
+    if NOTE_DUPLICATES in notes:
+        # original_choice (aqa.export) needs this to map a merged option back to its source text.
+        meta["choice_index_of"] = options.index_of
+    if extra_meta:
+        meta.update(extra_meta)
+
+    try:
+        # The path is relative to the dataset root, so the root is also the base it joins.
+        audio_path = resolve_audio_path(audio.strip(), root, root, allow_outside_root=allow_outside_root)
+    except PathOutsideRoot as e:
+        raise SkipItem("audio-outside-root", str(e)) from None
+    fmt, audio_defect = inspect_audio_file(audio_path)
+    if audio_defect:
+        defects.append(audio_defect)
+    if fmt:
+        meta["audio_format"] = fmt
+        if format_mismatch(audio_path, fmt):
+            notes.append("audio-format-mismatch")
+    if notes:
+        meta["notes"] = notes
+    if defects:
+        meta["defects"] = defects
+
+    d = {"id": rid, "audio": str(audio_path), "question": clean_whitespace(question),
+         "choices": options.choices, "answer": answer, "subset": subset,
+         "question_type": question_type, "source": source, "split": split, "meta": meta}
+    try:
+        rec = AQARecord.from_dict(d, require_answer=labelled)
+    except RecordError as e:
+        raise SkipItem("invalid-record", e.problem) from None
+    rec.audio_path = audio_path
+    return rec
+
+
+def _question_type(obj: dict, *keys: str) -> str:
+    for k in keys:
+        v = obj.get(k)
+        if isinstance(v, str) and v.strip():
+            return clean_whitespace(v)
+    return ""
+
+
+def convert_dcase2026_item(obj: Any, root: Path, split: str, allow_outside_root: bool = False) -> AQARecord:
+    """One DCASE 2026 question object as a record; raises `SkipItem` when it cannot be one."""
+    if not isinstance(obj, dict):
+        raise SkipItem("not-an-object", f"expected a JSON object, got {type(obj).__name__}")
+    rid = _string_id(obj)
+    return _build_record(
+        rid=rid, original_id=obj["id"], audio=_text_field(obj, "audio_path"),
+        question=_text_field(obj, "question_text"), raw_choices=obj.get("multi_choice"),
+        raw_answer=obj.get("answer"), labelled=split not in UNLABELLED, subset=SUBSET,
+        question_type=_question_type(obj, "question_type", "category"), source=SOURCE,
+        split=split, root=root, allow_outside_root=allow_outside_root)
+
+
+def audiomcq_subset(source_dataset: str) -> str:
+    """``audiomcq-<name>``: the source dataset lower-cased, whitespace runs made one dash."""
+    return "audiomcq-" + "-".join(source_dataset.lower().split())
+
+
+def convert_audiomcq_item(obj: Any, root: Path, split: str = "train",
+                          allow_outside_root: bool = False) -> AQARecord:
+    """One AudioMCQ object as a record; raises `SkipItem` when it cannot be one."""
+    if not isinstance(obj, dict):
+        raise SkipItem("not-an-object", f"expected a JSON object, got {type(obj).__name__}")
+    rid = _string_id(obj)
+    source_dataset = _text_field(obj, "source_dataset")
+    extra: dict[str, Any] = {"source_dataset": source_dataset}
+    for k in COT_KEYS:
+        if obj.get(k) is not None:
+            # Kept as written (string or structured): training code decides how to use it.
+            extra["cot"] = obj[k]
+            break
+    return _build_record(
+        rid=rid, original_id=obj["id"], audio=_text_field(obj, "audio_path"),
+        question=_text_field(obj, "question"), raw_choices=obj.get("choices"),
+        raw_answer=obj.get("answer"), labelled=True, subset=audiomcq_subset(source_dataset),
+        question_type=_question_type(obj, "question_type"), source=AUDIOMCQ_SOURCE, split=split,
+        root=root, allow_outside_root=allow_outside_root, extra_meta=extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# A whole file
+
+
+def _convert_jsonl(path: str | os.PathLike, convert: ItemConverter, *, source: str, split: str,
+                   audio_root: str | os.PathLike | None, drop_flagged: bool,
+                   allow_outside_root: bool, show_progress: bool) -> ConversionReport:
+    """Run `convert` over every line of `path`. Never raises for a bad line: it is skipped
+    and listed in the report with ``PATH:LINE``. Raises FileNotFoundError for a missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path}")
+    # abspath, so that a relative root and the paths resolved against it agree.
+    root = Path(os.path.abspath(audio_root if audio_root is not None else path.parent))
+    report = ConversionReport(source=source, split=split)
+    converted: list[tuple[str, int, AQARecord]] = []
+
+    def skip(kind: str, problem: str, lineno: int, rid: str | None) -> None:
+        report.error(kind, problem, file=f"{path}:{lineno}", id=rid)
+        report.errors[-1]["line"] = lineno
+
+    for lineno, obj in progress(json_lines(path), desc=f"{source} {split}", enabled=show_progress):
+        report.inputs += 1
+        if isinstance(obj, RecordError):
+            skip("bad-json", obj.problem, lineno, None)
+            continue
+        item_id = obj.get("id") if isinstance(obj, dict) else None
+        try:
+            rec = convert(obj, root, split, allow_outside_root)
+        except SkipItem as e:
+            skip(e.kind, e.problem, lineno, None if item_id is None else str(item_id))
+            continue
+        converted.append((rec.id, lineno, rec))
+
+    # Sorted by id then line: the first line of a repeated id wins, whatever the file order.
+    converted.sort(key=lambda t: (t[0], t[1]))
+    seen: dict[str, int] = {}
+    for rid, lineno, rec in converted:
+        if rid in seen:
+            skip("duplicate-id", f"id {rid!r} already used on line {seen[rid]}; this one skipped",
+                 lineno, rid)
+            continue
+        seen[rid] = lineno
+        if drop_flagged and rec.meta.get("defects"):
+            report.dropped.append(rid)
+            continue
+        if "audio-missing" in (rec.meta.get("defects") or []):
+            report.missing_audio.append(rid)
+        report.records.append(rec)
+    return report
+
+
+def convert_dcase2026(path: str | os.PathLike, *, audio_root: str | os.PathLike | None = None,
+                      split: str = "dev", drop_flagged: bool = False,
+                      allow_outside_root: bool = False, show_progress: bool = True) -> ConversionReport:
+    """Convert a DCASE 2026 Task 5 JSONL (dev or eval). `audio_root` is the dataset root the
+    audio paths are relative to (default: the JSONL's folder)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    return _convert_jsonl(path, convert_dcase2026_item, source=SOURCE, split=split,
+                          audio_root=audio_root, drop_flagged=drop_flagged,
+                          allow_outside_root=allow_outside_root, show_progress=show_progress)
+
+
+def convert_audiomcq(path: str | os.PathLike, *, audio_root: str | os.PathLike | None = None,
+                     drop_flagged: bool = False, allow_outside_root: bool = False,
+                     show_progress: bool = True) -> ConversionReport:
+    """Convert the AudioMCQ training JSONL; every record is split ``train``."""
+    return _convert_jsonl(path, convert_audiomcq_item, source=AUDIOMCQ_SOURCE, split="train",
+                          audio_root=audio_root, drop_flagged=drop_flagged,
+                          allow_outside_root=allow_outside_root, show_progress=show_progress)
+
+
+# ---------------------------------------------------------------------------------------------
+# Submission
+
+
+def export_dcase2026(pred_dir: str | os.PathLike, out: str | os.PathLike, *,
+                     questions: str | None = None, allow_outside_root: bool = False) -> Path:
+    """Write the DCASE 2026 submission CSV: header ``question_id,answer``, one row per question
+    of the evaluated file (`questions`, default the data in PRED_DIR/eval_config.json), the
+    answer being the chosen option as the question file wrote it. Raises
+    `aqa.export.IncompleteSubmission` when a question has no (or an unparsed) prediction.
+
+    The 2026 CSV is the 2025 one, so this is `aqa.export.export_dcase2025`: the same
+    completeness check, option check and original-text lookup (`original_choice`)."""
+    from aqa.export import export_dcase2025
+
+    return export_dcase2025(pred_dir, out, questions=questions, allow_outside_root=allow_outside_root)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--audio-root", type=Path,
+                   help="dataset root the audio paths are relative to (default: the JSONL's folder)")
+    p.add_argument("-o", "--output", required=True, type=Path, help="output JSONL")
+    p.add_argument("--drop-flagged", action="store_true",
+                   help="leave out records with a defect in meta['defects'] (e.g. missing audio)")
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept audio paths that leave the dataset root")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``dcase2026`` and ``audiomcq`` under ``aqa data``."""
+    p = subparsers.add_parser(
+        "dcase2026", help="convert a DCASE 2026 Task 5 (Audio-Dependent QA) JSONL to AQA records",
+        description="Convert a DCASE 2026 Task 5 question file (JSONL: id, audio_path, "
+                    "question_text, multi_choice, answer text) to an AQA JSONL. Items whose answer "
+                    "names no option or several are skipped and listed in OUT.report.json.")
+    p.add_argument("jsonl", type=Path, help="the question file (dev.jsonl or the evaluation file)")
+    p.add_argument("--split", default="dev", choices=SPLITS,
+                   help="dev (answers required) or eval (answers not read); default dev")
+    _common_args(p)
+    p.set_defaults(func=run_dcase2026)
+
+    m = subparsers.add_parser(
+        "audiomcq", help="convert the AudioMCQ training JSONL to AQA records",
+        description="Convert the AudioMCQ training file (JSONL: source_dataset, id, question_type, "
+                    "audio_path, question, choices, answer text, chain of thought) to an AQA JSONL "
+                    "with subset audiomcq-<source_dataset> and the chain of thought in meta['cot'].")
+    m.add_argument("jsonl", type=Path, help="the AudioMCQ JSONL")
+    _common_args(m)
+    m.set_defaults(func=run_audiomcq)
+
+
+def _finish(report: ConversionReport, output: Path) -> int:
+    if not report.records:
+        print(report.summary())
+        if report.errors and all(e["kind"] == "answer-missing" for e in report.errors):
+            print("hint: no item has an answer; an evaluation file is converted with --split eval")
+        print(f"error: no records converted; {output} not written")
+        return 1
+    write_conversion(report, output)
+    print(report.summary())
+    return 0
+
+
+def run_dcase2026(args: argparse.Namespace) -> int:
+    """`aqa data dcase2026`: 0 when records were written, 1 when none, 2 for a missing file."""
+    try:
+        report = convert_dcase2026(args.jsonl, audio_root=args.audio_root, split=args.split,
+                                   drop_flagged=args.drop_flagged,
+                                   allow_outside_root=args.allow_outside_root,
+                                   show_progress=not args.no_progress)
+    except FileNotFoundError as e:
+        print(f"error: {e}")
+        return 2
+    return _finish(report, args.output)
+
+
+def run_audiomcq(args: argparse.Namespace) -> int:
+    """`aqa data audiomcq`: 0 when records were written, 1 when none, 2 for a missing file."""
+    try:
+        report = convert_audiomcq(args.jsonl, audio_root=args.audio_root,
+                                  drop_flagged=args.drop_flagged,
+                                  allow_outside_root=args.allow_outside_root,
+                                  show_progress=not args.no_progress)
+    except FileNotFoundError as e:
+        print(f"error: {e}")
+        return 2
+    return _finish(report, args.output)
