@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 from aqa.io import append_jsonl, drop_partial_last_line, iter_jsonl, write_json, write_jsonl
@@ -65,7 +65,10 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
             f.unlink(missing_ok=True)
     if settings_file.is_file() and pred_file.is_file():
         old = json.loads(settings_file.read_text())
-        diff = {k: (old.get(k), v) for k, v in asdict(settings).items() if old.get(k) != v}
+        # A key an older aqa did not write had its default then.
+        defaults = {f.name: f.default for f in fields(EvalSettings) if f.default is not MISSING}
+        diff = {k: (old.get(k, defaults.get(k)), v) for k, v in asdict(settings).items()
+                if old.get(k, defaults.get(k)) != v}
         if diff:
             raise ValueError(f"{out} holds predictions made with other settings {diff}; "
                              f"use another -o folder or --overwrite")
