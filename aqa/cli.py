@@ -8,6 +8,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 #: Modules that add a subcommand under `aqa data`.
 DATA_COMMANDS = (
@@ -45,7 +46,9 @@ def _register_all(modules, subparsers) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="aqa", description=__doc__.split("\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="aqa", description="Adapt audio-language models to multiple-choice audio question answering: "
+                                "data, LoRA SFT, GRPO, evaluation, ensembles, reports.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="convert, synthesise, check and export AQA data")
@@ -56,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # peft asks transformers for a deprecated property at every adapter load: noise for users.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
