@@ -262,6 +262,24 @@ class SkipItem(Exception):
         self.kind, self.problem = kind, problem
 
 
+def locate_audio(path: str, base: Path, root: Path, *, allow_outside_root: bool, decode: bool,
+                 meta: dict, notes: list, defects: list) -> Path:
+    """Resolve an item's audio path (SkipItem when it leaves the root) and record what the file
+    is: its format in meta, a missing or empty file as a defect, an extension that lies as a note."""
+    try:
+        audio_path = resolve_audio_path(path.strip(), base, root, allow_outside_root=allow_outside_root)
+    except PathOutsideRoot as e:
+        raise SkipItem("audio-outside-root", str(e)) from None
+    fmt, audio_defect = inspect_audio_file(audio_path, decode=decode)
+    if audio_defect:
+        defects.append(audio_defect)
+    if fmt:
+        meta["audio_format"] = fmt
+        if format_mismatch(audio_path, fmt):
+            notes.append("audio-format-mismatch")
+    return audio_path
+
+
 def convert_question(obj: Any, *, json_path: Path, dataset_root: Path, split: str,
                      allow_outside_root: bool = False, check_audio: bool = False) -> AQARecord:
     """One question object as a record (its `audio_path` resolved, `audio` absolute).
@@ -315,18 +333,8 @@ def convert_question(obj: Any, *, json_path: Path, dataset_root: Path, split: st
     if NOTE_DUPLICATES in notes:
         meta["choice_index_of"] = options.index_of
 
-    try:
-        audio_path = resolve_audio_path(audio_url.strip(), json_path.parent, dataset_root,
-                                        allow_outside_root=allow_outside_root)
-    except PathOutsideRoot as e:
-        raise SkipItem("audio-outside-root", str(e)) from None
-    fmt, audio_defect = inspect_audio_file(audio_path, decode=check_audio)
-    if audio_defect:
-        defects.append(audio_defect)
-    if fmt:
-        meta["audio_format"] = fmt
-        if format_mismatch(audio_path, fmt):
-            notes.append("audio-format-mismatch")
+    audio_path = locate_audio(audio_url, json_path.parent, dataset_root, allow_outside_root=allow_outside_root,
+                              decode=check_audio, meta=meta, notes=notes, defects=defects)
 
     if notes:
         meta["notes"] = notes

@@ -52,10 +52,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aqa.data.dcase2025 import (ConversionReport, SkipItem, format_mismatch, inspect_audio_file,
-                                progress, write_conversion)
-from aqa.data.records import (AQARecord, PathOutsideRoot, RecordError, json_lines,
-                              resolve_audio_path)
+from aqa.data.dcase2025 import ConversionReport, SkipItem, locate_audio, progress, write_conversion
+from aqa.data.records import AQARecord, RecordError, json_lines
 from aqa.data.text import (NOTE_DUPLICATES, clean_whitespace, match_answer, match_key,
                            normalise_options)
 
@@ -149,18 +147,9 @@ def _build_record(*, rid: str, original_id: Any, audio: str, question: str, raw_
     if extra_meta:
         meta.update(extra_meta)
 
-    try:
-        # The path is relative to the dataset root, so the root is also the base it joins.
-        audio_path = resolve_audio_path(audio.strip(), root, root, allow_outside_root=allow_outside_root)
-    except PathOutsideRoot as e:
-        raise SkipItem("audio-outside-root", str(e)) from None
-    fmt, audio_defect = inspect_audio_file(audio_path)
-    if audio_defect:
-        defects.append(audio_defect)
-    if fmt:
-        meta["audio_format"] = fmt
-        if format_mismatch(audio_path, fmt):
-            notes.append("audio-format-mismatch")
+    # The path is relative to the dataset root, so the root is also the base it joins.
+    audio_path = locate_audio(audio, root, root, allow_outside_root=allow_outside_root, decode=False,
+                              meta=meta, notes=notes, defects=defects)
     if notes:
         meta["notes"] = notes
     if defects:
