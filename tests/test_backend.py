@@ -62,3 +62,34 @@ def test_greedy_generation_starts_with_the_scored_argmax(backend):
     out = backend.model.generate(**{k: v for k, v in batch.items() if k != "position_ids"}, max_new_tokens=1,
                                  do_sample=False, pad_token_id=backend.tokenizer.pad_token_id)
     assert out[:, -1].tolist() == first.tolist()
+
+
+@torch.no_grad()
+def test_encoder_on_real_frames_matches_the_padded_path(backend):
+    """The exact speed-up: the encoder sees the longest real clip (+2 frames), not the window."""
+    ex = examples()  # 0.5 s, 2.0 s (the whole window) and 1.3 s clips
+    short = [ex[0], ex[2]]  # no clip fills the window: the trim is real
+    for batch_ex in (ex, short):
+        batch = backend.collate(batch_ex, with_target=True)
+        backend.trim_audio = False
+        try:
+            full_h = backend.hidden_states(batch)
+            full_lp, _ = backend.target_logprobs(batch)
+        finally:
+            backend.trim_audio = True
+        trim_h = backend.hidden_states(batch)
+        trim_lp, _ = backend.target_logprobs(batch)
+        real = batch["attention_mask"].bool()
+        assert torch.allclose(full_h[real], trim_h[real], atol=1e-4)
+        assert torch.allclose(full_lp, trim_lp, atol=1e-5)
+    # The trimmed encoder really ran on fewer frames than the window: the longest real clip + 2.
+    seen = []
+    conv1 = backend.base_model().model.audio_tower.conv1
+    hook = conv1.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[-1]))
+    try:
+        batch = backend.collate(short)
+        backend.hidden_states(batch)
+    finally:
+        hook.remove()
+    longest = int(batch["feature_attention_mask"].sum(-1).max())
+    assert seen == [longest + 2 + (longest % 2)] and seen[0] < batch["input_features"].shape[-1]

@@ -91,12 +91,55 @@ class Qwen2AudioBackend(Backend):
         enc["position_ids"] = (att.cumsum(-1) - 1).clamp_min(0)
         return {k: v.to(self.device) for k, v in enc.items() if k != "num_audio_tokens"}
 
+    #: Run the audio encoder on the real frames only (exact; see `audio_embeddings`).
+    trim_audio: bool = True
+
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         core = self.base_model().model  # Qwen2AudioModel: encoder, projector, decoder
-        out = core(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"], input_features=batch.get("input_features"),
-                   feature_attention_mask=batch.get("feature_attention_mask"), use_cache=False)
+        if not self.trim_audio or batch.get("input_features") is None:
+            out = core(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"], input_features=batch.get("input_features"),
+                       feature_attention_mask=batch.get("feature_attention_mask"), use_cache=False)
+            return out.last_hidden_state
+        ids = batch["input_ids"]
+        embeds = core.get_input_embeddings()(ids)
+        audio = self.audio_embeddings(batch["input_features"], batch["feature_attention_mask"])  # (n_audio_tokens, H)
+        slots = (ids == self.base_model().config.audio_token_id)[..., None]
+        embeds = embeds.masked_scatter(slots, audio.to(embeds.dtype))
+        out = core.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
+                                  position_ids=batch["position_ids"], use_cache=False)
         return out.last_hidden_state
+
+    def audio_embeddings(self, features: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
+        """Projected audio tokens of every clip, concatenated: (sum of audio tokens, H).
+
+        Whisper pads every clip to the window (30 s), and the encoder's attention already masks
+        the padded frames, so running it on the longest real clip plus the 2 frames its two
+        convolutions reach gives the same real positions for less work; the positional
+        embedding is sliced to the shorter length. (shared/measurements/h100-*.md measured
+        identical outputs at 7B shapes.)"""
+        from transformers.masking_utils import create_bidirectional_mask
+
+        core = self.base_model().model
+        enc = core.audio_tower
+        lengths = feature_mask.sum(-1)  # (B,) real mel frames
+        conv_len, out_len = enc._get_feat_extract_output_lengths(lengths)
+        frames = min(features.shape[-1], int(lengths.max()) + 2)
+        frames += frames % 2  # conv2 has stride 2
+        x = features[..., :frames].to(enc.conv1.weight.dtype)
+        x = torch.nn.functional.gelu(enc.conv1(x))
+        x = torch.nn.functional.gelu(enc.conv2(x)).permute(0, 2, 1)  # (B, P, D)
+        P = x.shape[1]
+        x = x + enc.embed_positions.weight[:P]
+        x = torch.nn.functional.dropout(x, p=enc.dropout, training=enc.training)
+        keep = (torch.arange(P, device=x.device)[None, :] < conv_len[:, None]).long()
+        mask = create_bidirectional_mask(config=enc.config, inputs_embeds=x, attention_mask=keep)
+        for layer in enc.layers:
+            x = layer(x, mask)
+        x = enc.avg_pooler(x.permute(0, 2, 1)).permute(0, 2, 1)
+        x = core.multi_modal_projector(enc.layer_norm(x))  # (B, P/2, H)
+        real = torch.arange(x.shape[1], device=x.device)[None, :] < out_len[:, None]
+        return x[real]
 
     def lora_target_modules(self, audio_tower: bool = False) -> str:
         # Module names: model.language_model.layers.N.{self_attn,mlp}.X and
