@@ -11,6 +11,7 @@ from aqa.data.audio import load_audio
 from aqa.data.records import load_records
 from aqa.eval.run import EvalSettings, evaluate
 from aqa.eval.score import Query, option_orders, score_queries
+from aqa.io import write_jsonl
 from aqa.models.base import Example, load_backend
 from aqa.prompts import question_text
 
@@ -105,3 +106,27 @@ def test_generate_mode_and_bad_audio(tiny_model, synth_data, tmp_path):
     assert m["n_skipped"] == 1
     unparsed = [json.loads(x) for x in (out / "unparsed.jsonl").read_text().splitlines()]
     assert {u["id"] for u in unparsed} == {r["id"] for r in rs if r["pred"] is None}
+
+
+def test_grouping_by_length_changes_no_prediction(tiny_model, synth_data, tmp_path, backend):
+    import numpy as np
+
+    from aqa.data.audio import write_wav
+
+    # Clips of different lengths, listed longest-short-long so that grouping reorders them.
+    d = tmp_path / "ds"
+    recs = [json.loads(x) for x in (synth_data / "dev.jsonl").read_text().splitlines()][:6]
+    for i, r in enumerate(recs):
+        a = load_audio(synth_data / r["audio"]).samples
+        cut = [2.0, 0.4, 1.7, 0.6, 1.9, 0.3][i]
+        write_wav(d / f"c{i}.wav", a[: int(cut * 16000)] + np.float32(0))
+        r["audio"] = f"c{i}.wav"
+    write_jsonl(d / "dev.jsonl", recs)
+    s = EvalSettings(str(tiny_model), None, str(d / "dev.jsonl"))
+    evaluate(s, tmp_path / "g", backend=backend, progress=False, batch_size=2, group_by_length=True)
+    evaluate(s, tmp_path / "u", backend=backend, progress=False, batch_size=2, group_by_length=False)
+    g, u = rows(tmp_path / "g"), rows(tmp_path / "u")
+    assert [r["id"] for r in g] != [r["id"] for r in u]  # the order of work changed ...
+    by_id = {r["id"]: r for r in u}
+    for r in g:  # ... the answers did not
+        assert np.allclose(r["probs"], by_id[r["id"]]["probs"], atol=1e-5) and r["pred"] == by_id[r["id"]]["pred"]
