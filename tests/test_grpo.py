@@ -110,3 +110,22 @@ def test_resume_is_exact(tiny_model, sft_adapter, synth_data, tmp_path, rollout)
     b = load_file(tmp_path / "part" / "adapter" / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["reward"] for r in log(tmp_path / "full")] == [r["reward"] for r in log(tmp_path / "part")]
+
+
+def test_choice_distribution_is_the_models_own_over_the_letters(tiny_model, synth_data):
+    """choice rollouts sample from the next-token distribution at the answer position,
+    renormalised over the option letters: the same numbers transformers' full logits give."""
+    from aqa.models.base import BackendModule, load_backend
+    from aqa.train.grpo import choice_logprobs
+
+    b = load_backend(str(tiny_model))
+    rows = [json.loads(x) for x in (synth_data / "train.jsonl").read_text().splitlines()][:3]
+    batch = b.collate([example(r, synth_data) for r in rows])
+    n = [len(r["choices"]) for r in rows]
+    samples = torch.zeros(3, 2, dtype=torch.long)
+    with torch.no_grad():
+        logp, _ = choice_logprobs(BackendModule(b), batch, n, samples, temperature=1.0)
+        full = b.model(**batch).logits[:, -1]  # (B, V)
+    for i, k in enumerate(n):
+        letters = full[i, b.letter_token_ids(k)]
+        assert torch.allclose(logp.reshape(3, 2)[i, 0], torch.log_softmax(letters, -1)[0], atol=1e-5)

@@ -66,6 +66,8 @@ class TinySpec:
     """Target size of the trained BPE vocabulary (special tokens come on top)."""
     seed: int = 0
     """Seed of the random weights."""
+    model_vocab: int = 0
+    """Rows of the embedding and output layers, if more than the tokenizer has (7B shapes: 156032)."""
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int):
@@ -104,19 +106,15 @@ def corpus_from_records(path: str | Path) -> list[str]:
     return out
 
 
-def build_tiny(out_dir: str | Path, spec: TinySpec | None = None, corpus: list[str] | None = None) -> Path:
-    """Build, save and return the folder of a random-weight Qwen2-Audio and its processor."""
-    import torch
-    from transformers import (Qwen2AudioConfig, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor,
-                              WhisperFeatureExtractor)
+def tiny_processor_and_config(spec: TinySpec, corpus: list[str] | None = None):
+    """The processor (trained tokenizer, Whisper features) and the model config of a spec."""
+    from transformers import Qwen2AudioConfig, Qwen2AudioProcessor, WhisperFeatureExtractor
 
-    spec = spec or TinySpec()
-    out = Path(out_dir)
     tokenizer = train_tokenizer([BASE_CORPUS, *(corpus or [])], spec.vocab_size)
     feature_extractor = WhisperFeatureExtractor(feature_size=spec.num_mel_bins, chunk_length=spec.audio_seconds,
                                                 sampling_rate=16000, hop_length=160, n_fft=400)
     processor = Qwen2AudioProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
-    vocab = len(tokenizer)
+    vocab = max(len(tokenizer), spec.model_vocab)
     # Whisper: 100 mel frames a second; conv2 has stride 2, so half as many encoder positions.
     positions = spec.audio_seconds * 100 // 2
     config = Qwen2AudioConfig(
@@ -136,6 +134,14 @@ def build_tiny(out_dir: str | Path, spec: TinySpec | None = None, corpus: list[s
             pad_token_id=tokenizer.pad_token_id),
         audio_token_index=tokenizer.convert_tokens_to_ids("<|AUDIO|>"),
     )
+    return processor, config
+
+
+def random_model(spec: TinySpec, config, tokenizer):
+    """Random weights for `config`, output rows at a trained model's logit scale."""
+    import torch
+    from transformers import Qwen2AudioForConditionalGeneration
+
     torch.manual_seed(spec.seed)
     model = Qwen2AudioForConditionalGeneration(config)
     # A trained model's output rows are large enough for peaked next-token distributions; at
@@ -147,6 +153,17 @@ def build_tiny(out_dir: str | Path, spec: TinySpec | None = None, corpus: list[s
     model.generation_config.eos_token_id = [config.text_config.eos_token_id,
                                             tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def build_tiny(out_dir: str | Path, spec: TinySpec | None = None, corpus: list[str] | None = None) -> Path:
+    """Build, save and return the folder of a random-weight Qwen2-Audio and its processor."""
+    spec = spec or TinySpec()
+    out = Path(out_dir)
+    processor, config = tiny_processor_and_config(spec, corpus)
+    tokenizer = processor.tokenizer
+    vocab = config.text_config.vocab_size
+    model = random_model(spec, config, tokenizer)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
