@@ -397,21 +397,29 @@ def convert_dcase2025(root: str | os.PathLike, split: str, *, drop_flagged: bool
                 continue
             converted.append((rec.id, str(path), rec))
 
+    keep_records(report, converted, drop_flagged=drop_flagged,
+                 on_duplicate=lambda rid, first, file: report.error(
+                     "duplicate-id", f"id {rid!r} already used by {first}; this one skipped", file=file, id=rid))
+    return report
+
+
+def keep_records(report: ConversionReport, converted: list, *, drop_flagged: bool, on_duplicate) -> None:
+    """Add (id, where, record) triples to the report in id order: the first of a repeated id
+    wins (the others go to `on_duplicate(id, first_where, where)`), flagged records are dropped
+    on request, and records whose audio is missing are counted."""
     converted.sort(key=lambda t: (t[0], t[1]))
-    seen: dict[str, str] = {}
-    for rid, file, rec in converted:
+    seen: dict = {}
+    for rid, where, rec in converted:
         if rid in seen:
-            report.error("duplicate-id", f"id {rid!r} already used by {seen[rid]}; this one skipped",
-                         file=file, id=rid)
+            on_duplicate(rid, seen[rid], where)
             continue
-        seen[rid] = file
+        seen[rid] = where
         if drop_flagged and rec.meta.get("defects"):
             report.dropped.append(rid)
             continue
         if "audio-missing" in (rec.meta.get("defects") or []):
             report.missing_audio.append(rid)
         report.records.append(rec)
-    return report
 
 
 # ---------------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aqa.data.dcase2025 import ConversionReport, SkipItem, locate_audio, progress, write_conversion
+from aqa.data.dcase2025 import (ConversionReport, SkipItem, keep_records, locate_audio, progress,
+                                write_conversion)
 from aqa.data.records import AQARecord, RecordError, json_lines
 from aqa.data.text import (NOTE_DUPLICATES, clean_whitespace, match_answer, match_key,
                            normalise_options)
@@ -248,20 +249,9 @@ def _convert_jsonl(path: str | os.PathLike, convert: ItemConverter, *, source: s
         converted.append((rec.id, lineno, rec))
 
     # Sorted by id then line: the first line of a repeated id wins, whatever the file order.
-    converted.sort(key=lambda t: (t[0], t[1]))
-    seen: dict[str, int] = {}
-    for rid, lineno, rec in converted:
-        if rid in seen:
-            skip("duplicate-id", f"id {rid!r} already used on line {seen[rid]}; this one skipped",
-                 lineno, rid)
-            continue
-        seen[rid] = lineno
-        if drop_flagged and rec.meta.get("defects"):
-            report.dropped.append(rid)
-            continue
-        if "audio-missing" in (rec.meta.get("defects") or []):
-            report.missing_audio.append(rid)
-        report.records.append(rec)
+    keep_records(report, converted, drop_flagged=drop_flagged,
+                 on_duplicate=lambda rid, first, lineno: skip(
+                     "duplicate-id", f"id {rid!r} already used on line {first}; this one skipped", lineno, rid))
     return report
 
 
