@@ -154,8 +154,9 @@ def train(cfg: SFTConfig) -> dict:
                 if accelerator.sync_gradients:
                     grad_norm = (accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                                  if cfg.max_grad_norm > 0 else torch.tensor(0.0))
-                optimizer.step()
-                scheduler.step() if accelerator.sync_gradients else None
+                optimizer.step()  # accelerate skips it until the last micro-batch of the step
+                if accelerator.sync_gradients:
+                    scheduler.step()
                 optimizer.zero_grad()
             losses.append(loss.detach())
             seen += len(micro) * world
