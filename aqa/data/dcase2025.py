@@ -453,10 +453,18 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError as e:
         print(f"error: {e}")
         return 2
+    return finish_conversion(report, args.output)
+
+
+def finish_conversion(report: ConversionReport, output: Path, hint: str | None = None) -> int:
+    """A converter command's ending: write the records and print the summary (exit 0), or,
+    when nothing converted, print the summary, `hint` if given, and exit 1 without writing."""
     if not report.records:
         print(report.summary())
-        print(f"error: no records converted; {args.output} not written")
+        if hint:
+            print(f"hint: {hint}")
+        print(f"error: no records converted; {output} not written")
         return 1
-    write_conversion(report, args.output)
+    write_conversion(report, output)
     print(report.summary())
     return 0

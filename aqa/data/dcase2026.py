@@ -52,8 +52,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aqa.data.dcase2025 import (ConversionReport, SkipItem, keep_records, locate_audio, progress,
-                                write_conversion)
+from aqa.data.dcase2025 import (ConversionReport, SkipItem, finish_conversion, keep_records, locate_audio,
+                                progress)
 from aqa.data.records import AQARecord, RecordError, json_lines
 from aqa.data.text import (NOTE_DUPLICATES, clean_whitespace, match_answer, match_key,
                            normalise_options)
@@ -333,15 +333,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _finish(report: ConversionReport, output: Path) -> int:
-    if not report.records:
-        print(report.summary())
-        if report.errors and all(e["kind"] == "answer-missing" for e in report.errors):
-            print("hint: no item has an answer; an evaluation file is converted with --split eval")
-        print(f"error: no records converted; {output} not written")
-        return 1
-    write_conversion(report, output)
-    print(report.summary())
-    return 0
+    no_answers = report.errors and all(e["kind"] == "answer-missing" for e in report.errors)
+    return finish_conversion(report, output, hint="no item has an answer; an evaluation file is converted "
+                                                  "with --split eval" if no_answers else None)
 
 
 def run_dcase2026(args: argparse.Namespace) -> int:

@@ -36,8 +36,8 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from aqa.data.dcase2025 import (ConversionReport, SkipItem, format_mismatch, inspect_audio_file,
-                                progress, write_conversion)
+from aqa.data.dcase2025 import (ConversionReport, SkipItem, finish_conversion, format_mismatch,
+                                inspect_audio_file, progress)
 from aqa.data.records import AQARecord, PathOutsideRoot, RecordError, resolve_audio_path
 from aqa.data.text import NOTE_DUPLICATES, clean_whitespace, match_answer, normalise_options
 
@@ -208,10 +208,4 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}")
         return 2
-    if not report.records:
-        print(report.summary())
-        print(f"error: no records converted; {args.output} not written")
-        return 1
-    write_conversion(report, args.output)
-    print(report.summary())
-    return 0
+    return finish_conversion(report, args.output)
