@@ -68,6 +68,16 @@ def file_hash(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def header_duration(path: str | os.PathLike) -> float:
+    """Seconds of audio as the file's header states them, without decoding; 0 when the header
+    cannot be read (decoding the file then reports why)."""
+    try:
+        info = sf.info(str(path))
+        return info.frames / info.samplerate
+    except Exception:  # noqa: BLE001 - any unreadable header
+        return 0.0
+
+
 def _wav_truncation(data: bytes) -> str | None:
     """For RIFF/WAVE bytes: a description of the shortfall when the data chunk's declared size
     runs past the end of the file, else None. libsndfile silently shortens such files."""

@@ -46,7 +46,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
     import numpy as np
     from tqdm.auto import tqdm
 
-    from aqa.data.audio import AudioError, load_audio
+    from aqa.data.audio import AudioError, header_duration, load_audio
     from aqa.data.records import load_records
     from aqa.eval.metrics import format_summary, load_predictions, write_metrics
     from aqa.eval.score import combine, generate_queries, make_queries, score_queries
@@ -94,7 +94,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
     if group_by_length and len(todo) > 1:
         # Clips of like length share a batch, so the trimmed encoder pads little; the header
         # read is cheap, and predictions do not depend on the batch an item lands in.
-        todo.sort(key=lambda r: _duration(r.audio_path or r.audio))
+        todo.sort(key=lambda r: header_duration(r.audio_path or r.audio))
     # Items per forward: each item puts K queries to the model.
     per_batch = max(1, batch_size // settings.shuffles)
     bar = tqdm(total=len(todo), desc=f"eval {settings.mode}", disable=not progress)
@@ -142,17 +142,6 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
     if progress:
         print(format_summary(metrics))
     return metrics
-
-
-def _duration(path) -> float:
-    """Seconds of audio from the file's header (0 when unreadable: the decode reports it)."""
-    import soundfile as sf
-
-    try:
-        info = sf.info(str(path))
-        return info.frames / info.samplerate
-    except Exception:  # noqa: BLE001 - any unreadable file sorts first and fails at decoding
-        return 0.0
 
 
 def audio_contribution(with_audio: list[dict], without: list[dict], out: Path) -> dict:

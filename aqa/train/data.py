@@ -33,6 +33,11 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, index])
 
 
+def micro_seed(seed: int, step: int, micro: int, rank: int) -> int:
+    """A 31-bit seed for one micro-batch of one process (SpecAugment masks, rollouts)."""
+    return hash((seed, step, micro, rank)) & 0x7FFFFFFF  # hash of ints is not salted: stable across runs
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The permutation of item indices for one epoch (the same on every process)."""
     return np.random.default_rng([seed, epoch, 2**31 - 1]).permutation(n)

@@ -132,7 +132,7 @@ def train(cfg: GRPOConfig) -> dict:
     from aqa.prompts import parse_answer
     from aqa.train.common import (RunDir, add_lora, count_params, lr_lambda, make_accelerator, resume, save_adapter,
                                   save_checkpoint, trainable_parameters)
-    from aqa.train.data import QAItems, epoch_order
+    from aqa.train.data import QAItems, epoch_order, micro_seed
     from aqa.train.grpo_loss import grpo_loss, group_advantages
 
     # ---- setup -----------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def train(cfg: GRPOConfig) -> dict:
         for k in range(cfg.grad_accum):
             lo = (k * world + accelerator.process_index) * cfg.batch_size
             micro = [items.sample(int(i), epoch) for i in order[lo:lo + cfg.batch_size]]
-            seed = hash((cfg.seed, step, k, accelerator.process_index)) & 0x7FFFFFFF
+            seed = micro_seed(cfg.seed, step, k, accelerator.process_index)
             if cfg.rollout == "choice":
                 batch, n, samples, rewards, greedy = rollout_choice(module, backend, micro, cfg,
                                                                     torch.Generator().manual_seed(seed))

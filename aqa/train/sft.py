@@ -81,7 +81,7 @@ def train(cfg: SFTConfig) -> dict:
     from aqa.models.base import BackendModule, load_backend
     from aqa.train.common import (RunDir, add_lora, count_params, lr_lambda, make_accelerator, resume, save_adapter,
                                   save_checkpoint, trainable_parameters)
-    from aqa.train.data import QAItems, epoch_order
+    from aqa.train.data import QAItems, epoch_order, micro_seed
 
     # ---- setup -----------------------------------------------------------------------------
     if not cfg.model:
@@ -144,7 +144,7 @@ def train(cfg: SFTConfig) -> dict:
             micro = [items.sample(int(i), epoch) for i in order[lo:lo + cfg.micro_batch_size]]
             batch = backend.collate([m.example for m in micro], with_target=True)
             if cfg.spec_augment_masks > 0:
-                g = torch.Generator().manual_seed(hash((cfg.seed, step, k, accelerator.process_index)) & 0x7FFFFFFF)
+                g = torch.Generator().manual_seed(micro_seed(cfg.seed, step, k, accelerator.process_index))
                 batch["input_features"] = freq_mask(batch["input_features"].cpu(), cfg.spec_augment_masks,
                                                     cfg.spec_augment_width, g).to(accelerator.device)
             with accelerator.accumulate(module):
