@@ -153,14 +153,20 @@ def attach_adapter(model, adapter: str, *, is_trainable: bool = False):
     return PeftModel.from_pretrained(model, adapter, is_trainable=is_trainable)
 
 
-def model_family(path: str, trust_remote_code: bool = False) -> str:
+def model_family(path: str) -> str:
     """The `model_type` of a local folder or hub id."""
     cfg = Path(path) / "config.json"
-    if cfg.is_file():
-        return json.loads(cfg.read_text())["model_type"]
-    from transformers import AutoConfig
+    if not cfg.is_file() and not Path(path).exists():
+        # A hub id: its config.json names the family without running any of its code.
+        from huggingface_hub import hf_hub_download
 
-    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code).model_type
+        cfg = Path(hf_hub_download(path, "config.json"))
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (expected a model folder or a Hugging Face id)")
+    try:
+        return json.loads(cfg.read_text())["model_type"]
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{cfg}: cannot read model_type ({e})") from None
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -181,12 +187,17 @@ def default_dtype(device: torch.device, dtype: str | torch.dtype | None = None) 
 
 def load_backend(path: str, **kw: Any) -> Backend:
     """Load the backend for the model family that `path`'s config names."""
-    family = model_family(path, kw.get("trust_remote_code", False))
+    family = model_family(path)
     if family == "qwen2_audio":
         from aqa.models.qwen2_audio import Qwen2AudioBackend
 
         return Qwen2AudioBackend.load(path, **kw)
-    raise ValueError(f"{path}: model type {family!r} has no aqa backend (supported: qwen2_audio)")
+    from aqa.models.kimi_audio import MODEL_TYPES, KimiAudioBackend
+
+    if family in MODEL_TYPES:
+        return KimiAudioBackend.load(path, **kw)
+    raise ValueError(f"{path}: model type {family!r} has no aqa backend (supported: qwen2_audio, "
+                     f"{', '.join(MODEL_TYPES)})")
 
 
 __all__ = ["Backend", "Example", "load_backend", "default_device", "default_dtype", "model_family"]

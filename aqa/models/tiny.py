@@ -183,8 +183,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     for f, default in asdict(TinySpec()).items():
         t.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)
     t.set_defaults(func=_run_tiny)
+    from aqa.models import tiny_kimi_audio
     from aqa.train.pretrain import register_model_command
 
+    tiny_kimi_audio.register_model_command(msub)
     register_model_command(msub)
 
 

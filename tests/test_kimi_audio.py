@@ -1,0 +1,208 @@
+"""The native Kimi-Audio backend on a tiny random checkpoint in the official layout: loading,
+the two-stream prompt, the audio path (GLM-4-Voice tokens + Whisper features), long clips,
+generation, LoRA, and the recipes (eval, SFT, GRPO, ensemble) through the same CLI."""
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from aqa.cli import main
+from aqa.models.base import Example, load_backend
+
+
+@pytest.fixture(scope="session")
+def tiny_kimi(tmp_path_factory, synth_data):
+    from aqa.models.tiny import corpus_from_records
+    from aqa.models.tiny_kimi_audio import build_tiny_kimi
+
+    return build_tiny_kimi(tmp_path_factory.mktemp("kimi") / "model", corpus=corpus_from_records(synth_data / "qa.jsonl"))
+
+
+@pytest.fixture(scope="module")
+def kimi(tiny_kimi):
+    return load_backend(str(tiny_kimi), device="cpu")
+
+
+def noise(seconds, seed=0, scale=0.1):
+    return (np.random.default_rng(seed).standard_normal(int(16000 * seconds)) * scale).astype(np.float32)
+
+
+def tiktoken_encode(ranks: dict[bytes, int], piece: bytes) -> list[int]:
+    """tiktoken's BPE on one pre-token: merge the adjacent pair of lowest rank until none is left."""
+    parts = [bytes([b]) for b in piece]
+    while True:
+        pairs = [(ranks.get(parts[i] + parts[i + 1], math.inf), i) for i in range(len(parts) - 1)]
+        if not pairs or min(pairs)[0] == math.inf:
+            return [ranks[p] for p in parts]
+        _, i = min(pairs)
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+
+
+def test_text_tokenizer_is_tiktoken_bpe_with_kimi_special_ids(kimi, tiny_kimi):
+    import regex
+
+    from aqa.models.kimi_audio import SPLIT_PATTERN, read_tiktoken, special_token_names
+
+    ranks = read_tiktoken(tiny_kimi / "tiktoken.model")
+    tok = kimi.tokenizer
+    text = "Which sound is heard first?\nA. dog barking  B. 12 beeps, don't C. 鸟"
+    ref = [i for piece in regex.findall(SPLIT_PATTERN, text) for i in tiktoken_encode(ranks, piece.encode())]
+    assert tok.encode(text, add_special_tokens=False) == ref
+    # Special tokens follow the base vocabulary in tokenization_kimia.py's order (pad last).
+    names = special_token_names()
+    assert len(names) == 421 and names[18] == "<|im_media_begin|>" and names[23] == "<|im_kimia_text_blank|>"
+    assert [tok.convert_tokens_to_ids(n) for n in names] == list(range(len(ranks), len(ranks) + 421))
+    assert tok.pad_token_id == len(ranks) + 420
+    cfg = json.loads((tiny_kimi / "config.json").read_text())
+    assert tok.convert_tokens_to_ids("<|im_media_end|>") == cfg["kimia_media_end"]
+    # A special token's text in a question stays text, as with tiktoken's disallowed_special=().
+    assert all(i < len(ranks) for i in tok.encode("<|im_media_begin|>", add_special_tokens=False))
+
+
+def test_prompt_streams_follow_the_upstream_layout(kimi):
+    ids = kimi.tokenizer.convert_tokens_to_ids
+    off = kimi.processor.token_offset
+    b = ids("<|im_kimia_text_blank|>")
+    audio, text, cont = kimi.streams([7, 8], [0, 5, 3])
+    assert audio == [ids("<|im_kimia_user_msg_start|>"), b, b, ids("<|im_media_begin|>"), off, off + 5, off + 3,
+                     ids("<|im_media_end|>"), ids("<|im_kimia_speech_ct_id|>"), ids("<|im_msg_end|>"),
+                     ids("<|im_kimia_assistant_msg_start|>")]
+    assert text == [b, 7, 8] + [b] * 8
+    assert cont == [False] * 4 + [True] * 3 + [False] * 4
+    audio, text, cont = kimi.streams([7], None)  # no audio: the question alone
+    assert audio == [ids("<|im_kimia_user_msg_start|>"), b, ids("<|im_msg_end|>"), ids("<|im_kimia_assistant_msg_start|>")]
+    assert text == [b, 7, b, b] and not any(cont)
+
+
+def test_speech_tokens_are_12_5_hz_causal_and_segmented(kimi):
+    p = kimi.processor
+    a = noise(8)
+    toks = p.speech_tokenizer.tokenize(a, p.tokenizer_features)
+    assert len(toks) == 100 and all(0 <= t < p.speech_tokenizer.config.quantize_vocab_size for t in toks)
+    assert len(set(toks)) > 1
+    # Causal convolutions and a block-causal mask: appending (quiet) audio leaves earlier tokens alone.
+    longer = p.speech_tokenizer.tokenize(np.concatenate([a, np.zeros(16000 * 4, np.float32)]), p.tokenizer_features)
+    assert len(longer) == 150 and longer[:100] == toks
+    # 35 s: two 30 s segments, ceil(35 * 12.5) tokens; the first segment's are those of its first 30 s.
+    long = noise(35, seed=1)
+    t35 = p.speech_tokenizer.tokenize(long, p.tokenizer_features)
+    assert len(t35) == 438
+    assert t35[:375] == p.speech_tokenizer.tokenize(long[:16000 * 30], p.tokenizer_features)
+
+
+def test_long_clip_has_no_30_second_limit(kimi):
+    assert kimi.audio_seconds is None
+    batch = kimi.collate([Example(noise(35), "What is heard?"), Example(noise(3, seed=2), "And here?")])
+    assert batch["input_features"].shape == (3, 128, 3000)  # 2 + 1 segments of 30 s
+    assert batch["segment_tokens"].tolist() == [375, 63, 38]
+    assert batch["continuous"].sum(1).tolist() == [438, 38]
+    assert kimi.whisper_features(batch["input_features"], batch["segment_tokens"]).shape == (476, 4 * 32)
+
+
+def test_logits_equal_a_plain_qwen2_on_the_fused_embeddings(kimi, tiny_kimi):
+    """Loading and the audio fusion, checked against transformers' own Qwen2ForCausalLM and
+    WhisperModel reading the same files: input = (E[audio] + adaptor(whisper)) * sqrt(2) at
+    the audio positions, E[audio] elsewhere, plus E[text]."""
+    from safetensors.torch import load_file
+    from transformers import Qwen2Config, Qwen2ForCausalLM, WhisperModel
+
+    cfg = json.loads((tiny_kimi / "config.json").read_text())
+    qcfg = Qwen2Config(**{k: v for k, v in cfg.items() if k != "model_type"})
+    ref = Qwen2ForCausalLM(qcfg).eval()
+    sd = load_file(tiny_kimi / "model.safetensors")
+    ref.load_state_dict({k: v for k, v in sd.items() if k in ref.state_dict()}, strict=True)
+    enc = WhisperModel.from_pretrained(tiny_kimi / "whisper-large-v3").encoder.eval()
+
+    ex = [Example(noise(4), "What is heard? A. dog B. cat"), Example(noise(2, seed=3), "Which? A. x B. y C. z")]
+    batch = kimi.collate(ex)
+    with torch.no_grad():
+        got = kimi.output_embedding()(kimi.hidden_states(batch))
+        for i in range(2):  # each row alone, unpadded, by hand
+            row = kimi.collate([ex[i]])
+            h = enc(row["input_features"]).last_hidden_state[0, :4 * int(row["segment_tokens"][0])]
+            w = h.reshape(-1, 4 * h.shape[-1])
+            w = torch.nn.functional.linear(w, sd["model.vq_adaptor.layers.0.weight"], sd["model.vq_adaptor.layers.0.bias"])
+            w = torch.nn.functional.linear(torch.nn.functional.silu(w), sd["model.vq_adaptor.layers.3.weight"],
+                                           sd["model.vq_adaptor.layers.3.bias"])
+            w = torch.nn.functional.layer_norm(w, w.shape[-1:], sd["model.vq_adaptor.layers.4.weight"],
+                                               sd["model.vq_adaptor.layers.4.bias"], eps=cfg["rms_norm_eps"])
+            E = sd["model.embed_tokens.weight"]
+            x = E[row["audio_ids"][0]]
+            c = row["continuous"][0]
+            x[c] = (x[c] + w) * math.sqrt(2)
+            x = x + E[row["text_ids"][0]]
+            want = ref(inputs_embeds=x[None]).logits[0]
+            n = want.shape[0]
+            torch.testing.assert_close(got[i, -n:], want, atol=1e-4, rtol=1e-4)
+
+
+def test_greedy_generation_feeds_blanks_to_the_audio_stream(kimi):
+    """Cached generation equals re-running the whole sequence with the answer so far in the
+    text stream and blanks in the audio stream."""
+    ex = [Example(noise(2), "What is heard? A. dog B. cat")]
+    got = kimi.generate_ids(kimi.collate(ex), max_new_tokens=4)[0]
+    so_far = []
+    for _ in range(len(got)):
+        batch = kimi.collate([Example(ex[0].audio, ex[0].text, target_ids=so_far + [0])], with_target=True)
+        with torch.no_grad():
+            logits = kimi.output_embedding()(kimi.hidden_states(batch)[0, -2])
+        so_far.append(int(logits.argmax()))
+    assert got == so_far
+    assert kimi.collate([Example(ex[0].audio, ex[0].text, target_ids=[5, 6])], with_target=True)["audio_ids"][0, -2:].tolist() \
+        == [kimi.blank] * 2
+
+
+def test_lora_reaches_the_language_model_and_optionally_the_speech_encoder(tiny_kimi):
+    from aqa.train.common import add_lora
+
+    b = load_backend(str(tiny_kimi), device="cpu")
+    add_lora(b, r=4, alpha=8, dropout=0.0, audio_tower=False)
+    names = [n for n, _ in b.model.named_modules() if n.endswith("lora_A")]
+    layers = json.loads((tiny_kimi / "config.json").read_text())["num_hidden_layers"]
+    assert len(names) == 7 * layers and all(".model.layers." in n for n in names)
+    b = load_backend(str(tiny_kimi), device="cpu")
+    add_lora(b, r=4, alpha=8, dropout=0.0, audio_tower=True)
+    names = [n for n, _ in b.model.named_modules() if n.endswith("lora_A")]
+    assert sum("speech_encoder.layers." in n for n in names) == 6 * 2
+    assert not any("vq_adaptor" in n or "lm_head" in n for n in names)
+
+
+def test_missing_parts_are_named(tiny_kimi, tmp_path):
+    broken = tmp_path / "k"
+    shutil.copytree(tiny_kimi, broken)
+    shutil.rmtree(broken / "whisper-large-v3")
+    with pytest.raises(OSError, match="whisper-large-v3"):
+        load_backend(str(broken), device="cpu")
+    shutil.copytree(tiny_kimi / "whisper-large-v3", broken / "whisper-large-v3")
+    (broken / "tiktoken.model").write_text("not base64 at all\n")
+    with pytest.raises(ValueError, match="tiktoken.model:1"):
+        load_backend(str(broken), device="cpu")
+
+
+def test_recipes_run_unchanged_on_kimi_audio(tiny_kimi, synth_data, tmp_path):
+    """eval (score and generate), LoRA SFT, GRPO and the ensemble through the CLI."""
+    m, train, dev = str(tiny_kimi), str(synth_data / "train.jsonl"), str(synth_data / "dev.jsonl")
+    common = ["model=" + m, f"train_data=[{train}]", "bf16=false", "device=cpu"]
+    assert main(["sft", "configs/kimi_audio/sft_lora.yaml", *common, f"output_dir={tmp_path / 'sft'}", "batch_size=2",
+                 "micro_batch_size=2", "max_steps=2", "lr=1e-2", "spec_augment_masks=1"]) == 0
+    cfg = json.loads((tmp_path / "sft" / "adapter" / "adapter_config.json").read_text())
+    assert cfg["r"] == 16
+    assert main(["grpo", "configs/kimi_audio/grpo.yaml", *common, f"output_dir={tmp_path / 'grpo'}",
+                 f"sft_adapter={tmp_path / 'sft' / 'adapter'}", "batch_size=2", "grad_accum=1", "group_size=2",
+                 "max_steps=1", "rollout=generate", "max_new_tokens=3"]) == 0
+    for name, extra in [("base", []), ("sft", ["--adapter", str(tmp_path / "sft" / "adapter")]),
+                        ("grpo", ["--adapter", str(tmp_path / "grpo" / "adapter")])]:
+        assert main(["eval", "--model", m, "--data", dev, "-o", str(tmp_path / name), "--limit", "6", "--device",
+                     "cpu", *extra]) == 0
+    probs = {n: [r["probs"] for r in map(json.loads, (tmp_path / n / "predictions.jsonl").read_text().splitlines())]
+             for n in ("base", "sft")}
+    assert len(probs["base"]) == 6 and probs["base"] != probs["sft"]  # the adapter is applied
+    assert main(["eval", "--model", m, "--data", dev, "-o", str(tmp_path / "gen"), "--limit", "2", "--mode",
+                 "generate", "--max-new-tokens", "3", "--device", "cpu"]) == 0
+    assert main(["ensemble", "fit", str(tmp_path / "base"), str(tmp_path / "sft"), str(tmp_path / "grpo"),
+                 "-o", str(tmp_path / "ens"), "--folds", "2", "--steps", "20"]) == 0
+    assert (tmp_path / "ens" / "params.json").is_file()
