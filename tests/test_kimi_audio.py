@@ -206,3 +206,39 @@ def test_recipes_run_unchanged_on_kimi_audio(tiny_kimi, synth_data, tmp_path):
     assert main(["ensemble", "fit", str(tmp_path / "base"), str(tmp_path / "sft"), str(tmp_path / "grpo"),
                  "-o", str(tmp_path / "ens"), "--folds", "2", "--steps", "20"]) == 0
     assert (tmp_path / "ens" / "params.json").is_file()
+
+
+def test_official_7b_weight_names_and_shapes_load():
+    """At Kimi-Audio-7B-Instruct's config (values from its config.json), the model's tensors
+    plus the skipped audio-generation branch are exactly the official shards' weight names."""
+    import re
+
+    from aqa.models.kimi_audio import KimiAudioConfig, KimiAudioForCausalLM
+
+    official = dict(architectures=["MoonshotKimiaForCausalLM"], hidden_size=3584, intermediate_size=18944,
+                    num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+                    max_position_embeddings=8192, kimia_mimo_layers=6, kimia_mimo_transformer_from_layer_index=21,
+                    kimia_audio_output_vocab=16896, kimia_text_output_vocab=152064, kimia_token_offset=152064,
+                    vocab_size=168448, kimia_mimo_audiodelaytokens=6, kimia_adaptor_input_dim=5120,
+                    rms_norm_eps=1e-6, use_whisper_feature=True, torch_dtype="bfloat16")
+    cfg = KimiAudioConfig(**official)
+    with torch.device("meta"):
+        model = KimiAudioForCausalLM(cfg)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    per_layer = [f"self_attn.{p}_proj.{w}" for p in "qkv" for w in ("weight", "bias")] + [
+        "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+        "input_layernorm.weight", "post_attention_layernorm.weight"]
+    names = ({f"model.layers.{i}.{p}" for i in range(28) for p in per_layer}
+             | {f"model.mimo_layers.{i}.{p}" for i in range(6) for p in per_layer}
+             | {f"model.vq_adaptor.layers.{i}.{w}" for i in (0, 3, 4) for w in ("weight", "bias")}
+             | {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "mimo_output.weight",
+                "model.mimo_norm.weight"})
+    assert len(names) == 419
+    ignore = KimiAudioForCausalLM._keys_to_ignore_on_load_unexpected
+    skipped = {n for n in names if any(re.search(p, n) for p in ignore)}
+    assert any(re.search(p, "model.layers.3.self_attn.rotary_emb.inv_freq") for p in ignore)
+    assert set(shapes) == names - skipped and len(skipped) == 6 * 12 + 2
+    assert shapes["model.embed_tokens.weight"] == (168448, 3584) and shapes["lm_head.weight"] == (168448, 3584)
+    assert shapes["model.vq_adaptor.layers.0.weight"] == (3584, 5120)
+    assert shapes["model.layers.0.self_attn.k_proj.weight"] == (512, 3584)  # 4 key/value heads of 128
+    assert cfg.rope_parameters["rope_theta"] == 10000.0  # upstream's config class default

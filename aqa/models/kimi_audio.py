@@ -176,8 +176,11 @@ class KimiAudioForCausalLM(Qwen2ForCausalLM):
     attached after loading, so LoRA may reach it and `.to()` moves it with the rest."""
 
     config_class = KimiAudioConfig
-    # The audio-generation branch: not needed for text output.
-    _keys_to_ignore_on_load_unexpected = [r"^model\.mimo_layers\.", r"^model\.mimo_norm\.", r"^mimo_output\."]
+    # The audio-generation branch is not needed for text output. The official index is said to
+    # list 453 tensors where this model and that branch have 419; 34 is one per decoder layer,
+    # so presumably rotary `inv_freq` buffers, which upstream recomputes from the config.
+    _keys_to_ignore_on_load_unexpected = [r"^model\.mimo_layers\.", r"^model\.mimo_norm\.", r"^mimo_output\.",
+                                          r"rotary_emb\.inv_freq$"]
 
     def __init__(self, config):
         Qwen2PreTrainedModel.__init__(self, config)
@@ -215,8 +218,9 @@ def load_speech_encoder(folder: Path, dtype: torch.dtype):
                                rename=lambda k: k.removeprefix("model.").removeprefix("encoder."))
 
 
-def local_folder(path: str, what: str, allow_patterns: list[str] | None = None) -> Path:
-    """A local folder for `path`, downloading a hub id when it is not one."""
+def local_folder(path: str, what: str) -> Path:
+    """A local folder for `path`, downloading a hub id when it is not one (without the
+    audio-generation parts: the detokenizer and vocoder are about 20 GB)."""
     p = Path(path)
     if p.is_dir():
         return p
@@ -224,7 +228,7 @@ def local_folder(path: str, what: str, allow_patterns: list[str] | None = None) 
         raise FileNotFoundError(f"{path}: not a folder ({what})")
     from huggingface_hub import snapshot_download
 
-    return Path(snapshot_download(path, allow_patterns=allow_patterns))
+    return Path(snapshot_download(path, ignore_patterns=["audio_detokenizer/*", "vocoder/*", "*.pt"]))
 
 
 @dataclass
