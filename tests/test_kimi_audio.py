@@ -242,3 +242,11 @@ def test_official_7b_weight_names_and_shapes_load():
     assert shapes["model.vq_adaptor.layers.0.weight"] == (3584, 5120)
     assert shapes["model.layers.0.self_attn.k_proj.weight"] == (512, 3584)  # 4 key/value heads of 128
     assert cfg.rope_parameters["rope_theta"] == 10000.0  # upstream's config class default
+
+
+def test_pretraining_a_kimi_folder_is_refused_by_name(tiny_kimi, synth_data):
+    from aqa.train.pretrain import pretrain
+
+    with pytest.raises(ValueError, match="moonshot_kimia"):
+        pretrain(tiny_kimi, synth_data / "strong.tsv", synth_data / "labels.tsv", synth_data / "wav",
+                 synth_data / "never")

@@ -328,10 +328,10 @@ class KimiAudioBackend(Backend):
             speech = None
             if e.audio is not None:
                 audio = np.asarray(e.audio, dtype=np.float32)
-                speech = p.speech_tokenizer.tokenize(audio, p.tokenizer_features)
+                speech = p.speech_tokenizer.tokenize(audio, p.tokenizer_features, device=self.device)
                 segs = segments(audio)
                 mels.append(p.feature_extractor(segs, sampling_rate=SAMPLE_RATE, return_tensors="pt",
-                                                padding="max_length")["input_features"])
+                                                padding="max_length", device=str(self.device))["input_features"])
                 seg_tokens += [tokens_for(len(s)) for s in segs]
             a, t, c = self.streams(q, speech)
             labels = [-100] * len(t)

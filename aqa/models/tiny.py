@@ -173,26 +173,35 @@ def build_tiny(out_dir: str | Path, spec: TinySpec | None = None, corpus: list[s
     return out
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("model", help="model utilities")
-    msub = p.add_subparsers(dest="model_command", required=True)
-    t = msub.add_parser("tiny", help="build a random-weight Qwen2-Audio and processor offline")
+def add_builder_command(msub, name: str, help: str, spec_cls, build, wrote: str) -> None:
+    """`aqa model NAME -o DIR [--corpus JSONL] [--FIELD VALUE ...]`: one option per field of
+    the `spec_cls` dataclass; `build(out, spec, corpus)` writes the folder."""
+    t = msub.add_parser(name, help=help)
     t.add_argument("-o", "--output", required=True, help="folder to write")
     t.add_argument("--corpus", action="append", default=[],
                    help="AQA JSONL whose questions and options train the tokenizer (repeatable)")
-    for f, default in asdict(TinySpec()).items():
+    for f, default in asdict(spec_cls()).items():
         t.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)
-    t.set_defaults(func=_run_tiny)
-    from aqa.models import tiny_kimi_audio
+
+    def run(args) -> int:
+        spec = spec_cls(**{f: getattr(args, f) for f in asdict(spec_cls())})
+        corpus = [line for c in args.corpus for line in corpus_from_records(c)]
+        out = build(args.output, spec, corpus)
+        print(f"wrote {out}/ ({wrote})")
+        return 0
+
+    t.set_defaults(func=run)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from aqa.models.tiny_kimi_audio import TinyKimiSpec, build_tiny_kimi
     from aqa.train.pretrain import register_model_command
 
-    tiny_kimi_audio.register_model_command(msub)
+    p = sub.add_parser("model", help="model utilities")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    add_builder_command(msub, "tiny", "build a random-weight Qwen2-Audio and processor offline", TinySpec, build_tiny,
+                        "config.json, model.safetensors, processor and tokenizer files")
+    add_builder_command(msub, "tiny-kimi-audio", "build a random-weight Kimi-Audio folder offline (official layout)",
+                        TinyKimiSpec, build_tiny_kimi,
+                        "config.json, model.safetensors, tiktoken.model, whisper-large-v3/, glm-4-voice-tokenizer/")
     register_model_command(msub)
-
-
-def _run_tiny(args) -> int:
-    spec = TinySpec(**{f: getattr(args, f) for f in asdict(TinySpec())})
-    corpus = [line for c in args.corpus for line in corpus_from_records(c)]
-    out = build_tiny(args.output, spec, corpus)
-    print(f"wrote {out}/ (config.json, model.safetensors, processor and tokenizer files)")
-    return 0

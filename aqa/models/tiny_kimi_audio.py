@@ -11,7 +11,6 @@ quantised after layer 2, so both of its attention masks are used).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from dataclasses import asdict, dataclass
@@ -171,23 +170,3 @@ def build_tiny_kimi(out_dir: str | Path, spec: TinyKimiSpec | None = None, corpu
     log.info("tiny Kimi-Audio: %.2f M decoder parameters, text vocabulary %d + %d special, %d speech codes",
              n / 1e6, base, len(specials), spec.speech_codes)
     return out
-
-
-def register_model_command(msub) -> None:
-    t = msub.add_parser("tiny-kimi-audio", help="build a random-weight Kimi-Audio folder offline")
-    t.add_argument("-o", "--output", required=True, help="folder to write")
-    t.add_argument("--corpus", action="append", default=[],
-                   help="AQA JSONL whose questions and options train the tokenizer (repeatable)")
-    for f, default in asdict(TinyKimiSpec()).items():
-        t.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)
-    t.set_defaults(func=_run)
-
-
-def _run(args) -> int:
-    from aqa.models.tiny import corpus_from_records
-
-    spec = TinyKimiSpec(**{f: getattr(args, f) for f in asdict(TinyKimiSpec())})
-    corpus = [line for c in args.corpus for line in corpus_from_records(c)]
-    out = build_tiny_kimi(args.output, spec, corpus)
-    print(f"wrote {out}/ (config.json, model.safetensors, tiktoken.model, whisper-large-v3/, glm-4-voice-tokenizer/)")
-    return 0

@@ -136,11 +136,12 @@ class WhisperVQTokenizer(nn.Module):
         return load_module_weights(lambda: cls(config), folder, dtype=dtype,
                                    rename=lambda k: k.removeprefix("model.").removeprefix("encoder."))
 
-    def tokenize(self, audio: np.ndarray, feature_extractor) -> list[int]:
-        """GLM-4-Voice tokens of one 16 kHz clip: 30 s segments, each padded to whole tokens."""
+    def tokenize(self, audio: np.ndarray, feature_extractor, device: torch.device | str = "cpu") -> list[int]:
+        """GLM-4-Voice tokens of one 16 kHz clip: its 30 s segments in one batch, padded to
+        whole tokens (`device`: where the log-mel is computed)."""
         segs = segments(audio)
         enc = feature_extractor(segs, sampling_rate=SAMPLE_RATE, return_attention_mask=True, return_tensors="pt",
-                                padding="longest", pad_to_multiple_of=self.samples_per_token)
+                                padding="longest", pad_to_multiple_of=self.samples_per_token, device=str(device))
         dev = self.conv1.weight.device
         ids = self(enc["input_features"].to(dev), enc["attention_mask"].to(dev))
         out = []

@@ -116,6 +116,9 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     backend = load_backend(str(model_dir), device=device, is_trainable=True)
+    if backend.family != "qwen2_audio":
+        raise ValueError(f"{model_dir}: `aqa model pretrain` trains tiny Qwen2-Audio models (`aqa model tiny`); "
+                         f"this folder holds a {backend.family} model")
     model = backend.model
     encoder = backend.base_model().model.audio_tower
     fe = backend.processor.feature_extractor
