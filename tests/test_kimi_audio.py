@@ -171,6 +171,18 @@ def test_lora_reaches_the_language_model_and_optionally_the_speech_encoder(tiny_
     assert not any("vq_adaptor" in n or "lm_head" in n for n in names)
 
 
+def test_speech_tokenizer_from_the_environment(tiny_kimi, tmp_path, monkeypatch):
+    ckpt = tmp_path / "k"
+    shutil.copytree(tiny_kimi, ckpt)
+    shutil.move(ckpt / "glm-4-voice-tokenizer", tmp_path / "glm")
+    monkeypatch.setenv("AQA_SPEECH_TOKENIZER", str(tmp_path / "glm"))
+    b = load_backend(str(ckpt), device="cpu")
+    assert len(b.processor.speech_tokenizer.tokenize(noise(1), b.processor.tokenizer_features)) == 13
+    monkeypatch.setenv("AQA_SPEECH_TOKENIZER", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load_backend(str(ckpt), device="cpu")
+
+
 def test_missing_parts_are_named(tiny_kimi, tmp_path):
     broken = tmp_path / "k"
     shutil.copytree(tiny_kimi, broken)

@@ -10,8 +10,9 @@ What it loads from the official checkpoint folder (moonshotai/Kimi-Audio-7B-Inst
   `WhisperEncoder`, weights read with or without the `model.encoder.` prefix).
 - `tiktoken.model`: the text tokenizer, turned into a fast tokenizer with Kimi-Audio's split
   pattern and its 421 special tokens at `num_base_tokens + i`.
-- the GLM-4-Voice speech tokenizer (aqa/models/whisper_vq.py): from `speech_tokenizer=` (a
-  folder), else `<checkpoint>/glm-4-voice-tokenizer/`, else THUDM/glm-4-voice-tokenizer.
+- the GLM-4-Voice speech tokenizer (aqa/models/whisper_vq.py): from `speech_tokenizer=` or the
+  environment variable AQA_SPEECH_TOKENIZER (a folder or hub id), else
+  `<checkpoint>/glm-4-voice-tokenizer/`, else THUDM/glm-4-voice-tokenizer.
 
 The audio path, as upstream's `KimiAPromptManager` and `MoonshotKimiaModel` do it:
 - discrete: GLM-4-Voice tokens at 12.5 Hz, plus `kimia_token_offset`, between
@@ -37,7 +38,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -269,6 +270,7 @@ class KimiAudioBackend(Backend):
             fe = WhisperFeatureExtractor.from_pretrained(whisper_dir)
         else:  # upstream computes Whisper-large-v3's 128-bin log-mel itself
             fe = WhisperFeatureExtractor(feature_size=model.speech_encoder.config.num_mel_bins)
+        speech_tokenizer = speech_tokenizer or os.environ.get("AQA_SPEECH_TOKENIZER")
         tok_dir = (local_folder(speech_tokenizer, "a GLM-4-Voice speech tokenizer") if speech_tokenizer
                    else folder / "glm-4-voice-tokenizer" if (folder / "glm-4-voice-tokenizer").is_dir()
                    else local_folder("THUDM/glm-4-voice-tokenizer", "the GLM-4-Voice speech tokenizer"))
