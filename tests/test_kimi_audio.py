@@ -190,6 +190,12 @@ def test_missing_parts_are_named(tiny_kimi, tmp_path):
     with pytest.raises(OSError, match="whisper-large-v3"):
         load_backend(str(broken), device="cpu")
     shutil.copytree(tiny_kimi / "whisper-large-v3", broken / "whisper-large-v3")
+    tc = json.loads((broken / "tokenizer_config.json").read_text())
+    blank = next(i for i, t in tc["added_tokens_decoder"].items() if t["content"] == "<|im_kimia_text_blank|>")
+    tc["added_tokens_decoder"][str(int(blank) + 1)] = tc["added_tokens_decoder"].pop(blank)
+    (broken / "tokenizer_config.json").write_text(json.dumps(tc))
+    with pytest.raises(ValueError, match="tokenizer_config.json.*im_kimia_text_blank"):
+        load_backend(str(broken), device="cpu")
     (broken / "tiktoken.model").write_text("not base64 at all\n")
     with pytest.raises(ValueError, match="tiktoken.model:1"):
         load_backend(str(broken), device="cpu")

@@ -127,6 +127,15 @@ def load_text_tokenizer(folder: str | Path):
                                    pad_token=specials[-1], unk_token=specials[-1], split_special_tokens=True)
     if fast.convert_tokens_to_ids("[BOS]") != len(ranks):
         raise ValueError(f"{path}: special tokens do not follow the {len(ranks)} base tokens")
+    # The special-token table is tokenization_kimia.py's; a tokenizer_config.json that says
+    # otherwise means a different vocabulary, which must not load silently.
+    cfg = Path(folder) / "tokenizer_config.json"
+    declared = (json.loads(cfg.read_text()).get("added_tokens_decoder") or {}) if cfg.is_file() else {}
+    for i, tok_ in declared.items():
+        name = tok_["content"] if isinstance(tok_, dict) else str(tok_)
+        if name in fast.get_vocab() and fast.convert_tokens_to_ids(name) != int(i):
+            raise ValueError(f"{cfg}: {name} has id {i}, Kimi-Audio's tokenizer gives it "
+                             f"{fast.convert_tokens_to_ids(name)}")
     fast.padding_side = "left"
     return fast
 

@@ -98,7 +98,8 @@ def build_tiny_kimi(out_dir: str | Path, spec: TinyKimiSpec | None = None, corpu
     offset = base + len(specials)
     write_json(out / "tokenizer_config.json", {
         "tokenizer_class": "TikTokenTokenizer", "bos_token": "[BOS]", "eos_token": "[EOS]",
-        "pad_token": specials[-1], "model_max_length": 8192})
+        "pad_token": specials[-1], "model_max_length": 8192,
+        "added_tokens_decoder": {str(i): {"content": n, "special": True} for n, i in sid.items()}})
 
     d = spec.decoder_dim
     fields = dict(
