@@ -16,8 +16,6 @@ Prints a table and appends it to bench/RESULTS.md with the machine, the date and
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -26,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import timed  # noqa: E402
+from speed import fmt_mem, heading, publish, timed  # noqa: E402
 
 SHAPES = {
     # For the test that keeps this script working; its numbers mean nothing.
@@ -115,22 +113,13 @@ def main() -> int:
         rows.append((what, unit, per / t, mem))
     speedup = rows[4][2] / rows[3][2]
 
-    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else None
-    machine = gpu or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
-    lines = [f"## {datetime.date.today().isoformat()}, {machine}, Kimi-Audio {args.shapes} shapes "
-             f"({n_params / 1e6:.1f} M parameters)", "",
-             f"Command: `{' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}`; torch {torch.__version__}, "
-             f"{args.clip_seconds:g} s clips, batch {B}, median of {args.repeats} after a warm-up; "
-             f"batched vs one-at-a-time answer logits agree to {diff:.1e}; batched scoring is {speedup:.2f}x "
-             "one prompt at a time.", "",
-             "| what | unit | rate | peak GiB |", "|---|---|---:|---:|"]
-    lines += [f"| {w} | {u} | {r:.2f} | {'n/a' if m is None else f'{m:.1f}'} |" for w, u, r, m in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    res = Path(args.results)
-    with res.open("a") as fh:
-        fh.write(("" if res.stat().st_size == 0 else "\n") + text)
-    print(f"appended to {res}")
+    lines = heading(device, f"Kimi-Audio {args.shapes} shapes ({n_params / 1e6:.1f} M parameters)")
+    lines[-1] += (f"{args.clip_seconds:g} s clips, batch {B}, median of {args.repeats} after a warm-up; "
+                  f"batched vs one-at-a-time answer logits agree to {diff:.1e}; batched scoring is {speedup:.2f}x "
+                  "one prompt at a time.")
+    lines += ["", "| what | unit | rate | peak GiB |", "|---|---|---:|---:|"]
+    lines += [f"| {w} | {u} | {r:.2f} | {fmt_mem(m)} |" for w, u, r, m in rows]
+    publish(lines, args.results)
     return 0
 
 

@@ -59,6 +59,28 @@ def timed(fn, device, repeats: int) -> tuple[float, float | None]:
     return float(np.median(times)), peak
 
 
+def heading(device, what: str) -> list[str]:
+    """A results section's first lines: date, machine and what was measured, then the command."""
+    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else None
+    machine = gpu or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
+    return [f"## {datetime.date.today().isoformat()}, {machine}, {what}", "",
+            f"Command: `{' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}`; torch {torch.__version__}, "]
+
+
+def fmt_mem(m: float | None) -> str:
+    return "n/a" if m is None else f"{m:.1f}"
+
+
+def publish(lines: list[str], results: str | Path) -> None:
+    """Print the table and append it to the results file."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    res = Path(results)
+    with res.open("a") as fh:
+        fh.write(("" if res.stat().st_size == 0 else "\n") + text)
+    print(f"appended to {res}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -193,22 +215,14 @@ def main() -> int:
         ta, ma = timed(ours, device, args.repeats)
         rows.append((what, unit, per / tp, per / ta, tp / ta, mp, ma))
 
-    gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else None
-    machine = gpu or f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} CPU threads"
-    fmt_mem = lambda m: "n/a" if m is None else f"{m:.1f}"
-    lines = [f"## {datetime.date.today().isoformat()}, {machine}, {args.shapes} shapes ({n_params / 1e6:.0f} M parameters)",
-             "", f"Command: `{' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}`; torch {torch.__version__}, "
-             f"{args.clip_seconds:g} s clips, batch {B}, median of {args.repeats} after a warm-up; "
-             f"scoring paths agree to {diff:.1e}.", "",
-             "| what | unit | plain | aqa | aqa / plain | peak GiB plain | peak GiB aqa |", "|---|---|---:|---:|---:|---:|---:|"]
+    lines = heading(device, f"{args.shapes} shapes ({n_params / 1e6:.0f} M parameters)")
+    lines[-1] += (f"{args.clip_seconds:g} s clips, batch {B}, median of {args.repeats} after a warm-up; "
+                  f"scoring paths agree to {diff:.1e}.")
+    lines += ["", "| what | unit | plain | aqa | aqa / plain | peak GiB plain | peak GiB aqa |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {w} | {u} | {p:.2f} | {a:.2f} | {r:.2f}x | {fmt_mem(mp)} | {fmt_mem(ma)} |"
               for w, u, p, a, r, mp, ma in rows]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    res = Path(args.results)
-    with res.open("a") as fh:
-        fh.write(("" if res.stat().st_size == 0 else "\n") + text)
-    print(f"appended to {res}")
+    publish(lines, args.results)
     return 0
 
 
