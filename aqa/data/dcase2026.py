@@ -338,27 +338,26 @@ def _finish(report: ConversionReport, output: Path) -> int:
                                                   "with --split eval" if no_answers else None)
 
 
-def run_dcase2026(args: argparse.Namespace) -> int:
-    """`aqa data dcase2026`: 0 when records were written, 1 when none, 2 for a missing file."""
+def _convert_and_finish(convert, output: Path, *args, **kwargs) -> int:
+    """Run a converter and write its records: 0 when some were written, 1 when none, 2 for a
+    missing file."""
     try:
-        report = convert_dcase2026(args.jsonl, audio_root=args.audio_root, split=args.split,
-                                   drop_flagged=args.drop_flagged,
-                                   allow_outside_root=args.allow_outside_root,
-                                   show_progress=not args.no_progress)
+        report = convert(*args, **kwargs)
     except FileNotFoundError as e:
         print(f"error: {e}")
         return 2
-    return _finish(report, args.output)
+    return _finish(report, output)
+
+
+def run_dcase2026(args: argparse.Namespace) -> int:
+    """`aqa data dcase2026`: 0 when records were written, 1 when none, 2 for a missing file."""
+    return _convert_and_finish(convert_dcase2026, args.output, args.jsonl, audio_root=args.audio_root,
+                               split=args.split, drop_flagged=args.drop_flagged,
+                               allow_outside_root=args.allow_outside_root, show_progress=not args.no_progress)
 
 
 def run_audiomcq(args: argparse.Namespace) -> int:
     """`aqa data audiomcq`: 0 when records were written, 1 when none, 2 for a missing file."""
-    try:
-        report = convert_audiomcq(args.jsonl, audio_root=args.audio_root,
-                                  drop_flagged=args.drop_flagged,
-                                  allow_outside_root=args.allow_outside_root,
-                                  show_progress=not args.no_progress)
-    except FileNotFoundError as e:
-        print(f"error: {e}")
-        return 2
-    return _finish(report, args.output)
+    return _convert_and_finish(convert_audiomcq, args.output, args.jsonl, audio_root=args.audio_root,
+                               drop_flagged=args.drop_flagged, allow_outside_root=args.allow_outside_root,
+                               show_progress=not args.no_progress)
