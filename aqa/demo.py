@@ -123,7 +123,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
     from aqa.models.tiny import TinySpec, build_tiny, corpus_from_records
     from aqa.train.pretrain import pretrain
     from aqa.ensemble import run_fit
-    from aqa.train.common import safe_name
+    from aqa.io import safe_name
     from aqa.train.grpo import GRPOConfig
     from aqa.train.grpo import train as grpo_train
     from aqa.train.sft import SFTConfig, train

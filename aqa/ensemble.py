@@ -181,7 +181,7 @@ def baselines(a: Aligned, names: list[str]) -> dict[str, torch.Tensor]:
 def run_fit(pred_dirs: list[str], out_dir: str | Path, *, folds: int = 5, steps: int = 500, lr: float = 0.05,
             names: list[str] | None = None, n_boot: int = 1000) -> dict:
     from aqa.eval.metrics import write_metrics
-    from aqa.train.common import safe_name
+    from aqa.io import safe_name
 
     out = Path(out_dir)
     names = names or [Path(d).name for d in pred_dirs]

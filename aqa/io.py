@@ -5,10 +5,19 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_name(s: str) -> str:
+    """A file or folder name made from free text (a run name, a model id)."""
+    return _UNSAFE.sub("-", s).strip("-.") or "run"
 
 
 _UMASK = os.umask(0)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import shutil
 import time
 from pathlib import Path
@@ -238,10 +237,3 @@ def resolve_resume(run: RunDir, resume: str) -> Path | None:
     if not (p / "state.json").is_file():
         raise FileNotFoundError(f"resume={resume}: not a checkpoint folder (no state.json)")
     return p
-
-
-_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
-
-
-def safe_name(s: str) -> str:
-    return _SAFE.sub("-", s).strip("-") or "run"
