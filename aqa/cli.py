@@ -21,9 +21,14 @@ DATA_COMMANDS = (
     "aqa.data.filter",
     "aqa.data.dcase2026",
 )
+#: Modules that add a subcommand under `aqa model`.
+MODEL_COMMANDS = (
+    "aqa.models.tiny",
+    "aqa.models.tiny_kimi_audio",
+    "aqa.train.pretrain",
+)
 #: Modules that add a top-level subcommand.
 TOP_COMMANDS = (
-    "aqa.models.tiny",
     "aqa.train.sft",
     "aqa.train.grpo",
     "aqa.eval.run",
@@ -35,14 +40,10 @@ TOP_COMMANDS = (
 
 
 def _register_all(modules, subparsers) -> None:
+    # A command module that fails to import is a bug to see at once, never a command that
+    # silently goes missing from --help.
     for name in modules:
-        try:
-            mod = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name == name:  # a command not built yet
-                continue
-            raise
-        mod.register(subparsers)
+        importlib.import_module(name).register(subparsers)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="convert, synthesise, check and export AQA data")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     _register_all(DATA_COMMANDS, data_sub)
+    model = sub.add_parser("model", help="build tiny models offline, pretrain them")
+    _register_all(MODEL_COMMANDS, model.add_subparsers(dest="model_command", required=True))
     _register_all(TOP_COMMANDS, sub)
     return parser
 

@@ -26,6 +26,29 @@ def doc(default: Any = dataclasses.MISSING, help: str = "") -> Any:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
+_INHERIT = "(the base config's help)"
+
+
+def recipe_default(default: Any) -> Any:
+    """Redeclare a base config's field only to change its default (see `recipe_config`)."""
+    return doc(default, help=_INHERIT)
+
+
+def recipe_config(cls: type[T]) -> type[T]:
+    """`@dataclass` for a config that subclasses another: fields redeclared with
+    `recipe_default` keep the base field's help text, so each help is written once."""
+    cls = dataclasses.dataclass(cls)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("help") != _INHERIT:
+            continue
+        base = next((b.__dataclass_fields__[f.name] for b in cls.__mro__[1:]
+                     if f.name in getattr(b, "__dataclass_fields__", {})), None)
+        if base is None:
+            raise TypeError(f"{cls.__name__}.{f.name}: recipe_default names no field of a base config")
+        f.metadata = types.MappingProxyType({**f.metadata, "help": base.metadata.get("help", "")})
+    return cls
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):

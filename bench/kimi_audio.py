@@ -46,7 +46,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = ap.parse_args()
-    from aqa.models.base import Example, load_backend
+    from aqa.models.base import Example
+    from aqa.models.registry import load_backend
     from aqa.models.tiny_kimi_audio import TinyKimiSpec, build_tiny_kimi
 
     device = torch.device(args.device)

@@ -83,7 +83,8 @@ def synth_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, synth_data) -> Path:
     """A random-weight Qwen2-Audio saved like a downloaded checkpoint (2-second window)."""
-    from aqa.models.tiny import TinySpec, build_tiny, corpus_from_records
+    from aqa.models.tiny import TinySpec, build_tiny
+    from aqa.models.tiny_builder import corpus_from_records
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     return build_tiny(out, TinySpec(audio_seconds=2, num_mel_bins=32, encoder_dim=32, decoder_dim=32,

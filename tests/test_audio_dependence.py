@@ -9,7 +9,7 @@ from aqa.data.filter import weak_ids
 from aqa.data.records import load_records
 from aqa.eval.run import EvalSettings, evaluate
 from aqa.io import write_jsonl
-from aqa.models.base import load_backend
+from aqa.models.registry import load_backend
 
 
 @pytest.fixture(scope="module")

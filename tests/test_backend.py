@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from aqa.models.base import Example, load_backend
+from aqa.models.base import Example
+from aqa.models.registry import load_backend
 from aqa.prompts import question_text
 
 

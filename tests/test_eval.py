@@ -12,7 +12,8 @@ from aqa.data.records import load_records
 from aqa.eval.run import EvalSettings, evaluate
 from aqa.eval.score import Query, option_orders, score_queries
 from aqa.io import write_jsonl
-from aqa.models.base import Example, load_backend
+from aqa.models.base import Example
+from aqa.models.registry import load_backend
 from aqa.prompts import question_text
 
 

@@ -25,7 +25,7 @@ def always_same(tiny_model, sft_adapter, synth_data, tmp_path_factory):
     """Questions whose answer always sits at the position the SFT model likes least, shown
     unshuffled: a policy earns reward by learning to name that position, which a few steps of
     GRPO must find."""
-    from aqa.models.base import load_backend
+    from aqa.models.registry import load_backend
     
     rows = [json.loads(x) for x in (synth_data / "train.jsonl").read_text().splitlines()]
     rows = [r for r in rows if len(r["choices"]) == 4]
@@ -92,7 +92,7 @@ def test_only_the_new_adapter_moves_and_reference_is_sft(tiny_model, sft_adapter
         assert not torch.allclose(policy(input_ids=ids).logits, ref, atol=1e-5)
     assert load_file(sft_adapter / "adapter_model.safetensors").keys() == new.keys()
     # The saved adapter names the SFT adapter under it, so loading it alone gives the policy.
-    from aqa.models.base import load_backend
+    from aqa.models.registry import load_backend
 
     b = load_backend(str(tiny_model), adapter=str(run / "adapter"))
     with torch.no_grad():
@@ -115,8 +115,9 @@ def test_resume_is_exact(tiny_model, sft_adapter, synth_data, tmp_path, rollout)
 def test_choice_distribution_is_the_models_own_over_the_letters(tiny_model, synth_data):
     """choice rollouts sample from the next-token distribution at the answer position,
     renormalised over the option letters: the same numbers transformers' full logits give."""
-    from aqa.models.base import BackendModule, load_backend
-    from aqa.train.grpo import choice_logprobs
+    from aqa.models.base import BackendModule
+    from aqa.models.registry import load_backend
+    from aqa.train.rollouts import choice_logprobs
 
     b = load_backend(str(tiny_model))
     rows = [json.loads(x) for x in (synth_data / "train.jsonl").read_text().splitlines()][:3]

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from aqa.cli import main
-from aqa.models.base import Example, load_backend
+from aqa.models.base import Example
+from aqa.models.registry import load_backend
 
 
 @pytest.fixture(scope="session")
 def tiny_kimi(tmp_path_factory, synth_data):
-    from aqa.models.tiny import corpus_from_records
+    from aqa.models.tiny_builder import corpus_from_records
     from aqa.models.tiny_kimi_audio import build_tiny_kimi
 
     return build_tiny_kimi(tmp_path_factory.mktemp("kimi") / "model", corpus=corpus_from_records(synth_data / "qa.jsonl"))
@@ -157,15 +158,13 @@ def test_greedy_generation_feeds_blanks_to_the_audio_stream(kimi):
 
 
 def test_lora_reaches_the_language_model_and_optionally_the_speech_encoder(tiny_kimi):
-    from aqa.train.common import add_lora
-
     b = load_backend(str(tiny_kimi), device="cpu")
-    add_lora(b, r=4, alpha=8, dropout=0.0, audio_tower=False)
+    b.add_lora(r=4, alpha=8, dropout=0.0, audio_tower=False)
     names = [n for n, _ in b.model.named_modules() if n.endswith("lora_A")]
     layers = json.loads((tiny_kimi / "config.json").read_text())["num_hidden_layers"]
     assert len(names) == 7 * layers and all(".model.layers." in n for n in names)
     b = load_backend(str(tiny_kimi), device="cpu")
-    add_lora(b, r=4, alpha=8, dropout=0.0, audio_tower=True)
+    b.add_lora(r=4, alpha=8, dropout=0.0, audio_tower=True)
     names = [n for n, _ in b.model.named_modules() if n.endswith("lora_A")]
     assert sum("speech_encoder.layers." in n for n in names) == 6 * 2
     assert not any("vq_adaptor" in n or "lm_head" in n for n in names)

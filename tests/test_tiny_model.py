@@ -5,7 +5,7 @@ import torch
 from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration, Qwen2AudioProcessor
 
 from aqa.cli import main
-from aqa.models.base import load_backend
+from aqa.models.registry import load_backend
 from aqa.models.tiny import SPECIAL_TOKENS
 
 

@@ -48,7 +48,8 @@ def clip(seconds: float, seed: int) -> np.ndarray:
 
 
 def ours(model: Path, audio: np.ndarray) -> dict:
-    from aqa.models.base import Example, load_backend
+    from aqa.models.base import Example
+    from aqa.models.registry import load_backend
 
     b = load_backend(str(model), device="cpu", dtype="fp32")
     batch = b.collate([Example(audio, QUESTION)])

@@ -85,7 +85,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
     if done:
         log.info("%s: %d item(s) already done, %d to go", out, len(done), len(todo))
     if todo and backend is None:
-        from aqa.models.base import load_backend
+        from aqa.models.registry import load_backend
 
         backend = load_backend(settings.model, adapter=settings.adapter, device=device, dtype=dtype,
                                trust_remote_code=trust_remote_code)

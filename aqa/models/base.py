@@ -52,6 +52,9 @@ class Backend:
              is_trainable: bool = False) -> Backend:
         raise NotImplementedError
 
+    #: Token ids that end the assistant's answer (appended to every target).
+    end_ids: list[int]
+
     @property
     def audio_seconds(self) -> float | None:
         """The longest clip the model hears at once (None: no limit)."""
@@ -69,6 +72,45 @@ class Backend:
     def output_embedding(self) -> torch.nn.Module:
         raise NotImplementedError
 
+    def generate_ids(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int = 16, do_sample: bool = False,
+                     temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1) -> list[list[int]]:
+        """New token ids per sequence (B * num_return_sequences, grouped by prompt), cut after
+        the first end token, which is kept."""
+        raise NotImplementedError
+
+    def lora_target_modules(self, audio_tower: bool = False) -> str:
+        """A regex over module names for peft's `target_modules`: the language model's linear
+        layers, and the audio encoder's too when asked."""
+        raise NotImplementedError
+
+    def spec_augment(self, batch: dict[str, torch.Tensor], num_masks: int, max_width: int,
+                     generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """SpecAugment frequency masks on the family's own log-mel input, in place of the
+        batch's features (a batch without audio is returned as it is)."""
+        raise NotImplementedError
+
+    # Pretraining an audio encoder from scratch (`aqa model pretrain`, tiny models only).
+    def audio_encoder(self) -> torch.nn.Module:
+        """The audio encoder module (its parameters are trained, then frozen)."""
+        raise NotImplementedError(f"the {self.family} backend has no audio-encoder pretraining hooks")
+
+    def encoder_inputs(self, clips: list[np.ndarray]) -> torch.Tensor:
+        """(N, ...) CPU encoder inputs of whole clips (16 kHz mono)."""
+        raise NotImplementedError(f"the {self.family} backend has no audio-encoder pretraining hooks")
+
+    def encoder_states(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, F, D) encoder output states of `encoder_inputs` rows."""
+        raise NotImplementedError(f"the {self.family} backend has no audio-encoder pretraining hooks")
+
+    @property
+    def encoder_shape(self) -> tuple[int, int]:
+        """(F, D): output frames for one full window of audio, and their width."""
+        raise NotImplementedError(f"the {self.family} backend has no audio-encoder pretraining hooks")
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
     def letter_token_ids(self, n: int) -> list[int]:
         """Token ids of the option letters 'A'.. as the first answer token."""
         tok = self.tokenizer
@@ -80,17 +122,47 @@ class Backend:
             ids.append(t[0])
         return ids
 
+    def decode(self, sequences: list[list[int]]) -> list[str]:
+        """Answer text of generated ids: what `aqa eval` parses and GRPO rewards read."""
+        return self.tokenizer.batch_decode(sequences, skip_special_tokens=True)
+
     def generate(self, batch: dict[str, torch.Tensor], **kwargs) -> list[str]:
-        raise NotImplementedError
+        """Decoded answers (see `generate_ids` for the arguments)."""
+        return self.decode(self.generate_ids(batch, **kwargs))
 
-    def lora_target_modules(self, audio_tower: bool = False) -> str:
-        """A regex over module names for peft's `target_modules`: the language model's linear
-        layers, and the audio encoder's too when asked."""
-        raise NotImplementedError
+    def _mask_features(self, batch: dict[str, torch.Tensor], key: str, num_masks: int, max_width: int,
+                       generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """`spec_augment` on the (B, n_mels, T) log-mel tensor `batch[key]`."""
+        from aqa.data.augment import freq_mask
 
-    @property
-    def tokenizer(self):
-        return self.processor.tokenizer
+        if num_masks > 0 and batch.get(key) is not None:
+            # Drawn on the CPU so that the masks do not depend on the device.
+            batch[key] = freq_mask(batch[key].cpu(), num_masks, max_width, generator).to(batch[key].device)
+        return batch
+
+    # --- adapters -----------------------------------------------------------------------------
+    def add_lora(self, *, r: int, alpha: int, dropout: float, audio_tower: bool = False,
+                 adapter_name: str = "default"):
+        """Wrap the model with a new trainable LoRA adapter; the base stays frozen."""
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
+                         target_modules=self.lora_target_modules(audio_tower))
+        if isinstance(self.model, PeftModel):
+            self.model.add_adapter(adapter_name, cfg)
+            self.model.set_adapter(adapter_name)
+        else:
+            self.model = get_peft_model(self.model, cfg, adapter_name=adapter_name)
+        return self.model
+
+    def merge_adapters(self, adapter: str | Path) -> list[str]:
+        """Merge `adapter` (and the adapters it was trained on) into the weights; returns the
+        folders merged, in order."""
+        self.model, merged = merge_adapter_stack(self.model, adapter)
+        return merged
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     # --- shared computations ----------------------------------------------------------------
     def base_model(self):
@@ -141,32 +213,27 @@ class Backend:
 STACK_FILE = "aqa_merge_first.json"
 
 
+def merge_adapter_stack(model, adapter: str | Path, *, include_self: bool = True):
+    """Merge into `model`'s weights the adapters that `adapter`'s STACK_FILE names, in order,
+    then (with `include_self`) `adapter` itself. Returns the merged transformers model and the
+    list of adapter folders merged (what an adapter trained on top must record)."""
+    from peft import PeftModel
+
+    stack = Path(adapter) / STACK_FILE
+    below = json.loads(stack.read_text())["merge_first"] if stack.is_file() else []
+    merged = below + ([str(Path(adapter).resolve())] if include_self else [])
+    for path in merged:
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    return model, merged
+
+
 def attach_adapter(model, adapter: str, *, is_trainable: bool = False):
     """Wrap `model` with the peft adapter at `adapter`, first merging the adapters its
     STACK_FILE names (so a GRPO adapter loads on top of the SFT weights it was trained on)."""
     from peft import PeftModel
 
-    stack = Path(adapter) / STACK_FILE
-    if stack.is_file():
-        for below in json.loads(stack.read_text())["merge_first"]:
-            model = PeftModel.from_pretrained(model, below).merge_and_unload()
+    model, _ = merge_adapter_stack(model, adapter, include_self=False)
     return PeftModel.from_pretrained(model, adapter, is_trainable=is_trainable)
-
-
-def model_family(path: str) -> str:
-    """The `model_type` of a local folder or hub id."""
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file() and not Path(path).exists():
-        # A hub id: its config.json names the family without running any of its code.
-        from huggingface_hub import hf_hub_download
-
-        cfg = Path(hf_hub_download(path, "config.json"))
-    if not cfg.is_file():
-        raise FileNotFoundError(f"{path}: no config.json (expected a model folder or a Hugging Face id)")
-    try:
-        return json.loads(cfg.read_text())["model_type"]
-    except (ValueError, KeyError) as e:
-        raise ValueError(f"{cfg}: cannot read model_type ({e})") from None
 
 
 def default_device(device: str | None = None) -> torch.device:
@@ -183,24 +250,6 @@ def default_dtype(device: torch.device, dtype: str | torch.dtype | None = None) 
         return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
                 "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[dtype]
     return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
-def load_backend(path: str, **kw: Any) -> Backend:
-    """Load the backend for the model family that `path`'s config names."""
-    family = model_family(path)
-    if family == "qwen2_audio":
-        from aqa.models.qwen2_audio import Qwen2AudioBackend
-
-        return Qwen2AudioBackend.load(path, **kw)
-    from aqa.models.kimi_audio import MODEL_TYPES, KimiAudioBackend
-
-    if family in MODEL_TYPES:
-        return KimiAudioBackend.load(path, **kw)
-    raise ValueError(f"{path}: model type {family!r} has no aqa backend (supported: qwen2_audio, "
-                     f"{', '.join(MODEL_TYPES)})")
-
-
-__all__ = ["Backend", "Example", "load_backend", "default_device", "default_dtype", "model_family"]
 
 
 class BackendModule(torch.nn.Module):

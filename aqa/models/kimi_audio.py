@@ -53,9 +53,6 @@ from aqa.models.whisper_vq import SAMPLE_RATE, WhisperVQTokenizer, segments, tok
 
 log = logging.getLogger(__name__)
 
-#: Model types this backend serves (the official config says `moonshot_kimia`).
-MODEL_TYPES = ("moonshot_kimia", "kimi_audio")
-
 #: Kimi-Audio's text pre-tokenizer split (Qwen2's, with single digits); from the checkpoint's
 #: tokenization_kimia.py.
 SPLIT_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -444,8 +441,12 @@ class KimiAudioBackend(Backend):
             seqs.append(row[:cut])
         return seqs
 
-    def generate(self, batch: dict[str, torch.Tensor], **kwargs) -> list[str]:
+    def decode(self, sequences: list[list[int]]) -> list[str]:
         # Audio-token ids (>= kimia_token_offset) are not text; upstream drops them as well.
         off = self.processor.token_offset
-        return self.tokenizer.batch_decode([[t for t in s if t < off] for s in self.generate_ids(batch, **kwargs)],
-                                           skip_special_tokens=True)
+        return super().decode([[t for t in s if t < off] for s in sequences])
+
+    def spec_augment(self, batch, num_masks, max_width, generator):
+        """Masks the Whisper encoder's log-mels only: the GLM-4-Voice tokens were computed from
+        the clean audio in `collate`, as the tokens of a real clip do not change with it."""
+        return self._mask_features(batch, "input_features", num_masks, max_width, generator)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 
 from aqa.models.base import Backend, Example, attach_adapter, default_device, default_dtype
@@ -116,8 +117,8 @@ class Qwen2AudioBackend(Backend):
         Whisper pads every clip to the window (30 s), and the encoder's attention already masks
         the padded frames, so running it on the longest real clip plus the 2 frames its two
         convolutions reach gives the same real positions for less work; the positional
-        embedding is sliced to the shorter length. (shared/measurements/h100-*.md measured
-        identical outputs at 7B shapes.)"""
+        embedding is sliced to the shorter length. tests/test_backend.py checks it against
+        transformers' padded path."""
         from transformers.masking_utils import create_bidirectional_mask
 
         core = self.base_model().model
@@ -151,6 +152,27 @@ class Qwen2AudioBackend(Backend):
     def output_embedding(self) -> torch.nn.Module:
         return self.base_model().lm_head
 
+    def spec_augment(self, batch, num_masks, max_width, generator):
+        """Masks the Whisper log-mels the audio encoder reads (B, n_mels, 3000)."""
+        return self._mask_features(batch, "input_features", num_masks, max_width, generator)
+
+    # --- audio-encoder pretraining (tiny models) --------------------------------------------
+    def audio_encoder(self) -> torch.nn.Module:
+        return self.base_model().model.audio_tower
+
+    def encoder_inputs(self, clips):
+        fe = self.processor.feature_extractor
+        return torch.tensor(np.stack([fe(a, sampling_rate=fe.sampling_rate, return_tensors="np")["input_features"][0]
+                                      for a in clips]))  # (N, mels, frames)
+
+    def encoder_states(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.audio_encoder()(inputs).last_hidden_state  # (B, F, D), after the average pooling
+
+    @property
+    def encoder_shape(self) -> tuple[int, int]:
+        cfg = self.audio_encoder().config
+        return cfg.max_source_positions // 2, cfg.d_model  # the encoder pools its positions by 2
+
     @torch.no_grad()
     def generate_ids(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int = 16, do_sample: bool = False,
                      temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1) -> list[list[int]]:
@@ -169,6 +191,3 @@ class Qwen2AudioBackend(Backend):
             cut = next((i + 1 for i, t in enumerate(row) if t in ends), len(row))
             seqs.append(row[:cut])
         return seqs
-
-    def generate(self, batch: dict[str, torch.Tensor], **kwargs) -> list[str]:
-        return self.tokenizer.batch_decode(self.generate_ids(batch, **kwargs), skip_special_tokens=True)

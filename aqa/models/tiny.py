@@ -19,26 +19,12 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aqa.models.tiny_builder import BASE_CORPUS, add_builder_command, train_byte_level_bpe
+
 log = logging.getLogger(__name__)
 
 #: Qwen2-Audio's special tokens, in the order the real tokenizer adds them after <|endoftext|>.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
-
-#: A small English corpus so that common prompt words become single tokens.
-BASE_CORPUS = """
-You are a helpful assistant. Audio 1: What sound is heard in the audio clip? Answer with the
-option's letter from the given choices directly. Options: A. B. C. D. E. F. G. H.
-How many different sounds are in the audio clip? What is the sequence of the first two sounds
-in the audio? What is the duration of the sound? How many times does the sound occur?
-Which of these sounds occurs in the clip? Which sound is heard first? Which sound comes last?
-once twice three times four times five times six times seven times eight times more than
-one two three four five six seven eight nine ten seconds second about half a second
-then followed by before after during the and of in a is are what which how many times
-dog barking cat meowing car horn bird singing speech music engine rain wind water siren
-beep chirp knock hiss hum trill click train whistle buzz drum bell alarm footsteps
-the answer is none of the above all of the above male female voice instrument guitar piano
-"""
-
 
 @dataclass
 class TinySpec:
@@ -73,37 +59,14 @@ class TinySpec:
 def train_tokenizer(corpus: list[str], vocab_size: int):
     """A Qwen2Tokenizer whose BPE merges are trained on `corpus`, with Qwen2-Audio's special
     tokens. The pre-tokenizer is Qwen2's own (regex split, then byte level)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-    from tokenizers import Regex
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS[:1],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(corpus, trainer=trainer)
-    state = json.loads(tok.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    qtok = Qwen2Tokenizer(vocab=state["vocab"], merges=merges, errors="replace")
+    vocab, merges = train_byte_level_bpe(corpus, vocab_size, PRETOKENIZE_REGEX, special_tokens=SPECIAL_TOKENS[:1])
+    qtok = Qwen2Tokenizer(vocab=vocab, merges=merges, errors="replace")
     qtok.add_special_tokens({"additional_special_tokens": SPECIAL_TOKENS[1:]})
     qtok.padding_side = "left"
     return qtok
-
-
-def corpus_from_records(path: str | Path) -> list[str]:
-    """Questions and option texts of an AQA JSONL, so the tiny tokenizer fits the data."""
-    from aqa.io import iter_jsonl
-
-    out = []
-    for _, r in iter_jsonl(path, skip_bad=True):
-        if isinstance(r, dict):
-            out.append(str(r.get("question", "")))
-            out.extend(str(c) for c in r.get("choices") or [])
-    return out
 
 
 def tiny_processor_and_config(spec: TinySpec, corpus: list[str] | None = None):
@@ -173,35 +136,7 @@ def build_tiny(out_dir: str | Path, spec: TinySpec | None = None, corpus: list[s
     return out
 
 
-def add_builder_command(msub, name: str, help: str, spec_cls, build, wrote: str) -> None:
-    """`aqa model NAME -o DIR [--corpus JSONL] [--FIELD VALUE ...]`: one option per field of
-    the `spec_cls` dataclass; `build(out, spec, corpus)` writes the folder."""
-    t = msub.add_parser(name, help=help)
-    t.add_argument("-o", "--output", required=True, help="folder to write")
-    t.add_argument("--corpus", action="append", default=[],
-                   help="AQA JSONL whose questions and options train the tokenizer (repeatable)")
-    for f, default in asdict(spec_cls()).items():
-        t.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)
-
-    def run(args) -> int:
-        spec = spec_cls(**{f: getattr(args, f) for f in asdict(spec_cls())})
-        corpus = [line for c in args.corpus for line in corpus_from_records(c)]
-        out = build(args.output, spec, corpus)
-        print(f"wrote {out}/ ({wrote})")
-        return 0
-
-    t.set_defaults(func=run)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    from aqa.models.tiny_kimi_audio import TinyKimiSpec, build_tiny_kimi
-    from aqa.train.pretrain import register_model_command
-
-    p = sub.add_parser("model", help="model utilities")
-    msub = p.add_subparsers(dest="model_command", required=True)
+def register(msub: argparse._SubParsersAction) -> None:
+    """`aqa model tiny`."""
     add_builder_command(msub, "tiny", "build a random-weight Qwen2-Audio and processor offline", TinySpec, build_tiny,
                         "config.json, model.safetensors, processor and tokenizer files")
-    add_builder_command(msub, "tiny-kimi-audio", "build a random-weight Kimi-Audio folder offline (official layout)",
-                        TinyKimiSpec, build_tiny_kimi,
-                        "config.json, model.safetensors, tiktoken.model, whisper-large-v3/, glm-4-voice-tokenizer/")
-    register_model_command(msub)

@@ -16,6 +16,8 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aqa.models.tiny_builder import BASE_CORPUS, add_builder_command, train_byte_level_bpe
+
 log = logging.getLogger(__name__)
 
 
@@ -50,23 +52,14 @@ class TinyKimiSpec:
 def train_ranks(corpus: list[str], vocab_size: int) -> dict[bytes, int]:
     """tiktoken ranks of a byte-level BPE trained on `corpus` with Kimi-Audio's split: the
     256 bytes first, then each merge's result in the order it was learned."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
     from aqa.models.kimi_audio import SPLIT_PATTERN
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior="isolated"),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                  show_progress=False)
-    tok.train_from_iterator(corpus, trainer=trainer)
+    _, merges = train_byte_level_bpe(corpus, vocab_size, SPLIT_PATTERN)
     decode = {c: b for b, c in bytes_to_unicode().items()}
     ranks = {bytes([b]): b for b in range(256)}
-    for m in json.loads(tok.to_str())["model"]["merges"]:
-        a, b = m.split(" ") if isinstance(m, str) else m
+    for a, b in merges:
         piece = bytes(decode[c] for c in a + b)
         ranks.setdefault(piece, len(ranks))
     return ranks
@@ -81,7 +74,6 @@ def build_tiny_kimi(out_dir: str | Path, spec: TinyKimiSpec | None = None, corpu
 
     from aqa.io import write_json
     from aqa.models.kimi_audio import KimiAudioConfig, KimiAudioForCausalLM, special_token_names, write_tiktoken
-    from aqa.models.tiny import BASE_CORPUS
     from aqa.models.whisper_vq import WhisperVQTokenizer
 
     spec = spec or TinyKimiSpec()
@@ -171,3 +163,10 @@ def build_tiny_kimi(out_dir: str | Path, spec: TinyKimiSpec | None = None, corpu
     log.info("tiny Kimi-Audio: %.2f M decoder parameters, text vocabulary %d + %d special, %d speech codes",
              n / 1e6, base, len(specials), spec.speech_codes)
     return out
+
+
+def register(msub) -> None:
+    """`aqa model tiny-kimi-audio`."""
+    add_builder_command(msub, "tiny-kimi-audio", "build a random-weight Kimi-Audio folder offline (official layout)",
+                        TinyKimiSpec, build_tiny_kimi,
+                        "config.json, model.safetensors, tiktoken.model, whisper-large-v3/, glm-4-voice-tokenizer/")

@@ -103,8 +103,9 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     from aqa.data.audio import AudioError, load_audio
     from aqa.data.audioset_strong import (find_audio, format_times, merge_occurrences, read_labels,
                                           read_strong_tsv)
-    from aqa.models.base import Example, load_backend
-    from aqa.train.common import lr_lambda
+    from aqa.models.base import Example
+    from aqa.models.registry import load_backend
+    from aqa.train.recipe import lr_lambda
 
     # ---- setup -----------------------------------------------------------------------------
     clips = read_strong_tsv(strong_tsv)
@@ -116,14 +117,13 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     backend = load_backend(str(model_dir), device=device, is_trainable=True)
-    if backend.family != "qwen2_audio":
-        raise ValueError(f"{model_dir}: `aqa model pretrain` trains tiny Qwen2-Audio models (`aqa model tiny`); "
-                         f"this folder holds a {backend.family} model")
+    try:
+        encoder = backend.audio_encoder()
+        n_frames, width = backend.encoder_shape
+    except NotImplementedError as e:
+        raise ValueError(f"{model_dir}: `aqa model pretrain` cannot train this model ({e})") from None
     model = backend.model
-    encoder = backend.base_model().model.audio_tower
-    fe = backend.processor.feature_extractor
     seconds = backend.audio_seconds
-    n_frames = encoder.config.max_source_positions // 2  # after the encoder's average pooling
     audio, events = [], []
     for cid in tqdm(sorted(clips), desc="load clips", disable=not progress):
         path = find_audio(audio_root, cid)
@@ -141,10 +141,9 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     dev = backend.device
 
     # ---- stage 1: the encoder learns sound event detection ---------------------------------
-    feats = torch.tensor(np.stack([fe(a, sampling_rate=fe.sampling_rate, return_tensors="np")["input_features"][0]
-                                   for a in audio]))  # (N, mels, frames)
+    feats = backend.encoder_inputs(audio)  # (N, ...)
     targets = torch.tensor(np.stack([frame_targets(ev, mids, n_frames, seconds) for ev in events]))
-    head = torch.nn.Linear(encoder.config.d_model, len(mids)).to(dev)
+    head = torch.nn.Linear(width, len(mids)).to(dev)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=encoder_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(warmup, encoder_steps // 5), encoder_steps, "cosine"))
@@ -152,7 +151,7 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     bar = tqdm(range(encoder_steps), desc="encoder: event detection", disable=not progress)
     for _ in bar:
         idx = torch.as_tensor(rng.choice(len(audio), size=min(batch_size, len(audio)), replace=False))
-        logits = head(encoder(feats[idx].to(dev)).last_hidden_state)  # (B, frames, classes)
+        logits = head(backend.encoder_states(feats[idx].to(dev)))  # (B, frames, classes)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[idx].to(dev))
         _step(loss, params, opt, sched)
         bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -196,8 +195,8 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     return out
 
 
-def register_model_command(msub: argparse._SubParsersAction) -> None:
-    """`aqa model pretrain`, added to aqa.models.tiny's `aqa model` group."""
+def register(msub: argparse._SubParsersAction) -> None:
+    """`aqa model pretrain`, in the `aqa model` group."""
     p = msub.add_parser("pretrain", help="pretrain a tiny base from strong labels (encoder, then alignment)",
                         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="model folder to start from")

@@ -1,11 +1,11 @@
-"""Pieces every training recipe shares: the run folder, LoRA setup, the learning-rate
-schedule, exact checkpoints (adapter, optimizer, scheduler, step, RNG) and the step log."""
+"""A training run's folder and its exact checkpoints: config.yaml, the step log, checkpoints
+with adapter, optimizer, scheduler, step and RNG (a resumed run ends exactly where an
+uninterrupted one would), and the final adapter in peft's format."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -19,43 +19,6 @@ from aqa.io import append_jsonl, atomic_write_text, write_json
 log = logging.getLogger(__name__)
 
 CKPT_PREFIX = "step-"
-
-
-def lr_lambda(warmup: int, total: int, schedule: str):
-    """Linear warmup, then cosine or linear decay to zero, or constant."""
-    def f(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return f
-
-
-def add_lora(backend, *, r: int, alpha: int, dropout: float, audio_tower: bool, adapter_name: str = "default"):
-    """Wrap the backend's model with a new trainable LoRA adapter; the base stays frozen."""
-    from peft import LoraConfig, PeftModel, get_peft_model
-
-    cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                     target_modules=backend.lora_target_modules(audio_tower))
-    if isinstance(backend.model, PeftModel):
-        backend.model.add_adapter(adapter_name, cfg)
-        backend.model.set_adapter(adapter_name)
-    else:
-        backend.model = get_peft_model(backend.model, cfg, adapter_name=adapter_name)
-    return backend.model
-
-
-def trainable_parameters(model) -> list[torch.nn.Parameter]:
-    return [p for p in model.parameters() if p.requires_grad]
-
-
-def count_params(model) -> tuple[int, int]:
-    total = sum(p.numel() for p in model.parameters())
-    return sum(p.numel() for p in trainable_parameters(model)), total
 
 
 class RunDir:
@@ -176,20 +139,6 @@ def save_adapter(run: RunDir, accelerator, model, name: str = "adapter") -> Path
     return out
 
 
-def make_accelerator(run: RunDir, *, device: str, bf16: bool, accumulation):
-    """The run's Accelerator: bf16 only on GPU, TensorBoard logs in the run folder.
-    `accumulation(world)` gives the gradient accumulation steps for the number of processes.
-    Returns (accelerator, processes, accumulation steps, bf16 in use)."""
-    from accelerate import Accelerator, PartialState
-
-    world = PartialState(cpu=device == "cpu").num_processes
-    accum = accumulation(world)
-    use_bf16 = bf16 and torch.cuda.is_available() and device != "cpu"
-    acc = Accelerator(gradient_accumulation_steps=accum, mixed_precision="bf16" if use_bf16 else "no",
-                      log_with="tensorboard", project_dir=str(run.path), cpu=device == "cpu")
-    return acc, world, accum, use_bf16
-
-
 def resume(run: RunDir, how: str, accelerator, module, optimizer, scheduler) -> int:
     """Restore the checkpoint `how` names (auto: the latest) and return its step, or 0."""
     ckpt = resolve_resume(run, how)
@@ -200,32 +149,6 @@ def resume(run: RunDir, how: str, accelerator, module, optimizer, scheduler) -> 
         run.truncate_log(step)
     log.info("resumed from %s at step %d", ckpt, step)
     return step
-
-
-def add_recipe_command(sub, name: str, help: str, doc: str, cfg_cls, train_fn) -> None:
-    """`aqa NAME CONFIG.yaml [key=value ...]` for a recipe with a config dataclass."""
-    import argparse
-
-    from aqa.config import describe, load_config
-
-    def run(args) -> int:
-        if args.help_config:
-            print(describe(cfg_cls))
-            return 0
-        overrides, path = list(args.overrides), args.config
-        if path and "=" in path and not path.endswith((".yaml", ".yml")):
-            overrides.insert(0, path)
-            path = None
-        summary = train_fn(load_config(cfg_cls, path, overrides))
-        if not summary.get("stopped_early"):
-            print(f"wrote {summary['run_dir']}/ (config.yaml, adapter/, checkpoints/, train_log.jsonl, tensorboard/)")
-        return 0
-
-    p = sub.add_parser(name, help=help, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="YAML config (see --help-config)")
-    p.add_argument("overrides", nargs="*", help="key=value overrides")
-    p.add_argument("--help-config", action="store_true", help="list every config key")
-    p.set_defaults(func=run)
 
 
 def resolve_resume(run: RunDir, resume: str) -> Path | None:

@@ -1,0 +1,51 @@
+"""Which backend serves a checkpoint: the `model_type` in its config.json names the family,
+and BACKENDS maps it to the class. A new family is one module under aqa/models/ and one
+entry here; nothing outside aqa/models/ learns its name."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Any
+
+#: config.json `model_type` -> "module:Class" of its backend (imported only when used).
+BACKENDS = {
+    "qwen2_audio": "aqa.models.qwen2_audio:Qwen2AudioBackend",
+    "moonshot_kimia": "aqa.models.kimi_audio:KimiAudioBackend",  # the official Kimi-Audio config
+    "kimi_audio": "aqa.models.kimi_audio:KimiAudioBackend",
+}
+
+
+def model_family(path: str) -> str:
+    """The `model_type` of a local folder or hub id."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file() and not Path(path).exists():
+        # A hub id: its config.json names the family without running any of its code.
+        from huggingface_hub import hf_hub_download
+
+        cfg = Path(hf_hub_download(path, "config.json"))
+    if not cfg.is_file():
+        raise FileNotFoundError(f"{path}: no config.json (expected a model folder or a Hugging Face id)")
+    try:
+        return json.loads(cfg.read_text())["model_type"]
+    except (ValueError, KeyError) as e:
+        raise ValueError(f"{cfg}: cannot read model_type ({e})") from None
+
+
+def backend_class(family: str):
+    """The Backend subclass serving `family` (a config.json model_type)."""
+    if family not in BACKENDS:
+        raise ValueError(f"model type {family!r} has no aqa backend (supported: {', '.join(BACKENDS)})")
+    module, name = BACKENDS[family].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def load_backend(path: str, **kw: Any):
+    """Load the backend for the model family that `path`'s config names."""
+    family = model_family(path)
+    try:
+        cls = backend_class(family)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return cls.load(path, **kw)

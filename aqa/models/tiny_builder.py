@@ -1,0 +1,75 @@
+"""What the tiny builders (`aqa model tiny`, `aqa model tiny-kimi-audio`) share: for their
+tokenizers a small English corpus, the questions of the user's own data and a byte-level BPE
+trained on them with the family's own pre-tokenizer split; and their command line."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+#: A small English corpus so that common prompt words become single tokens.
+BASE_CORPUS = """
+You are a helpful assistant. Audio 1: What sound is heard in the audio clip? Answer with the
+option's letter from the given choices directly. Options: A. B. C. D. E. F. G. H.
+How many different sounds are in the audio clip? What is the sequence of the first two sounds
+in the audio? What is the duration of the sound? How many times does the sound occur?
+Which of these sounds occurs in the clip? Which sound is heard first? Which sound comes last?
+once twice three times four times five times six times seven times eight times more than
+one two three four five six seven eight nine ten seconds second about half a second
+then followed by before after during the and of in a is are what which how many times
+dog barking cat meowing car horn bird singing speech music engine rain wind water siren
+beep chirp knock hiss hum trill click train whistle buzz drum bell alarm footsteps
+the answer is none of the above all of the above male female voice instrument guitar piano
+"""
+
+
+def corpus_from_records(path: str | Path) -> list[str]:
+    """Questions and option texts of an AQA JSONL, so the tiny tokenizer fits the data."""
+    from aqa.io import iter_jsonl
+
+    out = []
+    for _, r in iter_jsonl(path, skip_bad=True):
+        if isinstance(r, dict):
+            out.append(str(r.get("question", "")))
+            out.extend(str(c) for c in r.get("choices") or [])
+    return out
+
+
+def train_byte_level_bpe(corpus: list[str], vocab_size: int, split_pattern: str,
+                         special_tokens: list[str] = ()) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """A byte-level BPE trained on `corpus` after the regex split `split_pattern`: its
+    vocabulary (byte-level unicode strings -> ids) and its merges in the order learned."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split_pattern), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special_tokens),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    state = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    return state["vocab"], merges
+
+
+def add_builder_command(msub, name: str, help: str, spec_cls, build, wrote: str) -> None:
+    """`aqa model NAME -o DIR [--corpus JSONL] [--FIELD VALUE ...]`: one option per field of
+    the `spec_cls` dataclass; `build(out, spec, corpus)` writes the folder."""
+    t = msub.add_parser(name, help=help)
+    t.add_argument("-o", "--output", required=True, help="folder to write")
+    t.add_argument("--corpus", action="append", default=[],
+                   help="AQA JSONL whose questions and options train the tokenizer (repeatable)")
+    for f, default in asdict(spec_cls()).items():
+        t.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default)
+
+    def run(args) -> int:
+        spec = spec_cls(**{f: getattr(args, f) for f in asdict(spec_cls())})
+        corpus = [line for c in args.corpus for line in corpus_from_records(c)]
+        out = build(args.output, spec, corpus)
+        print(f"wrote {out}/ ({wrote})")
+        return 0
+
+    t.set_defaults(func=run)

@@ -1,0 +1,293 @@
+"""The skeleton every training recipe shares, so that a recipe file holds only what is its own.
+
+- `TrainConfig`: the config fields common to all recipes, declared once; a recipe's config
+  subclasses it, adds its own fields and changes a default with `recipe_default` (the help
+  text stays the one written here).
+- `setup(cfg, ...)`: accelerator, run folder, backend with its LoRA adapter, training items,
+  optimizer and schedule, resume. Returns a `TrainRun`.
+- `TrainRun`: what the loop works with, and the pieces of a step every recipe makes the same
+  way: the items of a micro-batch, the optimizer step inside gradient accumulation, and the
+  step tail (log, progress bar, checkpoint, `stop_after`), then `finish` (the adapter).
+- `add_recipe_command`: `aqa NAME CONFIG.yaml [key=value ...]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aqa.config import doc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Fields every recipe has. Defaults are the reference report's SFT values (section 3.1);
+    a recipe changes them with `recipe_default`."""
+
+    model: str = doc("", help="Hugging Face id or local folder of the base model")
+    train_data: list[str] = doc([], help="AQA JSONL file(s) to train on")
+    output_dir: str = doc("runs/train", help="run folder: config.yaml, adapter/, checkpoints/, logs")
+    lora_r: int = doc(8, help="LoRA rank (reference report: 8 for Qwen2-Audio, 16 for Kimi-Audio)")
+    lora_alpha: int = doc(16, help="LoRA scaling numerator (scale = alpha / r)")
+    lora_dropout: float = doc(0.05, help="dropout on the LoRA input")
+    lr: float = doc(5e-5, help="peak learning rate (reference report: 5e-5 for SFT, 5e-6 for GRPO)")
+    weight_decay: float = doc(0.0, help="AdamW weight decay")
+    epochs: float = doc(8.0, help="passes over the training data (reference report: 8 for SFT, 3 for GRPO)")
+    max_steps: int = doc(0, help="optimizer steps; 0 derives them from epochs")
+    warmup_ratio: float = doc(0.05, help="share of the steps with linear warmup")
+    schedule: str = doc("cosine", help="decay after warmup: cosine, linear or constant")
+    max_grad_norm: float = doc(1.0, help="gradient clipping norm (0 disables)")
+    shuffle_options: bool = doc(True, help="shuffle the options each time an item is sampled")
+    bf16: bool = doc(True, help="bf16 weights and autocast on GPU (CPU always runs fp32)")
+    gradient_checkpointing: bool = doc(False, help="recompute activations to save memory")
+    seed: int = doc(0, help="seed of the data order, option shuffles, masks, rollouts and LoRA init")
+    save_every: int = doc(100, help="checkpoint every N optimizer steps (and at the end)")
+    keep_checkpoints: int = doc(2, help="how many checkpoints to keep")
+    log_every: int = doc(1, help="log every N optimizer steps")
+    resume: str = doc("auto", help="auto (latest checkpoint in output_dir), never, or a checkpoint folder")
+    stop_after: int = doc(0, help="stop as if interrupted after N steps of this invocation (0: never)")
+    allow_outside_root: bool = doc(False, help="accept audio paths outside the data file's folder")
+    trust_remote_code: bool = doc(False, help="let transformers run code shipped with the model")
+    device: str = doc("", help="torch device; empty picks cuda when available, else cpu")
+
+    def __post_init__(self):
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+
+
+def lr_lambda(warmup: int, total: int, schedule: str):
+    """Linear warmup, then cosine or linear decay to zero, or constant."""
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
+def make_accelerator(folder, *, device: str, bf16: bool, accumulation: Callable[[int], int]):
+    """The run's Accelerator: bf16 only on GPU, TensorBoard logs in the run folder.
+    `accumulation(world)` gives the gradient accumulation steps for the number of processes.
+    Returns (accelerator, processes, accumulation steps, bf16 in use)."""
+    import torch
+    from accelerate import Accelerator, PartialState
+
+    world = PartialState(cpu=device == "cpu").num_processes
+    accum = accumulation(world)
+    use_bf16 = bf16 and torch.cuda.is_available() and device != "cpu"
+    acc = Accelerator(gradient_accumulation_steps=accum, mixed_precision="bf16" if use_bf16 else "no",
+                      log_with="tensorboard", project_dir=str(folder.path), cpu=device == "cpu")
+    return acc, world, accum, use_bf16
+
+
+@dataclass
+class TrainRun:
+    """A recipe's run as `setup` made it; the loop reads top to bottom around these."""
+
+    cfg: TrainConfig
+    folder: Any  # RunDir
+    accelerator: Any
+    world: int  # processes
+    accum: int  # micro-batches per optimizer step on each process
+    backend: Any  # aqa.models.base.Backend
+    items: Any  # aqa.train.data.QAItems
+    module: Any  # BackendModule, prepared by accelerate
+    params: list
+    optimizer: Any
+    scheduler: Any
+    per_step: int  # items per optimizer step, all processes together
+    steps_per_epoch: int
+    steps: int  # loop steps
+    start: int  # the step a resumed run starts at
+    n_trainable: int
+    bar: Any = None
+    grad_norm: float = 0.0
+    t0: float = field(default_factory=time.time)
+    stopped_early: bool = False
+    merged: list[str] = field(default_factory=list)  # adapters merged into the weights, in order
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    def step_order(self, step: int) -> tuple[int, list[int]]:
+        """(epoch, item indices of this optimizer step), the same on every process."""
+        from aqa.train.data import epoch_order
+
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        return epoch, epoch_order(len(self.items), self.cfg.seed, epoch)[pos * self.per_step:(pos + 1) * self.per_step]
+
+    def micro_batch(self, order, k: int, size: int, epoch: int) -> list:
+        """The items of micro-batch `k` of this process: micro-batches go round the processes."""
+        lo = (k * self.world + self.rank) * size
+        return [self.items.sample(int(i), epoch) for i in order[lo:lo + size]]
+
+    def accumulate(self):
+        """The context of one micro-batch's forward and `optimizer_step`."""
+        return self.accelerator.accumulate(self.module)
+
+    def optimizer_step(self, loss) -> None:
+        """Backward; on the last micro-batch of a step also clip, step and advance the
+        schedule (accelerate skips the optimizer step until then)."""
+        acc = self.accelerator
+        acc.backward(loss)
+        if acc.sync_gradients and self.cfg.max_grad_norm > 0:
+            self.grad_norm = float(acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
+        self.optimizer.step()
+        if acc.sync_gradients:
+            self.scheduler.step()
+        self.optimizer.zero_grad()
+
+    def mean_over_processes(self, values: dict[str, list[float]]) -> dict[str, float]:
+        import torch
+
+        acc = self.accelerator
+        return {k: acc.reduce(torch.tensor(float(sum(v) / len(v)), device=acc.device), "mean").item()
+                for k, v in values.items()}
+
+    def end_step(self, done: int, metrics: dict[str, float], postfix: dict[str, str]) -> bool:
+        """Log, advance the bar, checkpoint when due; True when the loop must stop here
+        (`stop_after`)."""
+        cfg, acc = self.cfg, self.accelerator
+        if acc.is_main_process and (done % cfg.log_every == 0 or done == self.steps):
+            elapsed = max(time.time() - self.t0, 1e-9)
+            row = {"step": done, "epoch": round(done / self.steps_per_epoch, 4), **metrics,
+                   "lr": self.scheduler.get_last_lr()[0], "grad_norm": self.grad_norm,
+                   "samples_per_s": (done - self.start) * self.per_step / elapsed, "seconds": round(elapsed, 2)}
+            self.folder.log(row)
+            acc.log({k: v for k, v in row.items() if k != "step"}, step=done)
+        self.bar.set_postfix(postfix)
+        self.bar.update(1)
+        stop_now = bool(cfg.stop_after) and done - self.start >= cfg.stop_after and done < self.steps
+        if done % cfg.save_every == 0 or done == self.steps or stop_now:
+            from aqa.train.checkpoint import save_checkpoint
+
+            save_checkpoint(self.folder, acc, self.module, self.optimizer, self.scheduler, done,
+                            {"epoch": done / self.steps_per_epoch, "processes": self.world,
+                             "accumulation": self.accum}, keep=cfg.keep_checkpoints)
+        self.stopped_early = stop_now
+        return stop_now
+
+    def finish(self, **summary: Any) -> dict:
+        """Close the bar, save the adapter unless stopped early; returns the run's summary."""
+        from aqa.train.checkpoint import save_adapter
+
+        self.bar.close()
+        out = {"run_dir": str(self.folder.path), "steps": self.steps, "items": len(self.items),
+               "trainable_params": self.n_trainable, "skipped_audio": len(self.items.bad),
+               "stopped_early": self.stopped_early, **summary}
+        if self.stopped_early:
+            log.warning("stopped after %d steps (stop_after); the same command resumes", self.cfg.stop_after)
+        else:
+            out["adapter"] = str(save_adapter(self.folder, self.accelerator, self.module))
+        if self.items.bad:
+            log.warning("%d clip(s) could not be decoded and were skipped: %s", len(self.items.bad),
+                        "; ".join(list(self.items.bad.values())[:5]))
+        self.accelerator.end_training()  # also ends the process group: last
+        return out
+
+
+def setup(cfg: TrainConfig, *, name: str, accumulation: Callable[[int], int], per_step: Callable[[int], int],
+          adapter: str = "", merge: str = "", lora_audio_tower: bool = False, steps_factor: int = 1) -> TrainRun:
+    """Everything before a recipe's loop.
+
+    accumulation(world): micro-batches per optimizer step on each process; per_step(world):
+    items per optimizer step, all processes together. `adapter`: continue training this
+    adapter instead of adding a new one; `merge`: merge this adapter (and those it was
+    trained on) into the weights first, then add a new one. The schedule spans
+    `steps_factor` optimizer steps per loop step (GRPO's ppo_epochs)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from aqa.data.records import load_records
+    from aqa.models.base import BackendModule
+    from aqa.models.registry import load_backend
+    from aqa.train.checkpoint import RunDir, resume
+    from aqa.train.data import QAItems
+
+    if not cfg.model:
+        raise ValueError("config key 'model' is empty: name a Hugging Face id or a local folder")
+    if not cfg.train_data:
+        raise ValueError("config key 'train_data' is empty: name at least one AQA JSONL file")
+    folder = RunDir(cfg.output_dir)
+    accelerator, world, accum, use_bf16 = make_accelerator(folder, device=cfg.device, bf16=cfg.bf16,
+                                                           accumulation=accumulation)
+    torch.manual_seed(cfg.seed)
+    if accelerator.is_main_process:
+        folder.path.mkdir(parents=True, exist_ok=True)
+        folder.write_config(cfg)
+
+    backend = load_backend(cfg.model, device=str(accelerator.device), dtype="bf16" if use_bf16 else "fp32",
+                           trust_remote_code=cfg.trust_remote_code, adapter=adapter or None,
+                           is_trainable=bool(adapter))
+    merged = backend.merge_adapters(merge) if merge else []
+    if not adapter:
+        backend.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, audio_tower=lora_audio_tower)
+    if cfg.gradient_checkpointing:
+        backend.enable_gradient_checkpointing()
+    backend.model.train()
+    trainable = [p for p in backend.model.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in backend.model.parameters())
+
+    records = [r for path in cfg.train_data for r in load_records(path, allow_outside_root=cfg.allow_outside_root)]
+    items = QAItems(records, seed=cfg.seed, shuffle=cfg.shuffle_options, window_s=backend.audio_seconds)
+    n_step = per_step(world)
+    steps_per_epoch = len(items) // n_step
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(items)} training items is fewer than one step's {n_step}")
+    steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    total = steps * steps_factor
+
+    module = BackendModule(backend)
+    params = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(cfg.warmup_ratio * total), total,
+                                                                       cfg.schedule))
+    module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    start = resume(folder, cfg.resume, accelerator, module, optimizer, scheduler)
+    accelerator.init_trackers("tensorboard")
+    log.info("%s: %d items, %d steps (%d per epoch), %d items per step = %d process(es) x %d accumulation; "
+             "%.2f M of %.1f M parameters trainable", name, len(items), steps, steps_per_epoch, n_step, world, accum,
+             n_trainable / 1e6, n_total / 1e6)
+    run = TrainRun(cfg=cfg, folder=folder, accelerator=accelerator, world=world, accum=accum, backend=backend,
+                   items=items, module=module, params=params, optimizer=optimizer, scheduler=scheduler,
+                   per_step=n_step, steps_per_epoch=steps_per_epoch, steps=steps, start=start,
+                   n_trainable=n_trainable, merged=merged)
+    run.bar = tqdm(total=steps, initial=start, desc=name, disable=not accelerator.is_main_process)
+    return run
+
+
+def add_recipe_command(sub: argparse._SubParsersAction, name: str, help: str, doc_text: str, cfg_cls,
+                       train_fn) -> None:
+    """`aqa NAME CONFIG.yaml [key=value ...]` for a recipe with a config dataclass."""
+    from aqa.config import describe, load_config
+
+    def run(args) -> int:
+        if args.help_config:
+            print(describe(cfg_cls))
+            return 0
+        overrides, path = list(args.overrides), args.config
+        if path and "=" in path and not path.endswith((".yaml", ".yml")):
+            overrides.insert(0, path)
+            path = None
+        summary = train_fn(load_config(cfg_cls, path, overrides))
+        if not summary.get("stopped_early"):
+            print(f"wrote {summary['run_dir']}/ (config.yaml, adapter/, checkpoints/, train_log.jsonl, tensorboard/)")
+        return 0
+
+    p = sub.add_parser(name, help=help, description=doc_text, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="YAML config (see --help-config)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides")
+    p.add_argument("--help-config", action="store_true", help="list every config key")
+    p.set_defaults(func=run)

@@ -1,0 +1,116 @@
+"""GRPO rollouts: G answers to each question of a micro-batch, sampled from the policy as it
+stands (pi_old), with their rewards, advantages and reference log-probs.
+
+Two ways to sample, one result type (`Rollouts`):
+- `rollout_choice`: the answers are option letters drawn from the policy's distribution over
+  the letters at the answer position (renormalised over the options, at the temperature). One
+  forward pass per question serves all G samples; exact for one-token answers, which is what
+  SFT teaches.
+- `rollout_generate`: G completions sampled with the backend's `generate_ids`, decoded as
+  `aqa eval` decodes them.
+Either way the rewards come from `aqa.train.rewards`, read by the evaluation's answer parser.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from aqa.prompts import LETTERS
+from aqa.train.grpo_loss import group_advantages
+from aqa.train.rewards import score_completions
+
+
+@dataclass
+class Rollouts:
+    """One micro-batch's rollouts: Q questions, G answers each, N = Q * G answers grouped by
+    question, answers of up to L tokens (L = 1 for `choice`)."""
+
+    kind: str  # "choice" or "generate"
+    batch: dict  # choice: the Q prompts; generate: the N prompt + completion rows, with labels
+    n_options: list[int]  # (Q,) options of each question
+    samples: torch.Tensor | None  # choice: (Q, G) option indices sampled; generate: None
+    completions: list[str]  # (N,) the answers as text
+    rewards: torch.Tensor  # (Q, G) total reward
+    reward_parts: dict[str, list[float]]  # each named reward's (N,) values
+    greedy_accuracy: float  # share of the Q questions the policy's top option gets right
+    advantages: torch.Tensor  # (N,)
+    ref_logp: torch.Tensor  # (N, L) log-probs under the reference (the new adapter off)
+    old_logp: torch.Tensor | None = None  # (N, L) under pi_old, set on the first pass
+
+
+def choice_logprobs(module, batch, n: list[int], samples: torch.Tensor, temperature: float):
+    """(Q*G, 1) log-probs of the sampled letters under the option distribution at
+    `temperature`, and its (Q,) entropy."""
+    logits = module(batch, "option_logits", n_options=n) / temperature  # (Q, n_max)
+    logp_all = torch.log_softmax(logits, -1)
+    logp = logp_all.gather(1, samples.to(logits.device))  # (Q, G)
+    p = logp_all.exp()
+    entropy = -(torch.where(p > 0, p * logp_all, torch.zeros_like(p))).sum(-1)
+    return logp.reshape(-1, 1), entropy
+
+
+def policy_logprobs(module, r: Rollouts, temperature: float):
+    """Log-probs (N, L) of the rollouts' answers under the module's current weights, which
+    tokens count (N, L), and the mean entropy of each answer's distribution."""
+    if r.kind == "choice":
+        logp, ent = choice_logprobs(module, r.batch, r.n_options, r.samples, temperature)
+        return logp, torch.ones_like(logp), ent
+    logp, mask, ent = module(r.batch, "target_logprobs_entropy")
+    return logp, mask, (ent * mask).sum(1) / mask.sum(1).clamp_min(1)
+
+
+def _finish(kind, module, backend, peft_model, batch, n, samples, completions, items, group_size, rewards_used,
+            greedy, temperature) -> Rollouts:
+    """Rewards, advantages and the reference log-probs of sampled answers."""
+    G = group_size
+    shown = [[it.record.choices[o] for o in it.order] for it in items]
+    total, parts = score_completions(rewards_used, completions, [it.answer for it in items for _ in range(G)],
+                                     [opts for opts in shown for _ in range(G)])
+    rewards = torch.tensor(total).reshape(len(items), G)
+    r = Rollouts(kind=kind, batch=batch, n_options=n, samples=samples, completions=completions, rewards=rewards,
+                 reward_parts=parts, greedy_accuracy=greedy,
+                 advantages=group_advantages(rewards).reshape(-1).to(backend.device), ref_logp=None)
+    with torch.no_grad(), peft_model.disable_adapter():  # the reference: the new adapter off
+        r.ref_logp = policy_logprobs(module, r, temperature)[0]
+    return r
+
+
+def rollout_choice(module, backend, peft_model, items, *, group_size: int, temperature: float, rewards: list[str],
+                   seed: int) -> Rollouts:
+    """G option letters per question from one forward pass."""
+    batch = backend.collate([it.example for it in items])
+    n = [len(it.order) for it in items]
+    with torch.no_grad():
+        logits = module(batch, "option_logits", n_options=n)  # (Q, n_max)
+    probs = torch.softmax(logits / temperature, -1).cpu()
+    samples = torch.multinomial(probs, group_size, replacement=True,
+                                generator=torch.Generator().manual_seed(seed))  # (Q, G)
+    answers = torch.tensor([it.answer for it in items])
+    greedy = (logits.argmax(-1).cpu() == answers).float().mean().item()
+    completions = [LETTERS[int(s)] for s in samples.reshape(-1)]
+    return _finish("choice", module, backend, peft_model, batch, n, samples, completions, items, group_size, rewards,
+                   greedy, temperature)
+
+
+def rollout_generate(module, backend, peft_model, items, *, group_size: int, temperature: float,
+                     rewards: list[str], seed: int, max_new_tokens: int) -> Rollouts:
+    """G sampled completions per question; the policy then scores them as targets."""
+    from aqa.models.base import Example
+
+    torch.manual_seed(seed)  # generate() samples from the global RNG
+    prompts = backend.collate([it.example for it in items])
+    n = [len(it.order) for it in items]
+    with torch.no_grad():
+        greedy_pick = module(prompts, "option_logits", n_options=n).argmax(-1).cpu()
+        seqs = backend.generate_ids(prompts, max_new_tokens=max_new_tokens, do_sample=True,
+                                    temperature=temperature, num_return_sequences=group_size)
+    greedy = sum(int(g) == it.answer for g, it in zip(greedy_pick, items)) / len(items)
+    completions = backend.decode(seqs)
+    # An empty completion (max_new_tokens 0) still needs one token to score.
+    batch = backend.collate([Example(it.example.audio, it.example.text, target_ids=seqs[q * group_size + g]
+                                     or backend.end_ids)
+                             for q, it in enumerate(items) for g in range(group_size)], with_target=True)
+    return _finish("generate", module, backend, peft_model, batch, n, None, completions, items, group_size, rewards,
+                   greedy, temperature)
