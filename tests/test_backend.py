@@ -94,3 +94,24 @@ def test_encoder_on_real_frames_matches_the_padded_path(backend):
         hook.remove()
     longest = int(batch["feature_attention_mask"].sum(-1).max())
     assert seen == [longest + 2 + (longest % 2)] and seen[0] < batch["input_features"].shape[-1]
+
+
+def test_spec_augment_masks_the_familys_log_mels_only(backend):
+    """The SpecAugment hook masks whole mel bands of the encoder's input, deterministically."""
+    batch = backend.collate(examples(2))
+    before = batch["input_features"].clone()
+    ids = batch["input_ids"].clone()
+    out = backend.spec_augment(dict(batch), 2, 8, torch.Generator().manual_seed(0))
+    again = backend.spec_augment(dict(batch), 2, 8, torch.Generator().manual_seed(0))
+    changed = (out["input_features"] != before).any(-1)  # (B, n_mels): bands that moved
+    assert changed.any() and torch.equal(out["input_features"], again["input_features"])
+    assert torch.equal(out["input_ids"], ids)
+    text_only = backend.collate([Example(None, "q")])
+    assert backend.spec_augment(text_only, 2, 8, torch.Generator().manual_seed(0)) is text_only
+
+
+def test_decode_is_what_generate_returns(backend):
+    batch = backend.collate(examples(2))
+    ids = backend.generate_ids(batch, max_new_tokens=3)
+    assert backend.generate(batch, max_new_tokens=3) == backend.decode(ids)
+    assert all(s[-1] in backend.end_ids or len(s) == 3 for s in ids)

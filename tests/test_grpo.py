@@ -130,3 +130,40 @@ def test_choice_distribution_is_the_models_own_over_the_letters(tiny_model, synt
     for i, k in enumerate(n):
         letters = full[i, b.letter_token_ids(k)]
         assert torch.allclose(logp.reshape(3, 2)[i, 0], torch.log_softmax(letters, -1)[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["choice", "generate"])
+def test_both_rollout_modes_give_the_same_typed_value(tiny_model, synth_data, kind):
+    """Rollouts of either mode carry the shapes the loss needs: (Q, G) rewards, (N,)
+    advantages and completions, (N, L) reference log-probs; the reward is what the
+    evaluation's parser makes of each completion."""
+    from aqa.models.base import BackendModule
+    from aqa.models.registry import load_backend
+    from aqa.prompts import parse_answer
+    from aqa.train.data import QAItems
+    from aqa.data.records import load_records
+    from aqa.train.rollouts import Rollouts, policy_logprobs, rollout_choice, rollout_generate
+
+    b = load_backend(str(tiny_model))
+    b.add_lora(r=4, alpha=8, dropout=0.0)
+    module = BackendModule(b)
+    items = QAItems(load_records(synth_data / "train.jsonl"), seed=0, shuffle=True, window_s=b.audio_seconds)
+    micro = [items.sample(i, 0) for i in range(3)]
+    Q, G = len(micro), 4
+    kw = dict(group_size=G, temperature=1.0, rewards=["accuracy", "format"], seed=5)
+    r = (rollout_choice(module, b, b.model, micro, **kw) if kind == "choice"
+         else rollout_generate(module, b, b.model, micro, max_new_tokens=2, **kw))
+    assert isinstance(r, Rollouts) and r.kind == kind
+    assert r.rewards.shape == (Q, G) and r.advantages.shape == (Q * G,) and len(r.completions) == Q * G
+    assert r.ref_logp.shape[0] == Q * G and r.old_logp is None
+    if kind == "choice":
+        assert r.samples.shape == (Q, G) and r.ref_logp.shape == (Q * G, 1)
+    for i, text in enumerate(r.completions):
+        it = micro[i // G]
+        shown = [it.record.choices[o] for o in it.order]
+        assert r.reward_parts["accuracy"][i] == float(parse_answer(text, shown) == it.answer)
+    assert r.rewards.reshape(-1).tolist() == [a + f for a, f in zip(r.reward_parts["accuracy"],
+                                                                      r.reward_parts["format"])]
+    logp, mask, ent = policy_logprobs(module, r, 1.0)
+    # The new adapter starts at B = 0: the policy is still the reference.
+    assert torch.allclose(logp * mask, r.ref_logp * mask, atol=1e-6)

@@ -267,3 +267,18 @@ def test_pretraining_a_kimi_folder_is_refused_by_name(tiny_kimi, synth_data):
     with pytest.raises(ValueError, match="moonshot_kimia"):
         pretrain(tiny_kimi, synth_data / "strong.tsv", synth_data / "labels.tsv", synth_data / "wav",
                  synth_data / "never")
+
+
+def test_spec_augment_masks_the_whisper_features_not_the_speech_tokens(kimi):
+    ex = [Example((np.random.default_rng(0).standard_normal(16000) * 0.1).astype(np.float32), "q")]
+    batch = kimi.collate(ex)
+    before = {k: v.clone() for k, v in batch.items()}
+    out = kimi.spec_augment(dict(batch), 2, 20, torch.Generator().manual_seed(0))
+    assert not torch.equal(out["input_features"], before["input_features"])
+    assert torch.equal(out["audio_ids"], before["audio_ids"])  # GLM-4-Voice tokens of the clean clip
+
+
+def test_decode_drops_audio_tokens(kimi):
+    off = kimi.processor.token_offset
+    text_ids = kimi.tokenizer.encode("B", add_special_tokens=False)
+    assert kimi.decode([text_ids + [off + 3] + kimi.end_ids]) == ["B"]
