@@ -1,4 +1,4 @@
-"""Accuracy metrics for an eval dir's `predictions.jsonl` (DESIGN 4), written to `metrics.json`.
+"""Accuracy metrics for an eval dir's `predictions.jsonl`, written to `metrics.json`.
 
 The two headline numbers follow the reference report's Table 2:
 

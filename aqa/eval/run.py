@@ -1,5 +1,5 @@
 """`aqa eval`: answer every item of an AQA JSONL with a model (and adapter), write
-`predictions.jsonl` and `metrics.json` (DESIGN 4).
+`predictions.jsonl` and `metrics.json` (their fields: docs/ARCHITECTURE.md).
 
 Resumable: predictions are appended batch by batch, and a rerun with the same settings
 skips the ids already written. Items whose audio cannot be decoded are skipped, listed in

@@ -70,7 +70,7 @@ def generate_queries(backend: Backend, queries: list[Query], max_new_tokens: int
 
 
 def combine(record: AQARecord, per_order: list, mode: str, vote: str = "probs") -> dict:
-    """One prediction row from an item's K answers (DESIGN 4's predictions.jsonl)."""
+    """One predictions.jsonl row from an item's K answers (its fields: docs/ARCHITECTURE.md)."""
     row = {"id": record.id, "subset": record.subset, "question_type": record.question_type,
            "choices": record.choices, "answer": record.answer}
     if mode == "score":

@@ -19,15 +19,16 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aqa.models.tiny_builder import BASE_CORPUS, add_builder_command, train_byte_level_bpe
+from aqa.models.tiny_builder import BASE_CORPUS, TinyDecoderSpec, add_builder_command, train_byte_level_bpe
 
 log = logging.getLogger(__name__)
 
 #: Qwen2-Audio's special tokens, in the order the real tokenizer adds them after <|endoftext|>.
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>"]
 
+
 @dataclass
-class TinySpec:
+class TinySpec(TinyDecoderSpec):
     """Sizes of a tiny Qwen2-Audio; defaults fit a CPU test in seconds."""
 
     audio_seconds: int = 5
@@ -40,18 +41,6 @@ class TinySpec:
     """Width of the audio encoder."""
     encoder_heads: int = 4
     """Attention heads in the audio encoder."""
-    decoder_layers: int = 2
-    """Transformer layers in the language model."""
-    decoder_dim: int = 64
-    """Width of the language model."""
-    decoder_heads: int = 4
-    """Attention heads in the language model."""
-    decoder_kv_heads: int = 2
-    """Key/value heads (grouped-query attention, as in real Qwen2 checkpoints)."""
-    vocab_size: int = 600
-    """Target size of the trained BPE vocabulary (special tokens come on top)."""
-    seed: int = 0
-    """Seed of the random weights."""
     model_vocab: int = 0
     """Rows of the embedding and output layers, if more than the tokenizer has (7B shapes: 156032)."""
 

@@ -5,7 +5,7 @@ trained on them with the family's own pre-tokenizer split; and their command lin
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 #: A small English corpus so that common prompt words become single tokens.
@@ -22,6 +22,24 @@ dog barking cat meowing car horn bird singing speech music engine rain wind wate
 beep chirp knock hiss hum trill click train whistle buzz drum bell alarm footsteps
 the answer is none of the above all of the above male female voice instrument guitar piano
 """
+
+
+@dataclass
+class TinyDecoderSpec:
+    """The language-model sizes every tiny family has; each family's spec adds its own."""
+
+    decoder_layers: int = 2
+    """Transformer layers in the language model."""
+    decoder_dim: int = 64
+    """Width of the language model."""
+    decoder_heads: int = 4
+    """Attention heads in the language model."""
+    decoder_kv_heads: int = 2
+    """Key/value heads (grouped-query attention, as in the real Qwen2 and Kimi-Audio checkpoints)."""
+    vocab_size: int = 600
+    """Target size of the trained BPE vocabulary (the family's special and audio tokens come on top)."""
+    seed: int = 0
+    """Seed of the random weights."""
 
 
 def corpus_from_records(path: str | Path) -> list[str]:

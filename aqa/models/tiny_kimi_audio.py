@@ -16,23 +16,15 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aqa.models.tiny_builder import BASE_CORPUS, add_builder_command, train_byte_level_bpe
+from aqa.models.tiny_builder import BASE_CORPUS, TinyDecoderSpec, add_builder_command, train_byte_level_bpe
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class TinyKimiSpec:
+class TinyKimiSpec(TinyDecoderSpec):
     """Sizes of a tiny Kimi-Audio; defaults fit a CPU test in seconds."""
 
-    decoder_layers: int = 2
-    """Transformer layers in the language model."""
-    decoder_dim: int = 64
-    """Width of the language model."""
-    decoder_heads: int = 4
-    """Attention heads in the language model."""
-    decoder_kv_heads: int = 2
-    """Key/value heads (grouped-query attention, as in the real checkpoint)."""
     mimo_layers: int = 1
     """Layers of the audio-generation branch (saved for upstream's code; aqa skips them)."""
     whisper_dim: int = 32
@@ -43,10 +35,6 @@ class TinyKimiSpec:
     """Width of the GLM-4-Voice speech tokenizer."""
     speech_codes: int = 64
     """Codebook size of the speech tokenizer (16,384 in GLM-4-Voice)."""
-    vocab_size: int = 600
-    """Target size of the trained BPE vocabulary (special and audio tokens come on top)."""
-    seed: int = 0
-    """Seed of the random weights."""
 
 
 def train_ranks(corpus: list[str], vocab_size: int) -> dict[bytes, int]:
