@@ -282,3 +282,58 @@ def test_decode_drops_audio_tokens(kimi):
     off = kimi.processor.token_offset
     text_ids = kimi.tokenizer.encode("B", add_special_tokens=False)
     assert kimi.decode([text_ids + [off + 3] + kimi.end_ids]) == ["B"]
+
+
+def test_special_token_ids_are_upstreams_published_values():
+    """Kimi-Audio-7B-Instruct's ids (151,643 base tokens), written here as upstream publishes
+    them, not derived from aqa's own table."""
+    from aqa.models.kimi_audio import special_token_names
+
+    ids = {name: 151643 + i for i, name in enumerate(special_token_names())}
+    assert ids["<|im_msg_end|>"] == 151645
+    assert (ids["<|im_media_begin|>"], ids["<|im_media_end|>"]) == (151661, 151663)
+    assert (ids["<|im_kimia_text_blank|>"], ids["<|im_kimia_text_eos|>"]) == (151666, 151667)
+    assert (ids["<|im_kimia_user_msg_start|>"], ids["<|im_kimia_assistant_msg_start|>"]) == (151670, 151671)
+    assert (ids["<|im_kimia_speech_ct_id|>"], ids["<|im_kimia_speech_ctd_id|>"]) == (151675, 151676)
+
+
+def test_mel_bins_that_disagree_with_the_encoder_are_refused(tiny_kimi, tmp_path):
+    from transformers import WhisperFeatureExtractor
+
+    broken = tmp_path / "k"
+    shutil.copytree(tiny_kimi, broken)
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(broken / "whisper-large-v3")
+    with pytest.raises(ValueError, match="whisper-large-v3/preprocessor_config.json.*80 mel bins.*128"):
+        load_backend(str(broken), device="cpu")
+
+
+def test_generation_passes_the_cache_under_the_decoders_own_name():
+    import inspect
+
+    from transformers.models.qwen2.modeling_qwen2 import Qwen2Model
+
+    from aqa.models.kimi_audio import cache_keyword
+
+    assert cache_keyword() in inspect.signature(Qwen2Model.forward).parameters
+
+
+def test_speech_tokenizer_mask_and_convolutions_follow_upstream():
+    """Non-causal without a block size: every real frame sees every real frame; with a block,
+    block-causal; upstream's config default is symmetric convolutions."""
+    from transformers import WhisperConfig
+
+    from aqa.models.whisper_vq import WhisperVQTokenizer
+
+    cfg = WhisperConfig(d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=8)
+    for k, v in dict(quantize_position=2, pooling_kernel_size=None, pooling_position=1, quantize_vocab_size=8,
+                     quantize_causal_block_size=None).items():
+        setattr(cfg, k, v)
+    vq = WhisperVQTokenizer(cfg)
+    assert vq.causal_conv is False
+    keep = torch.tensor([[1, 1, 1, 0]])
+    seen = vq._mask(keep, None, False, torch.float32)[0, 0] == 0  # (T, T) which frames each frame sees
+    assert seen[0, :3].all() and not seen[0, 3]
+    block = vq._mask(torch.ones(1, 4), 2, False, torch.float32)[0, 0] == 0
+    assert block[0, 1] and not block[0, 2] and block[3, 0]
+    causal = vq._mask(torch.ones(1, 4), None, True, torch.float32)[0, 0] == 0
+    assert causal[3, 0] and not causal[0, 1]

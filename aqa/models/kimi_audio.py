@@ -211,6 +211,27 @@ class KimiAudioForCausalLM(Qwen2ForCausalLM):
         return x + embed(text_ids)
 
 
+def cache_keyword() -> str:
+    """The name under which this transformers' Qwen2 decoder takes its KV cache: `cache` in
+    recent releases, `past_key_values` before; read from the signature, not the version."""
+    import inspect
+
+    params = inspect.signature(Qwen2Model.forward).parameters
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
+    raise RuntimeError("this transformers' Qwen2Model.forward takes no KV cache argument (cache or "
+                       "past_key_values): Kimi-Audio generation cannot run; install transformers >= 5.17")
+
+
+def check_mel_bins(feature_extractor, encoder_config, where: Path) -> None:
+    """Features with another number of mel bins than the encoder reads would run silently
+    wrong through the first convolution (or fail deep inside it)."""
+    if feature_extractor.feature_size != encoder_config.num_mel_bins:
+        raise ValueError(f"{where}: the feature extractor makes {feature_extractor.feature_size} mel bins, "
+                         f"the encoder reads {encoder_config.num_mel_bins}")
+
+
 def load_speech_encoder(folder: Path, dtype: torch.dtype):
     """The Whisper encoder of `folder` (a WhisperModel / WhisperForConditionalGeneration
     checkpoint); the decoder's weights are not read."""
@@ -274,6 +295,7 @@ class KimiAudioBackend(Backend):
         model.speech_encoder = load_speech_encoder(whisper_dir, dt)
         if (whisper_dir / "preprocessor_config.json").is_file():
             fe = WhisperFeatureExtractor.from_pretrained(whisper_dir)
+            check_mel_bins(fe, model.speech_encoder.config, whisper_dir / "preprocessor_config.json")
         else:  # upstream computes Whisper-large-v3's 128-bin log-mel itself
             fe = WhisperFeatureExtractor(feature_size=model.speech_encoder.config.num_mel_bins)
         speech_tokenizer = speech_tokenizer or os.environ.get("AQA_SPEECH_TOKENIZER")
@@ -284,6 +306,7 @@ class KimiAudioBackend(Backend):
         vq = WhisperVQTokenizer.from_folder(tok_dir).to(dev)
         vq_fe = (WhisperFeatureExtractor.from_pretrained(tok_dir) if (tok_dir / "preprocessor_config.json").is_file()
                  else WhisperFeatureExtractor(feature_size=vq.config.num_mel_bins))
+        check_mel_bins(vq_fe, vq.config, tok_dir / "preprocessor_config.json")
         processor = KimiAudioProcessor(tokenizer=load_text_tokenizer(folder), feature_extractor=fe,
                                        tokenizer_features=vq_fe, speech_tokenizer=vq,
                                        token_offset=config.kimia_token_offset)
@@ -414,7 +437,7 @@ class KimiAudioBackend(Backend):
         x = self.input_embeddings(batch).repeat_interleave(n, 0)
         att = batch["attention_mask"].repeat_interleave(n, 0)
         pos = batch["position_ids"].repeat_interleave(n, 0)
-        cache = DynamicCache(config=lm.config)
+        cache = {cache_keyword(): DynamicCache(config=lm.config)}
         warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if do_sample else []
         embed = lm.model.embed_tokens
         blank = embed(torch.tensor([[self.blank]], device=x.device))  # (1, 1, H)
@@ -422,7 +445,7 @@ class KimiAudioBackend(Backend):
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         end = torch.tensor(self.end_ids, device=x.device)
         for _ in range(max_new_tokens):
-            h = lm.model(inputs_embeds=x, attention_mask=att, position_ids=pos, cache=cache, use_cache=True)
+            h = lm.model(inputs_embeds=x, attention_mask=att, position_ids=pos, use_cache=True, **cache)
             logits = lm.lm_head(h.last_hidden_state[:, -1]).float()  # (B, V)
             for w in warpers:
                 logits = w(out_ids, logits)

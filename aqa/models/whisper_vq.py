@@ -49,10 +49,12 @@ class WhisperVQTokenizer(nn.Module):
             raise ValueError("a Whisper-VQ config needs quantize_vocab_size and quantize_position")
         self.config = config
         d = config.d_model
-        # Causal convolutions: left-padded by (kernel - 1), so a frame never sees the future.
+        # Causal convolutions are left-padded by (kernel - 1), so a frame never sees the future.
         self.conv1 = nn.Conv1d(config.num_mel_bins, d, kernel_size=3)
         self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2)
-        self.causal_conv = bool(getattr(config, "encoder_causal_convolution", True))
+        # Upstream's WhisperVQConfig defaults to symmetric convolutions; the released
+        # glm-4-voice-tokenizer's config.json sets causal ones explicitly.
+        self.causal_conv = bool(getattr(config, "encoder_causal_convolution", False))
         self.embed_positions = nn.Embedding(config.max_source_positions, d)
         self.layers = nn.ModuleList(WhisperEncoderLayer(config) for _ in range(config.quantize_position))
         k = config.pooling_kernel_size
@@ -68,17 +70,19 @@ class WhisperVQTokenizer(nn.Module):
         return conv(nn.functional.pad(x, pad))
 
     def _mask(self, keep: torch.Tensor, block: int | None, causal: bool, dtype) -> torch.Tensor:
-        """(B, 1, T, T) additive mask: a frame sees every earlier frame and its own block of
-        `block` frames (upstream's block-causal mask), and no padding."""
+        """(B, 1, T, T) additive mask, as upstream builds it: with a block size, a frame sees
+        every earlier frame and its own block of `block` frames (block-causal); without one, a
+        causal encoder sees the earlier frames and a non-causal one every frame; never padding."""
         T = keep.shape[1]
         i = torch.arange(T, device=keep.device)
-        allowed = i[None, :] <= i[:, None]  # (T, T) causal
-        if not causal:
-            if block:
-                allowed = allowed | ((i[:, None] // block) == (i[None, :] // block))
-            allowed = allowed[None] & keep[:, None, :].bool()
+        if causal:
+            allowed = (i[None, :] <= i[:, None])[None].expand(keep.shape[0], T, T)
         else:
-            allowed = allowed[None].expand(keep.shape[0], T, T)
+            if block:
+                allowed = (i[None, :] <= i[:, None]) | ((i[:, None] // block) == (i[None, :] // block))
+            else:
+                allowed = torch.ones(T, T, dtype=torch.bool, device=keep.device)
+            allowed = allowed[None] & keep[:, None, :].bool()
         return torch.zeros(allowed.shape, dtype=dtype, device=keep.device).masked_fill(
             ~allowed, torch.finfo(dtype).min)[:, None]
 
