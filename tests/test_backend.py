@@ -55,6 +55,20 @@ def test_target_logprobs_match_transformers_loss(backend):
 
 
 @torch.no_grad()
+def test_target_logprobs_at_a_sampling_temperature(backend):
+    """GRPO scores sampled completions under the distribution they were sampled from: the
+    logits divided by the temperature, as TRL does."""
+    batch = backend.collate(examples(), with_target=True)
+    logp, mask = backend.target_logprobs(batch, temperature=2.0)
+    logits = backend.model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1] / 2.0  # (B, T-1, V)
+    labels = batch["labels"][:, 1:]
+    want = torch.log_softmax(logits.float(), -1).gather(-1, labels.clamp_min(0)[..., None])[..., 0]
+    want = torch.stack([row[lab != -100] for row, lab in zip(want, labels)])  # (B, 2): the targets, in order
+    assert torch.allclose(logp[mask.bool()].reshape(3, 2), want, atol=1e-5)
+    assert not torch.allclose(logp, backend.target_logprobs(batch)[0], atol=1e-3)
+
+
+@torch.no_grad()
 def test_greedy_generation_starts_with_the_scored_argmax(backend):
     ex = examples()
     batch = backend.collate(ex)

@@ -184,10 +184,11 @@ class Backend:
         mask = torch.arange(n_max, device=h.device)[None, :] >= torch.tensor(n_options, device=h.device)[:, None]
         return logits.masked_fill(mask, float("-inf"))
 
-    def target_logprobs(self, batch: dict[str, torch.Tensor], with_entropy: bool = False):
+    def target_logprobs(self, batch: dict[str, torch.Tensor], with_entropy: bool = False, temperature: float = 1.0):
         """Log-probabilities of the labelled tokens. Returns (logp (B, L), mask (B, L)) with
         L the longest target, right-aligned; the logits are built only at the L positions that
-        predict them. With `with_entropy`, also the (B, L) entropy of each of those positions."""
+        predict them. With `with_entropy`, also the (B, L) entropy of each of those positions.
+        `temperature` divides the logits first: the distribution sampled completions came from."""
         labels = batch["labels"]
         h = self.hidden_states(batch)  # (B, T, H)
         # The token at t is predicted by the hidden state at t-1.
@@ -200,6 +201,8 @@ class Backend:
         hs = torch.gather(h[:, :-1], 1, order[..., None].expand(-1, -1, h.size(-1)))  # (B, L, H)
         ys = torch.gather(labels[:, 1:], 1, order).clamp_min(0)
         logits = self.output_embedding()(hs).float()  # (B, L, V) only at target positions
+        if temperature != 1.0:
+            logits = logits / temperature
         logp_all = torch.log_softmax(logits, -1)
         logp = logp_all.gather(-1, ys[..., None]).squeeze(-1)
         if with_entropy:
@@ -262,12 +265,12 @@ class BackendModule(torch.nn.Module):
         self._backend = (backend,)  # a tuple keeps it out of the module tree
 
     def forward(self, batch: dict[str, torch.Tensor], what: str = "target_logprobs",
-                n_options: list[int] | None = None):
+                n_options: list[int] | None = None, temperature: float = 1.0):
         b = self._backend[0]
         if what == "target_logprobs":
             return b.target_logprobs(batch)
         if what == "option_logits":
             return b.option_logits(batch, n_options)
         if what == "target_logprobs_entropy":
-            return b.target_logprobs(batch, with_entropy=True)
+            return b.target_logprobs(batch, with_entropy=True, temperature=temperature)
         raise ValueError(what)

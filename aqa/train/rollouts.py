@@ -52,12 +52,13 @@ def choice_logprobs(module, batch, n: list[int], samples: torch.Tensor, temperat
 
 
 def policy_logprobs(module, r: Rollouts, temperature: float):
-    """Log-probs (N, L) of the rollouts' answers under the module's current weights, which
-    tokens count (N, L), and the mean entropy of each answer's distribution."""
+    """Log-probs (N, L) of the rollouts' answers under the module's current weights at the
+    sampling temperature (as TRL computes them: the logits divided by it), which tokens count
+    (N, L), and the mean entropy of each answer's distribution."""
     if r.kind == "choice":
         logp, ent = choice_logprobs(module, r.batch, r.n_options, r.samples, temperature)
         return logp, torch.ones_like(logp), ent
-    logp, mask, ent = module(r.batch, "target_logprobs_entropy")
+    logp, mask, ent = module(r.batch, "target_logprobs_entropy", temperature=temperature)
     return logp, mask, (ent * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
