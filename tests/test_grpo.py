@@ -151,8 +151,8 @@ def test_both_rollout_modes_give_the_same_typed_value(tiny_model, synth_data, ki
     micro = [items.sample(i, 0) for i in range(3)]
     Q, G = len(micro), 4
     kw = dict(group_size=G, temperature=1.0, rewards=["accuracy", "format"], seed=5)
-    r = (rollout_choice(module, b, b.model, micro, **kw) if kind == "choice"
-         else rollout_generate(module, b, b.model, micro, max_new_tokens=2, **kw))
+    r = (rollout_choice(module, b, b.without_adapter, micro, **kw) if kind == "choice"
+         else rollout_generate(module, b, b.without_adapter, micro, max_new_tokens=2, **kw))
     assert isinstance(r, Rollouts) and r.kind == kind
     assert r.rewards.shape == (Q, G) and r.advantages.shape == (Q * G,) and len(r.completions) == Q * G
     assert r.ref_logp.shape[0] == Q * G and r.old_logp is None
@@ -167,3 +167,24 @@ def test_both_rollout_modes_give_the_same_typed_value(tiny_model, synth_data, ki
     logp, mask, ent = policy_logprobs(module, r, 1.0)
     # The new adapter starts at B = 0: the policy is still the reference.
     assert torch.allclose(logp * mask, r.ref_logp * mask, atol=1e-6)
+
+
+def test_policy_sft_trains_the_sft_adapter_on_with_the_sft_model_as_reference(tiny_model, sft_adapter, synth_data,
+                                                                              tmp_path):
+    """policy=sft: no new adapter; the SFT adapter's own weights move; the reference is the SFT
+    model, so the first step's KL is zero; the saved SFT adapter is untouched; resume is exact."""
+    before = load_file(sft_adapter / "adapter_model.safetensors")
+    kw = dict(policy="sft", lr=5e-2, max_steps=3)
+    grpo_train(cfg(tiny_model, sft_adapter, synth_data / "train.jsonl", tmp_path / "full", **kw))
+    after = load_file(tmp_path / "full" / "adapter" / "adapter_model.safetensors")
+    assert after.keys() == before.keys()
+    assert any(not torch.equal(after[k], before[k]) for k in after)
+    assert all(torch.equal(v, load_file(sft_adapter / "adapter_model.safetensors")[k]) for k, v in before.items())
+    rows = log(tmp_path / "full")
+    assert rows[0]["kl"] < 1e-7 and rows[-1]["kl"] > rows[0]["kl"]
+    grpo_train(cfg(tiny_model, sft_adapter, synth_data / "train.jsonl", tmp_path / "part", stop_after=1, **kw))
+    grpo_train(cfg(tiny_model, sft_adapter, synth_data / "train.jsonl", tmp_path / "part", **kw))
+    resumed = load_file(tmp_path / "part" / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(after[k], resumed[k]) for k in after)
+    with pytest.raises(ValueError, match="policy"):
+        GRPOConfig(policy="fresh")

@@ -14,6 +14,7 @@ every recipe needs are written once here, on top of that:
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,6 +162,33 @@ class Backend:
         self.model, merged = merge_adapter_stack(self.model, adapter)
         return merged
 
+    def set_lora_dropout(self, p: float) -> None:
+        """Dropout on the LoRA input of an adapter loaded from disk (its config's value
+        otherwise), so the recipe's `lora_dropout` holds for an adapter trained on too."""
+        for name, m in self.model.named_modules():
+            if isinstance(m, torch.nn.Dropout) and ".lora_dropout." in f"{name}.":
+                m.p = p
+
+    def without_adapter(self):
+        """Context in which the model computes without its active LoRA adapter."""
+        return self.model.disable_adapter()
+
+    @contextmanager
+    def adapter_weights_from(self, adapter: str | Path):
+        """Context in which the active adapter holds the weights saved in `adapter` (the
+        weights it had before training moved them); they are put back on exit."""
+        from peft import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
+
+        saved = load_peft_weights(str(adapter), device=str(self.device))
+        now = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        with torch.no_grad():
+            set_peft_model_state_dict(self.model, saved)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                set_peft_model_state_dict(self.model, now)
+
     def enable_gradient_checkpointing(self) -> None:
         self.base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
@@ -216,15 +244,19 @@ class Backend:
 STACK_FILE = "aqa_merge_first.json"
 
 
+def adapter_stack(adapter: str | Path) -> list[str]:
+    """The adapter folders `adapter` was trained on top of (merged first), in order."""
+    stack = Path(adapter) / STACK_FILE
+    return json.loads(stack.read_text())["merge_first"] if stack.is_file() else []
+
+
 def merge_adapter_stack(model, adapter: str | Path, *, include_self: bool = True):
     """Merge into `model`'s weights the adapters that `adapter`'s STACK_FILE names, in order,
     then (with `include_self`) `adapter` itself. Returns the merged transformers model and the
     list of adapter folders merged (what an adapter trained on top must record)."""
     from peft import PeftModel
 
-    stack = Path(adapter) / STACK_FILE
-    below = json.loads(stack.read_text())["merge_first"] if stack.is_file() else []
-    merged = below + ([str(Path(adapter).resolve())] if include_self else [])
+    merged = adapter_stack(adapter) + ([str(Path(adapter).resolve())] if include_self else [])
     for path in merged:
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     return model, merged

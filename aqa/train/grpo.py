@@ -6,9 +6,12 @@ option, else 0; advantages are the rewards normalised within the group; the poli
 the clipped ratio objective minus beta times the k3 estimate of KL(pi_theta || pi_ref), each
 answer's token terms averaged over its length, then over the answers (aqa.train.grpo_loss).
 
-Reference = the SFT model. The SFT adapter is merged into the base weights in memory; the
-policy trains a new LoRA adapter on top, and the reference log-probs come from the same
-weights with that adapter disabled, so no second copy of the model is held.
+Reference = the SFT model. With `policy=new` (the default) the SFT adapter is merged into the
+base weights in memory, the policy trains a new LoRA adapter on top (its B starts at zero, so
+the policy starts as the SFT model), and the reference log-probs come from the same weights
+with that adapter disabled. With `policy=sft` the SFT adapter itself trains on, and the
+reference log-probs come from its saved weights swapped in for the forward pass. Either way
+no second copy of the model is held.
 
 Rollouts (aqa.train.rollouts): `choice` (default) samples the G answers as option letters
 from the policy's distribution over the letters at the answer position, one forward pass per
@@ -45,7 +48,9 @@ class GRPOConfig(TrainConfig):
     warmup_ratio: float = recipe_default(0.0)
     schedule: str = recipe_default("constant")
     save_every: int = recipe_default(50)
-    sft_adapter: str = doc("", help="the SFT adapter (merged in memory; also the reference policy)")
+    sft_adapter: str = doc("", help="the SFT adapter: the reference policy, and where the policy starts")
+    policy: str = doc("new", help="new: a fresh LoRA adapter (B = 0) on the SFT weights merged in memory; "
+                                  "sft: keep training the SFT adapter itself")
     rollout: str = doc("choice", help="choice: sample option letters; generate: sample completions")
     rewards: list[str] = doc(["accuracy"], help="reward functions summed (aqa.train.rewards: accuracy, format)")
     group_size: int = doc(6, help="G, answers sampled per question (reference report: 6)")
@@ -61,6 +66,10 @@ class GRPOConfig(TrainConfig):
         from aqa.train.rewards import REWARDS
 
         super().__post_init__()
+        if self.policy not in ("new", "sft"):
+            raise ValueError(f"policy must be new or sft, got {self.policy!r}")
+        if self.policy == "sft" and not self.sft_adapter:
+            raise ValueError("policy=sft trains the SFT adapter further: set sft_adapter")
         if self.rollout not in ("choice", "generate"):
             raise ValueError(f"rollout must be choice or generate, got {self.rollout!r}")
         if self.group_size < 2:
@@ -72,19 +81,21 @@ class GRPOConfig(TrainConfig):
 
 def train(cfg: GRPOConfig) -> dict:
     """Run GRPO; returns a summary dict."""
-    from aqa.io import write_json
-    from aqa.models.base import STACK_FILE
     from aqa.train.data import micro_seed
     from aqa.train.grpo_loss import grpo_loss
     from aqa.train.recipe import setup
     from aqa.train.rollouts import policy_logprobs, rollout_choice, rollout_generate
 
     # ---- setup -----------------------------------------------------------------------------
+    continued = cfg.policy == "sft"
     run = setup(cfg, name=f"grpo ({cfg.rollout})", accumulation=lambda world: cfg.grad_accum,
-                per_step=lambda world: cfg.batch_size * cfg.grad_accum * world, merge=cfg.sft_adapter,
+                per_step=lambda world: cfg.batch_size * cfg.grad_accum * world,
+                adapter=cfg.sft_adapter if continued else "", merge="" if continued else cfg.sft_adapter,
                 steps_factor=cfg.ppo_epochs)
     module, backend = run.module, run.backend
-    peft_model = run.accelerator.unwrap_model(module).model
+    # The reference is the SFT model: the new adapter switched off, or the SFT adapter's saved weights.
+    reference = ((lambda: backend.adapter_weights_from(cfg.sft_adapter)) if continued
+                 else backend.without_adapter)
     sample = {"choice": rollout_choice, "generate": rollout_generate}[cfg.rollout]
     extra = {"max_new_tokens": cfg.max_new_tokens} if cfg.rollout == "generate" else {}
 
@@ -92,7 +103,7 @@ def train(cfg: GRPOConfig) -> dict:
     for step in range(run.start, run.steps):
         epoch, order = run.step_order(step)
         # Rollouts for every micro-batch of this step, from pi_old (the policy as it stands).
-        rolls = [sample(module, backend, peft_model, run.micro_batch(order, k, cfg.batch_size, epoch),
+        rolls = [sample(module, backend, reference, run.micro_batch(order, k, cfg.batch_size, epoch),
                         group_size=cfg.group_size, temperature=cfg.temperature, rewards=cfg.rewards,
                         seed=micro_seed(cfg.seed, step, k, run.rank), **extra)
                  for k in range(cfg.grad_accum)]
@@ -118,11 +129,7 @@ def train(cfg: GRPOConfig) -> dict:
             break
 
     # ---- save ------------------------------------------------------------------------------
-    summary = run.finish(questions=len(run.items))
-    if "adapter" in summary and run.merged and run.accelerator.is_main_process:
-        # Loading this adapter must merge the SFT adapters under it first.
-        write_json(f"{summary['adapter']}/{STACK_FILE}", {"merge_first": run.merged})
-    return summary
+    return run.finish(questions=len(run.items))
 
 
 def register(sub: argparse._SubParsersAction) -> None:

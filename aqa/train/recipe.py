@@ -190,7 +190,14 @@ class TrainRun:
         if self.stopped_early:
             log.warning("stopped after %d steps (stop_after); the same command resumes", self.cfg.stop_after)
         else:
-            out["adapter"] = str(save_adapter(self.folder, self.accelerator, self.module))
+            adapter = save_adapter(self.folder, self.accelerator, self.module)
+            if self.merged and self.accelerator.is_main_process:
+                from aqa.io import write_json
+                from aqa.models.base import STACK_FILE
+
+                # Loading this adapter must merge the adapters under it first.
+                write_json(adapter / STACK_FILE, {"merge_first": self.merged})
+            out["adapter"] = str(adapter)
         if self.items.bad:
             log.warning("%d clip(s) could not be decoded and were skipped: %s", len(self.items.bad),
                         "; ".join(list(self.items.bad.values())[:5]))
@@ -211,7 +218,7 @@ def setup(cfg: TrainConfig, *, name: str, accumulation: Callable[[int], int], pe
     from tqdm.auto import tqdm
 
     from aqa.data.records import load_records
-    from aqa.models.base import BackendModule
+    from aqa.models.base import BackendModule, adapter_stack
     from aqa.models.registry import load_backend
     from aqa.train.checkpoint import RunDir, resume
     from aqa.train.data import QAItems
@@ -231,8 +238,11 @@ def setup(cfg: TrainConfig, *, name: str, accumulation: Callable[[int], int], pe
     backend = load_backend(cfg.model, device=str(accelerator.device), dtype="bf16" if use_bf16 else "fp32",
                            trust_remote_code=cfg.trust_remote_code, adapter=adapter or None,
                            is_trainable=bool(adapter))
-    merged = backend.merge_adapters(merge) if merge else []
-    if not adapter:
+    # What a trained adapter stands on: the adapters merged into the weights first, in order.
+    merged = backend.merge_adapters(merge) if merge else adapter_stack(adapter) if adapter else []
+    if adapter:
+        backend.set_lora_dropout(cfg.lora_dropout)
+    else:
         backend.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, audio_tower=lora_audio_tower)
     if cfg.gradient_checkpointing:
         backend.enable_gradient_checkpointing()

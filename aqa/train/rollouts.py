@@ -9,6 +9,7 @@ Two ways to sample, one result type (`Rollouts`):
 - `rollout_generate`: G completions sampled with the backend's `generate_ids`, decoded as
   `aqa eval` decodes them.
 Either way the rewards come from `aqa.train.rewards`, read by the evaluation's answer parser.
+`reference()` gives the context in which the module computes the reference policy.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def policy_logprobs(module, r: Rollouts, temperature: float):
     return logp, mask, (ent * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
-def _finish(kind, module, backend, peft_model, batch, n, samples, completions, items, group_size, rewards_used,
+def _finish(kind, module, backend, reference, batch, n, samples, completions, items, group_size, rewards_used,
             greedy, temperature) -> Rollouts:
     """Rewards, advantages and the reference log-probs of sampled answers."""
     G = group_size
@@ -73,12 +74,12 @@ def _finish(kind, module, backend, peft_model, batch, n, samples, completions, i
     r = Rollouts(kind=kind, batch=batch, n_options=n, samples=samples, completions=completions, rewards=rewards,
                  reward_parts=parts, greedy_accuracy=greedy,
                  advantages=group_advantages(rewards).reshape(-1).to(backend.device), ref_logp=None)
-    with torch.no_grad(), peft_model.disable_adapter():  # the reference: the new adapter off
+    with torch.no_grad(), reference():
         r.ref_logp = policy_logprobs(module, r, temperature)[0]
     return r
 
 
-def rollout_choice(module, backend, peft_model, items, *, group_size: int, temperature: float, rewards: list[str],
+def rollout_choice(module, backend, reference, items, *, group_size: int, temperature: float, rewards: list[str],
                    seed: int) -> Rollouts:
     """G option letters per question from one forward pass."""
     batch = backend.collate([it.example for it in items])
@@ -91,11 +92,11 @@ def rollout_choice(module, backend, peft_model, items, *, group_size: int, tempe
     answers = torch.tensor([it.answer for it in items])
     greedy = (logits.argmax(-1).cpu() == answers).float().mean().item()
     completions = [LETTERS[int(s)] for s in samples.reshape(-1)]
-    return _finish("choice", module, backend, peft_model, batch, n, samples, completions, items, group_size, rewards,
+    return _finish("choice", module, backend, reference, batch, n, samples, completions, items, group_size, rewards,
                    greedy, temperature)
 
 
-def rollout_generate(module, backend, peft_model, items, *, group_size: int, temperature: float,
+def rollout_generate(module, backend, reference, items, *, group_size: int, temperature: float,
                      rewards: list[str], seed: int, max_new_tokens: int) -> Rollouts:
     """G sampled completions per question; the policy then scores them as targets."""
     from aqa.models.base import Example
@@ -113,5 +114,5 @@ def rollout_generate(module, backend, peft_model, items, *, group_size: int, tem
     batch = backend.collate([Example(it.example.audio, it.example.text, target_ids=seqs[q * group_size + g]
                                      or backend.end_ids)
                              for q, it in enumerate(items) for g in range(group_size)], with_target=True)
-    return _finish("generate", module, backend, peft_model, batch, n, None, completions, items, group_size, rewards,
+    return _finish("generate", module, backend, reference, batch, n, None, completions, items, group_size, rewards,
                    greedy, temperature)
