@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import html
 import io
-import logging
 import math
 import os
 import re
@@ -31,37 +30,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from aqa.eval.metrics import (
-    METRICS, PREDICTIONS, ci_text, compute_metrics, load_predictions, order_subsets, pct)
-from aqa.io import atomic_write_bytes, atomic_write_text, iter_jsonl, read_json
-
-log = logging.getLogger(__name__)
-
-TRAIN_LOG = "train_log.jsonl"
-N_CALIBRATION_BINS = 10
-
-
-class ReportError(ValueError):
-    """An input the report cannot use (the CLI prints it and exits with status 2)."""
-
-
-@dataclass
-class EvalRun:
-    """One table row: an eval dir's metrics, and its predictions when they exist."""
-
-    name: str
-    path: Path
-    metrics: dict
-    rows: list[dict] | None = None
-
-
-@dataclass
-class TrainRun:
-    """One training run: its log lines, for the loss plot."""
-
-    name: str
-    path: Path
-    log: list[dict] = field(default_factory=list)
+from aqa.eval.metrics import ci_text, pct
+from aqa.eval.report.calibration import N_CALIBRATION_BINS, calibration_points
+from aqa.eval.report.data import TRAIN_LOG, EvalRun, ReportError, TrainRun, all_subsets, discover, log
+from aqa.io import atomic_write_bytes, atomic_write_text
 
 
 @dataclass
@@ -74,81 +46,6 @@ class Table:
     #: rows (by index) that are annotations (item counts, chance) rather than results
     notes: set[int] = field(default_factory=set)
     caption: str = ""
-
-
-# ---------------------------------------------------------------------------- discovery
-
-
-def _is_eval_dir(p: Path) -> bool:
-    return (p / METRICS).is_file() or (p / PREDICTIONS).is_file()
-
-
-def _natural_key(s: str) -> list:
-    # so that eval/step-200 sorts before eval/step-1000
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
-
-
-def _load_eval(path: Path, name: str | None, n_boot: int, seed: int) -> EvalRun:
-    rows = load_predictions(path) if (path / PREDICTIONS).is_file() else None
-    metrics = None
-    if (path / METRICS).is_file():
-        try:
-            metrics = read_json(path / METRICS)
-        except ValueError as e:
-            if rows is None:
-                raise ReportError(f"{path / METRICS}: not valid JSON ({e})") from None
-            log.warning("%s: not valid JSON; recomputed from %s", path / METRICS, PREDICTIONS)
-    if metrics is None:
-        metrics = compute_metrics(rows or [], n_boot=n_boot, seed=seed)
-    label = name or metrics.get("name") or path.resolve().name
-    return EvalRun(str(label), path, metrics, rows)
-
-
-def _load_train_log(path: Path) -> list[dict]:
-    return [obj for _, obj in iter_jsonl(path / TRAIN_LOG, skip_bad=True) if isinstance(obj, dict)]
-
-
-def discover(dirs: Sequence[str | os.PathLike], names: Sequence[str] | None = None, *,
-             n_boot: int = 1000, seed: int = 0) -> tuple[list[EvalRun], list[TrainRun]]:
-    """Turn the given dirs into table rows and training runs, in the order given."""
-    if names is not None and len(names) != len(dirs):
-        raise ReportError(f"{len(names)} names given for {len(dirs)} dirs; give one name per dir")
-    evals: list[EvalRun] = []
-    trains: list[TrainRun] = []
-    for i, d in enumerate(dirs):
-        path = Path(d)
-        given = names[i] if names is not None else None
-        if not path.is_dir():
-            raise ReportError(f"{path}: no such directory")
-        subs = sorted((p for p in (path / "eval").glob("*") if p.is_dir() and _is_eval_dir(p)),
-                      key=lambda p: _natural_key(p.name)) if (path / "eval").is_dir() else []
-        is_train = (path / TRAIN_LOG).is_file()
-        if not (is_train or subs or _is_eval_dir(path)):
-            raise ReportError(f"{path}: neither an eval dir ({METRICS} or {PREDICTIONS}), a training "
-                              f"run dir ({TRAIN_LOG}) nor a dir with eval/<name>/ dirs")
-        run_name = given or path.resolve().name
-        if _is_eval_dir(path):
-            evals.append(_load_eval(path, given, n_boot, seed))
-        if is_train:
-            trains.append(TrainRun(run_name, path, _load_train_log(path)))
-        # rows of a training run carry the run's name, since several runs often share
-        # eval names such as "dev"; a plain container adds its name only when given one
-        prefix = f"{run_name}/" if is_train or given else ""
-        for sub in subs:
-            evals.append(_load_eval(sub, f"{prefix}{sub.name}", n_boot, seed))
-    _dedupe(evals)
-    _dedupe(trains)
-    return evals, trains
-
-
-def _dedupe(runs: Sequence[EvalRun | TrainRun]) -> None:
-    seen: dict[str, int] = {}
-    for r in runs:
-        if r.name in seen:
-            seen[r.name] += 1
-            r.name = f"{r.name} ({seen[r.name]})"
-        else:
-            seen[r.name] = 1
 
 
 # ---------------------------------------------------------------------------- tables
@@ -164,10 +61,6 @@ def _span(values: Sequence[int]) -> str:
         return "–"
     lo, hi = min(values), max(values)
     return str(lo) if lo == hi else f"{lo}–{hi}"
-
-
-def all_subsets(evals: Sequence[EvalRun]) -> list[str]:
-    return order_subsets(s for e in evals for s in e.metrics.get("subsets", {}))
 
 
 def accuracy_table(evals: Sequence[EvalRun]) -> Table:
@@ -393,38 +286,6 @@ def plot_training(run: TrainRun, path: Path) -> Path | None:
     axes[-1].set_xlabel("step")
     axes[0].set_title(f"Training: {run.name}")
     return _save(fig, path)
-
-
-def calibration_points(rows: Sequence[dict], bins: int = N_CALIBRATION_BINS) -> dict | None:
-    """Per confidence bin: mean confidence of the predicted option, accuracy and count; and
-    the expected calibration error. None when no labelled row has usable probabilities."""
-    conf, hit = [], []
-    for r in rows:
-        probs, pred, answer = r.get("probs"), r.get("pred"), r.get("answer")
-        if answer is None or pred is None or not isinstance(probs, list):
-            continue
-        try:
-            p = [float(x) for x in probs]
-            pred, answer = int(pred), int(answer)
-        except (TypeError, ValueError):
-            continue
-        total = sum(p)
-        if not (0 <= pred < len(p)) or not math.isfinite(total) or total <= 0:
-            continue
-        conf.append(p[pred] / total)  # normalised, in case a producer stored raw scores
-        hit.append(pred == answer)
-    if not conf:
-        return None
-    sums = [[0.0, 0.0, 0] for _ in range(bins)]
-    for c, h in zip(conf, hit):
-        b = min(int(c * bins), bins - 1)
-        sums[b][0] += c
-        sums[b][1] += h
-        sums[b][2] += 1
-    pts = [(s[0] / s[2], s[1] / s[2], s[2]) for s in sums if s[2]]
-    ece = sum(n * abs(a - c) for c, a, n in pts) / len(conf)
-    return {"confidence": [p[0] for p in pts], "accuracy": [p[1] for p in pts],
-            "count": [p[2] for p in pts], "ece": ece, "n": len(conf)}
 
 
 def plot_calibration(curves: dict[str, dict], path: Path) -> Path:
