@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import argparse
 import html
-import io
 import math
 import os
-import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,9 +29,10 @@ from typing import Any
 from urllib.parse import quote
 
 from aqa.eval.metrics import ci_text, pct
-from aqa.eval.report.calibration import N_CALIBRATION_BINS, calibration_points
-from aqa.eval.report.data import TRAIN_LOG, EvalRun, ReportError, TrainRun, all_subsets, discover, log
-from aqa.io import atomic_write_bytes, atomic_write_text
+from aqa.eval.report.calibration import N_CALIBRATION_BINS, calibration_curves, calibration_points
+from aqa.eval.report.data import EvalRun, ReportError, TrainRun, all_subsets, discover
+from aqa.eval.report.plots import write_plots
+from aqa.io import atomic_write_text
 
 
 @dataclass
@@ -190,125 +189,6 @@ def table_html(t: Table) -> str:
     return "\n".join(out)
 
 
-# ---------------------------------------------------------------------------- plots
-
-
-def _figure(width: float, height: float, nrows: int = 1):
-    """A figure on the Agg canvas directly: no pyplot, so no global backend state to clash
-    with a caller's, and safe to use without a display."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = [fig.add_subplot(nrows, 1, i + 1) for i in range(nrows)]
-    return fig, axes
-
-
-def _save(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    return atomic_write_bytes(path, buf.getvalue())
-
-
-def plot_accuracy(evals: Sequence[EvalRun], path: Path) -> Path:
-    """Grouped bars per subset (then the two means), one bar per run, 95% CI whiskers,
-    and a dashed chance line per group."""
-    subsets = all_subsets(evals)
-    groups = [*subsets, "arithmetic mean", "weighted mean"]
-    n = max(len(evals), 1)
-    width = 0.8 / n
-    fig, (ax,) = _figure(max(6.0, 1.1 * len(groups) + 0.25 * len(groups) * n), 4.5)
-    from matplotlib import colormaps
-
-    cmap = colormaps["tab10"]
-
-    def stat(e: EvalRun, g: str) -> dict:
-        if g == "arithmetic mean":
-            return e.metrics.get("arithmetic_mean", {})
-        if g == "weighted mean":
-            return e.metrics.get("weighted_mean", {})
-        s = e.metrics.get("subsets", {}).get(g, {})
-        return {"value": s.get("accuracy"), "ci95": s.get("ci95"), "chance": s.get("chance")}
-
-    for i, e in enumerate(evals):
-        xs, ys, lo, hi = [], [], [], []
-        for gi, g in enumerate(groups):
-            st = stat(e, g)
-            v = _num(st.get("value"))
-            if v is None:
-                continue
-            xs.append(gi - 0.4 + width * (i + 0.5))
-            ys.append(100 * v)
-            ci = st.get("ci95") or [v, v]
-            lo.append(max(0.0, 100 * (v - ci[0])))
-            hi.append(max(0.0, 100 * (ci[1] - v)))
-        ax.bar(xs, ys, width * 0.95, yerr=[lo, hi], capsize=2, label=e.name, color=cmap(i % 10),
-               error_kw={"elinewidth": 0.8})
-    chance_label = "chance"
-    for gi, g in enumerate(groups):
-        vals = [v for v in (_num(stat(e, g).get("chance")) for e in evals) if v is not None]
-        if vals:
-            ax.hlines(100 * sum(vals) / len(vals), gi - 0.45, gi + 0.45, colors="black",
-                      linestyles="dashed", linewidth=1, label=chance_label)
-            chance_label = "_nolegend_"
-    ax.set_xticks(range(len(groups)), groups, rotation=20 if len(groups) > 6 else 0)
-    ax.set_ylim(0, 100)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Accuracy per subset (95% bootstrap CI)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    return _save(fig, path)
-
-
-def plot_training(run: TrainRun, path: Path) -> Path | None:
-    """Loss against step, and reward in a second panel when the log has it (GRPO)."""
-    def series(key: str) -> tuple[list[float], list[float]]:
-        xs, ys = [], []
-        for i, r in enumerate(run.log):
-            y = _num(r.get(key))
-            if y is not None:
-                x = _num(r.get("step"))
-                xs.append(x if x is not None else float(i))
-                ys.append(y)
-        return xs, ys
-
-    panels = [(k, *series(k)) for k in ("loss", "reward")]
-    panels = [p for p in panels if p[1]]
-    if not panels:
-        log.warning("%s: no loss or reward values; no plot", run.path / TRAIN_LOG)
-        return None
-    fig, axes = _figure(6.5, 2.6 * len(panels) + 0.6, nrows=len(panels))
-    for ax, (key, xs, ys) in zip(axes, panels):
-        ax.plot(xs, ys, linewidth=1, marker="." if len(xs) < 60 else None)
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-    axes[-1].set_xlabel("step")
-    axes[0].set_title(f"Training: {run.name}")
-    return _save(fig, path)
-
-
-def plot_calibration(curves: dict[str, dict], path: Path) -> Path:
-    """Reliability diagram: accuracy against confidence per bin, one line per run."""
-    fig, (ax,) = _figure(5.5, 5.0)
-    ax.plot([0, 1], [0, 1], linestyle="dashed", color="grey", linewidth=1, label="perfect calibration")
-    for name, c in curves.items():
-        ax.plot(c["confidence"], c["accuracy"], marker="o", markersize=3,
-                label=f"{name} (ECE {100 * c['ece']:.1f}%)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence of the predicted option")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability ({N_CALIBRATION_BINS} bins)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left")
-    return _save(fig, path)
-
-
-def _safe_filename(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
-
-
 # ---------------------------------------------------------------------------- the report
 
 
@@ -331,35 +211,10 @@ def build_report(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     evals, trains = discover(dirs, names, n_boot=n_boot, seed=seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plots: list[Path] = []
-    figures: list[tuple[str, str]] = []  # (caption, file name)
-
-    if evals:
-        p = plot_accuracy(evals, out / "accuracy_per_subset.png")
-        plots.append(p)
-        figures.append(("Accuracy per subset", p.name))
-
-    train_plots: dict[str, str] = {}
-    used: set[str] = {"accuracy_per_subset.png", "calibration.png"}
-    for t in trains:
-        fname = f"loss_{_safe_filename(t.name)}.png"
-        k = 2
-        while fname in used:  # two names that differ only in unsafe characters
-            fname = f"loss_{_safe_filename(t.name)}_{k}.png"
-            k += 1
-        used.add(fname)
-        p = plot_training(t, out / fname)
-        if p is not None:
-            plots.append(p)
-            train_plots[t.name] = p.name
-            figures.append((f"Training: {t.name}", p.name))
-
-    curves = {e.name: c for e in evals if e.rows
-              for c in [calibration_points(e.rows)] if c is not None}
-    if curves:
-        p = plot_calibration(curves, out / "calibration.png")
-        plots.append(p)
-        figures.append(("Calibration", p.name))
+    curves = calibration_curves(evals)
+    figures, train_plots = write_plots(evals, trains, curves, out)
+    plots = [f.path for f in figures]
+    shown = [(f.caption, f.path.name) for f in figures]
 
     tables: list[Table] = []
     if evals:
@@ -376,8 +231,8 @@ def build_report(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
           f"{len(evals)} evaluated run(s), {len(trains)} training run(s).", ""]
     for t in tables:
         md += [table_markdown(t)]
-    if figures:
-        md += ["## Plots", ""] + [f"![{cap}]({quote(f)})\n" for cap, f in figures]
+    if shown:
+        md += ["## Plots", ""] + [f"![{cap}]({quote(f)})\n" for cap, f in shown]
     md += ["## Sources", ""] + [f"- {_md_cell(n)}: `{p}`" for n, p in sources] + [""]
     md_path = atomic_write_text(out / "report.md", "\n".join(md))
 
@@ -385,10 +240,10 @@ def build_report(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     body = ["<h1>AQA report</h1>",
             f"<p>{len(evals)} evaluated run(s), {len(trains)} training run(s).</p>"]
     body += [table_html(t) for t in tables]
-    if figures:
+    if shown:
         body.append("<h2>Plots</h2>")
         body += [f'<figure><img src="{e(quote(f))}" alt="{e(cap)}"><figcaption>{e(cap)}'
-                 "</figcaption></figure>" for cap, f in figures]
+                 "</figcaption></figure>" for cap, f in shown]
     body.append("<h2>Sources</h2><ul>"
                 + "".join(f"<li>{e(n)}: <code>{e(p)}</code></li>" for n, p in sources) + "</ul>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"

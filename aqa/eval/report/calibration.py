@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from aqa.eval.report.data import EvalRun
+
 N_CALIBRATION_BINS = 10
 
 
@@ -25,6 +27,12 @@ def calibration_points(rows: Sequence[dict], bins: int = N_CALIBRATION_BINS) -> 
     ece = sum(n * abs(a - c) for c, a, n in pts) / len(conf)
     return {"confidence": [p[0] for p in pts], "accuracy": [p[1] for p in pts],
             "count": [p[2] for p in pts], "ece": ece, "n": len(conf)}
+
+
+def calibration_curves(evals: Sequence[EvalRun]) -> dict[str, dict]:
+    """calibration_points per run, for the runs whose predictions carry probabilities."""
+    return {e.name: c for e in evals if e.rows
+            for c in [calibration_points(e.rows)] if c is not None}
 
 
 def _confidences(rows: Sequence[dict]) -> tuple[list[float], list[bool]]:
