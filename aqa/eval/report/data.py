@@ -19,6 +19,8 @@ from aqa.io import iter_jsonl, read_json
 log = logging.getLogger(__package__)
 
 TRAIN_LOG = "train_log.jsonl"
+#: the two headline means, by column label, and their keys in metrics.json
+MEANS = {"arithmetic mean": "arithmetic_mean", "weighted mean": "weighted_mean"}
 
 
 class ReportError(ValueError):

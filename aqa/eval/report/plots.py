@@ -10,13 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aqa.eval.report.calibration import N_CALIBRATION_BINS
-from aqa.eval.report.data import TRAIN_LOG, EvalRun, TrainRun, all_subsets, finite, log
+from aqa.eval.report.data import MEANS, TRAIN_LOG, EvalRun, TrainRun, all_subsets, finite, log
 from aqa.io import atomic_write_bytes
 
 ACCURACY_PNG = "accuracy_per_subset.png"
 CALIBRATION_PNG = "calibration.png"
-#: the two bar groups after the subsets, and their keys in metrics.json
-MEANS = {"arithmetic mean": "arithmetic_mean", "weighted mean": "weighted_mean"}
 
 
 @dataclass
