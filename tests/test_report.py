@@ -10,9 +10,10 @@ import pytest
 
 from aqa.cli import main
 from aqa.eval.metrics import write_metrics
-from aqa.eval.report import build_report, calibration_points
+from aqa.eval.report import TrainRun, build_report, calibration_points
 from aqa.eval.report.document import (
     BulletList, Code, Document, Heading, Image, Paragraph, Table, markdown_blocks, to_html, to_markdown)
+from aqa.eval.report.plots import training_plot_names
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -106,7 +107,7 @@ def test_names_and_escaping(runs):
     assert "<b>zs</b>" not in html and "&lt;b&gt;zs&lt;/b&gt;" in html and "rl &amp; co/dev" in html
     md = (tmp / "r2" / "report.md").read_text()
     assert "| a\\|b | 75.0 |" in md
-    assert (tmp / "r2" / "loss_rl_co.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp / "r2" / "loss_rl-co.png").read_bytes()[:8] == PNG_MAGIC  # named by aqa.io.safe_name
     assert set(res["files"]) >= {res["markdown"], res["html"], *res["plots"]}
 
 
@@ -122,6 +123,12 @@ def test_container_dir_and_errors(runs, capsys):
     assert main(["report", str(tmp / "empty"), "-o", str(tmp / "r4")]) == 2
     assert main(["report", *map(str, dirs), "-o", str(tmp / "r4"), "--names", "one,two"]) == 2
     assert "one name per dir" in capsys.readouterr().err
+
+
+def test_training_plot_names_are_safe_and_unique(tmp_path):
+    runs = [TrainRun(n, tmp_path) for n in ("sft:a", "sft?a", "sft-a", "…", "grpo run")]
+    assert training_plot_names(runs) == ["loss_sft-a.png", "loss_sft-a_2.png", "loss_sft-a_3.png",
+                                         "loss_run.png", "loss_grpo-run.png"]
 
 
 def test_calibration_points():

@@ -4,14 +4,13 @@ training run, and the reliability diagram."""
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from aqa.eval.report.calibration import N_CALIBRATION_BINS
 from aqa.eval.report.data import MEANS, TRAIN_LOG, EvalRun, TrainRun, all_subsets, finite, log
-from aqa.io import atomic_write_bytes
+from aqa.io import atomic_write_bytes, safe_name
 
 ACCURACY_PNG = "accuracy_per_subset.png"
 CALIBRATION_PNG = "calibration.png"
@@ -49,17 +48,13 @@ def training_plot_names(trains: Sequence[TrainRun]) -> list[str]:
     used = {ACCURACY_PNG, CALIBRATION_PNG}
     names = []
     for t in trains:
-        stem = f"loss_{_safe_filename(t.name)}"
+        stem = f"loss_{safe_name(t.name)}"
         fname, k = f"{stem}.png", 2
         while fname in used:
             fname, k = f"{stem}_{k}.png", k + 1
         used.add(fname)
         names.append(fname)
     return names
-
-
-def _safe_filename(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "run"
 
 
 def _figure(width: float, height: float, nrows: int = 1):
