@@ -12,11 +12,12 @@ Each DIR is one of:
 
 Written to OUT: `report.md`, `report.html` (self-contained apart from the PNGs beside it,
 which it references by relative path), `accuracy_per_subset.png`, `loss_<run>.png` per
-training run, and `calibration.png` when any eval dir has per-option probabilities.
+training run (the run's name made safe for a file name), and `calibration.png` when any eval
+dir has per-option probabilities.
 
 The package: `data` finds and loads the inputs, `calibration` bins the predicted options'
-probabilities, `tables` and `plots` make the tables and the figures, and `document` holds the
-document model that the report is built as once, and renders it to Markdown and to HTML.
+probabilities, `tables` and `plots` make the tables and the figures, and `document` is the
+document model that the report is built as, once, with its two renderers: Markdown and HTML.
 """
 
 from __future__ import annotations

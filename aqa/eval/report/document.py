@@ -1,14 +1,14 @@
-"""A small document model, and its two renderings: Markdown and a self-contained HTML page.
+"""A small document model, and its two renderings: Markdown, and one HTML page with its CSS
+inline and its images referenced by relative path.
 
 The report builds one Document and renders it twice, so report.md and report.html always show
 the same headings, tables, figures and text."""
 
 from __future__ import annotations
 
-from html import escape
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Union
+from html import escape
 from urllib.parse import quote
 
 
@@ -30,7 +30,7 @@ class Table:
 
     header: list[str]
     rows: list[list[str]]
-    #: rows (by index) that annotate the results (item counts, chance) rather than being one
+    #: indices of the rows that annotate the results (item counts, chance) rather than hold one
     note_rows: set[int] = field(default_factory=set)
     title: str = ""
     caption: str = ""
@@ -52,7 +52,7 @@ class Code:
 
 
 #: a list item is a run of plain text and code
-Inline = Union[str, Code]
+Inline = str | Code
 
 
 @dataclass
@@ -60,7 +60,7 @@ class BulletList:
     items: list[Sequence[Inline]]
 
 
-Block = Union[Heading, Paragraph, Table, Image, BulletList]
+Block = Heading | Paragraph | Table | Image | BulletList
 
 
 @dataclass
@@ -100,7 +100,7 @@ def _md_block(b: Block) -> str:
 
 def _md_text(s: str) -> str:
     # Only text in table cells and list items is escaped: there a "|" would split a cell and a
-    # line break would end the row or the item.
+    # line break would end the row or the item. Other text is written as given.
     return s.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
@@ -112,8 +112,9 @@ def _md_table(t: Table) -> str:
     def line(cells: Sequence[str]) -> str:
         return "| " + " | ".join(cells) + " |"
 
-    lines = [_md_block(Heading(t.title)), ""] if t.title else []
+    lines = [_md_block(Heading(t.title, 2)), ""] if t.title else []
     lines.append(line([_md_text(h) for h in t.header]))
+    # names in the first column, left-aligned; numbers in the others, right-aligned (as in the CSS)
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(t.header) - 1)) + "|")
     for i, row in enumerate(t.rows):
         cells = [_md_text(c) for c in row]

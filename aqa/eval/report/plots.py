@@ -4,13 +4,17 @@ training run, and the reliability diagram."""
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from aqa.eval.report.calibration import N_CALIBRATION_BINS
-from aqa.eval.report.data import MEANS, TRAIN_LOG, EvalRun, TrainRun, all_subsets, finite, log
+from aqa.eval.report.data import MEANS, TRAIN_LOG, EvalRun, TrainRun, all_subsets, finite
 from aqa.io import atomic_write_bytes, safe_name
+
+# the package's logger, so that the command's warnings keep one name whichever module logs them
+log = logging.getLogger(__package__)
 
 ACCURACY_PNG = "accuracy_per_subset.png"
 CALIBRATION_PNG = "calibration.png"
