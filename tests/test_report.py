@@ -1,13 +1,19 @@
-"""`aqa report` end to end on dirs written to disk: table numbers, plots, HTML escaping."""
+"""`aqa report` end to end on dirs written to disk: table numbers, plots, HTML escaping; and the\ndocument model that report.md and report.html are both rendered from."""
 
+import html
 import json
 import re
+from html.parser import HTMLParser
+from urllib.parse import unquote
 
 import pytest
 
 from aqa.cli import main
 from aqa.eval.metrics import write_metrics
-from aqa.eval.report import build_report, calibration_points
+from aqa.eval.report import TrainRun, build_report, calibration_points
+from aqa.eval.report.document import (
+    BulletList, Code, Document, Heading, Image, Paragraph, Table, markdown_blocks, to_html, to_markdown)
+from aqa.eval.report.plots import training_plot_names
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -101,7 +107,7 @@ def test_names_and_escaping(runs):
     assert "<b>zs</b>" not in html and "&lt;b&gt;zs&lt;/b&gt;" in html and "rl &amp; co/dev" in html
     md = (tmp / "r2" / "report.md").read_text()
     assert "| a\\|b | 75.0 |" in md
-    assert (tmp / "r2" / "loss_rl_co.png").read_bytes()[:8] == PNG_MAGIC
+    assert (tmp / "r2" / "loss_rl-co.png").read_bytes()[:8] == PNG_MAGIC  # named by aqa.io.safe_name
     assert set(res["files"]) >= {res["markdown"], res["html"], *res["plots"]}
 
 
@@ -119,6 +125,12 @@ def test_container_dir_and_errors(runs, capsys):
     assert "one name per dir" in capsys.readouterr().err
 
 
+def test_training_plot_names_are_safe_and_unique(tmp_path):
+    runs = [TrainRun(n, tmp_path) for n in ("sft:a", "sft?a", "sft-a", "…", "grpo run")]
+    assert training_plot_names(runs) == ["loss_sft-a.png", "loss_sft-a_2.png", "loss_sft-a_3.png",
+                                         "loss_run.png", "loss_grpo-run.png"]
+
+
 def test_calibration_points():
     rows = [{"answer": 0, "pred": 0, "probs": [0.95, 0.05]}, {"answer": 1, "pred": 0, "probs": [0.95, 0.05]},
             {"answer": 0, "pred": 1, "probs": [0.35, 0.65]}, {"answer": None, "pred": 0, "probs": [1, 0]},
@@ -128,3 +140,122 @@ def test_calibration_points():
     assert c["confidence"] == pytest.approx([0.65, 0.95]) and c["accuracy"] == [0.0, 0.5]
     assert c["ece"] == pytest.approx((0.65 + 2 * 0.45) / 3)
     assert calibration_points([{"answer": 0, "pred": 0, "probs": None}]) is None
+
+
+# ---------------------------------------------------------------------------- the document model
+
+
+class _HtmlOutline(HTMLParser):
+    """Headings, table rows (cell texts) and images of an HTML page, in page order."""
+
+    def __init__(self):
+        super().__init__()
+        self.headings, self.rows, self.images, self.items = [], [], [], []
+        self._text = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "tr":
+            self.rows.append([])
+        elif tag == "img":
+            a = dict(attrs)
+            self.images.append((a["alt"], unquote(a["src"])))
+        if tag in ("h1", "h2", "h3", "td", "th", "li"):
+            self._text = ""
+
+    def handle_data(self, data):
+        if self._text is not None:
+            self._text += data
+
+    def handle_endtag(self, tag):
+        if tag in ("h1", "h2", "h3"):
+            self.headings.append((int(tag[1]), self._text))
+        elif tag in ("td", "th"):
+            self.rows[-1].append(self._text)
+        elif tag == "li":
+            self.items.append(self._text)
+        if tag in ("h1", "h2", "h3", "td", "th", "li"):
+            self._text = None
+
+
+def html_outline(page):
+    p = _HtmlOutline()
+    p.feed(page)
+    return {"headings": p.headings, "rows": p.rows, "images": p.images, "items": p.items}
+
+
+def _md_unescape(s):
+    return s.replace("\\|", "|").replace("\\\\", "\\")
+
+
+def md_outline(md):
+    out = {"headings": [], "rows": [], "images": [], "items": []}
+    for line in md.splitlines():
+        if m := re.match(r"(#+) (.*)", line):
+            out["headings"].append((len(m[1]), m[2]))
+        elif line.startswith("|") and not line.startswith("|---"):
+            cells = [_md_unescape(c.strip()) for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+            # a note row's first cell is in italics in Markdown, a row class in HTML
+            out["rows"].append([re.sub(r"^\*(.*)\*$", r"\1", cells[0]), *cells[1:]])
+        elif m := re.match(r"!\[(.*)\]\((.*)\)$", line):
+            out["images"].append((m[1], unquote(m[2])))
+        elif line.startswith("- "):
+            out["items"].append(_md_unescape(line[2:]).replace("`", ""))
+    return out
+
+
+def sample_document(text="plain"):
+    return Document(f"Title {text}", [
+        Paragraph(f"A paragraph: {text}."),
+        Table(["run", f"col {text}"], [["items", "3"], [f"run {text}", "50.0 [1.0, 2.0]"], ["chance", "25.0"]],
+              note_rows={0, 2}, title=f"Table {text}", caption=f"Caption {text}."),
+        Heading(f"Plots {text}"),
+        Image(f"loss {text}.png", f"Training: {text}"),
+        Heading("Sources", 3),
+        BulletList([(f"{text}: ", Code(f"/runs/{text}")), ("b: ", Code("/runs/b"))]),
+    ])
+
+
+def test_document_markdown_rendering():
+    md = to_markdown(sample_document())
+    assert md == ("# Title plain\n\nA paragraph: plain.\n\n## Table plain\n\n| run | col plain |\n|---|---:|\n"
+                  "| *items* | 3 |\n| run plain | 50.0 [1.0, 2.0] |\n| *chance* | 25.0 |\n\nCaption plain.\n\n"
+                  "## Plots plain\n\n![Training: plain](loss%20plain.png)\n\n### Sources\n\n"
+                  "- plain: `/runs/plain`\n- b: `/runs/b`\n")
+    assert markdown_blocks([Paragraph("x"), Heading("y", 1)]) == "x\n\n# y\n"
+
+
+@pytest.mark.parametrize("text", ["plain", "a|b", "<b>&'\"", "back\\slash"])
+def test_document_same_content_in_markdown_and_html(text):
+    doc = sample_document(text)
+    md, page = md_outline(to_markdown(doc)), html_outline(to_html(doc))
+    assert md == page
+    assert md["headings"] == [(1, f"Title {text}"), (2, f"Table {text}"), (2, f"Plots {text}"), (3, "Sources")]
+    assert md["rows"] == [["run", f"col {text}"], ["items", "3"], [f"run {text}", "50.0 [1.0, 2.0]"], ["chance", "25.0"]]
+    assert md["images"] == [(f"Training: {text}", f"loss {text}.png")]
+
+
+def test_document_html_escapes_text():
+    evil = "<script>alert('x')</script> & \"q\""
+    page = to_html(sample_document(evil))
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert f"<title>Title {html.escape(evil)}</title>" in page
+    assert f"<td>run {html.escape(evil)}</td>" in page
+    assert f'<p class="caption">Caption {html.escape(evil)}.</p>' in page
+    assert f'alt="Training: {html.escape(evil)}"' in page  # quotes too, inside an attribute
+    assert f"<code>/runs/{html.escape(evil)}</code>" in page
+    assert '<tr class="note"><td>items</td>' in page
+    md = to_markdown(Document("t", [Table(["a|b"], [["c|d"], ["e\\f\ng"]])]))
+    assert "| a\\|b |" in md and "| c\\|d |" in md and "| e\\\\f g |" in md
+
+
+def test_report_markdown_and_html_show_the_same_content(runs):
+    tmp, dirs = runs
+    res = build_report(dirs, tmp / "r5", names=["<b>zs</b>", "a|b", "rl & co"])
+    md = res["markdown"].read_text()
+    md_o, html_o = md_outline(md), html_outline(res["html"].read_text())
+    assert md_o == html_o
+    assert [h for _, h in md_o["headings"]] == ["AQA report", "Accuracy (%)", "Details", "Accuracy by question type (%)",
+                                                "Training runs", "Plots", "Sources"]
+    assert len(md_o["images"]) == 3 and "a|b: " + str(dirs[1]) in md_o["items"]
+    # the table the command prints is the report's accuracy section
+    assert res["table"].startswith("## Accuracy (%)\n\n| run |") and res["table"] in md

@@ -1,0 +1,143 @@
+"""The report's tables, as rows of text cells: accuracy per subset (the reference report's
+Table 2), details, accuracy by question type, audio contribution, training runs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from aqa.eval.metrics import ci_text, pct
+from aqa.eval.report.calibration import N_CALIBRATION_BINS
+from aqa.eval.report.data import MEANS, EvalRun, TrainRun, all_subsets, finite
+from aqa.eval.report.document import Table
+
+NONE = "–"
+
+
+def report_tables(evals: Sequence[EvalRun], trains: Sequence[TrainRun], ece: dict[str, float],
+                  train_plots: dict[str, str]) -> list[Table]:
+    """Every table of the report, in report order; the optional ones only when they have rows."""
+    tables: list[Table | None] = []
+    if evals:
+        tables += [accuracy_table(evals), details_table(evals, ece), question_type_table(evals),
+                   contribution_table(evals)]
+    if trains:
+        tables.append(training_table(trains, train_plots))
+    return [t for t in tables if t is not None]
+
+
+def accuracy_table(evals: Sequence[EvalRun]) -> Table:
+    """The reference report's Table 2: per-subset accuracy, then the two means with CIs."""
+    subsets = all_subsets(evals)
+    rows = [_counts_row(evals, subsets)] + [_accuracy_row(e, subsets) for e in evals]
+    notes = {0}
+    chance = _chance_row(evals, subsets)
+    if any(c != NONE for c in chance[1:]):
+        notes.add(len(rows))
+        rows.append(chance)
+    return Table(["run", *subsets, *MEANS], rows, notes, title="Accuracy (%)", caption=(
+        "Accuracy in percent. Arithmetic mean: the mean of the per-subset accuracies; "
+        "weighted mean: pooled over all labelled questions; brackets: 95% percentile "
+        "bootstrap interval (stratified by subset for the arithmetic mean). "
+        "Unparseable answers count as wrong; unlabelled items are excluded. "
+        "Chance: the mean of 1/(number of options)."))
+
+
+def _subset_stats(evals: Sequence[EvalRun], subset: str) -> list[dict]:
+    """The subset's metrics of each run that has it."""
+    return [e.metrics["subsets"][subset] for e in evals if subset in e.metrics.get("subsets", {})]
+
+
+def _counts_row(evals: Sequence[EvalRun], subsets: Sequence[str]) -> list[str]:
+    pooled = [e.metrics.get("weighted_mean", {}).get("n", e.metrics.get("n_labelled", 0)) for e in evals]
+    return ["items", *(_span([s.get("n", 0) for s in _subset_stats(evals, sub)]) for sub in subsets),
+            f"{len(subsets)} subsets", _span(pooled)]
+
+
+def _accuracy_row(e: EvalRun, subsets: Sequence[str]) -> list[str]:
+    subs = e.metrics.get("subsets", {})
+    row = [e.name] + [pct(subs.get(s, {}).get("accuracy")) for s in subsets]
+    for key in MEANS.values():
+        m = e.metrics.get(key, {})
+        row.append(f"{pct(m.get('value'))} {ci_text(m.get('ci95'))}".strip())
+    return row
+
+
+def _chance_row(evals: Sequence[EvalRun], subsets: Sequence[str]) -> list[str]:
+    row = ["chance"]
+    row += [_mean_pct(s.get("chance") for s in _subset_stats(evals, sub)) for sub in subsets]
+    row += [_mean_pct(e.metrics.get(key, {}).get("chance") for e in evals) for key in MEANS.values()]
+    return row
+
+
+def _mean_pct(values: Iterable) -> str:
+    """The mean of the finite values, in %; a dash when there is none."""
+    vals = [v for v in map(finite, values) if v is not None]
+    return pct(sum(vals) / len(vals)) if vals else NONE
+
+
+def _span(values: Sequence[int]) -> str:
+    """One count when all runs agree, else the range (runs on different data stand out)."""
+    if not values:
+        return NONE
+    lo, hi = min(values), max(values)
+    return str(lo) if lo == hi else f"{lo}–{hi}"
+
+
+def details_table(evals: Sequence[EvalRun], ece: dict[str, float]) -> Table:
+    """Counts, consistency across option orders, and calibration error per run."""
+    header = ["run", "items", "unparsed", "unlabelled", "option orders K", "agreement",
+              "all same", "right under all orders", "ECE"]
+    rows = []
+    for e in evals:
+        m = e.metrics
+        sh = m.get("shuffles") or {}
+        rows.append([e.name, str(m.get("n", NONE)), str(m.get("n_unparsed", NONE)),
+                     str(m.get("n_unlabelled", NONE)), str(sh.get("k", NONE)),
+                     pct(sh.get("agreement")), pct(sh.get("all_same")), pct(sh.get("all_correct")),
+                     pct(ece.get(e.name))])
+    return Table(header, rows, title="Details", caption=(
+        "Agreement: the mean share of option orders that chose the most common option; all same: "
+        "items where every order chose the same option; right under all orders: labelled items "
+        "answered right under every order (all in %). ECE: expected calibration error of the "
+        f"predicted option's probability, {N_CALIBRATION_BINS} bins (%)."))
+
+
+def question_type_table(evals: Sequence[EvalRun]) -> Table | None:
+    """One row per question type, one column per run; None when no run has question types."""
+    types = sorted({t for e in evals for t in e.metrics.get("question_types", {})})
+    if not types:
+        return None
+    rows = []
+    for t in types:
+        cells = [e.metrics.get("question_types", {}).get(t) for e in evals]
+        n = _span([c["n"] for c in cells if c])
+        rows.append([t, n] + [pct(c.get("accuracy")) if c else NONE for c in cells])
+    return Table(["question type", "items", *[e.name for e in evals]], rows,
+                 title="Accuracy by question type (%)")
+
+
+def contribution_table(evals: Sequence[EvalRun]) -> Table | None:
+    """For evaluations run without the audio (`aqa eval --audio silence --reference ...`): per
+    subset, accuracy with the audio, without it, and the mean audio contribution per item."""
+    rows = []
+    for e in evals:
+        for subset, c in (e.metrics.get("audio_contribution") or {}).items():
+            rows.append([e.name, subset, str(c["n"]), pct(c["accuracy_with_audio"]),
+                         pct(c["accuracy_without"]), pct(c["contribution"])])
+    if not rows:
+        return None
+    return Table(["run", "subset", "items", "with audio", "without", "contribution"], rows,
+                 title="Audio contribution (%)",
+                 caption="Contribution: per item, correct with the audio minus correct without it, "
+                         "averaged (points of accuracy that come from listening).")
+
+
+def training_table(trains: Sequence[TrainRun], plots: dict[str, str]) -> Table:
+    """Last step, loss and reward of each training run, and its plot's file name."""
+    rows = []
+    for t in trains:
+        steps, losses, rewards = t.values("step"), t.values("loss"), t.values("reward")
+        rows.append([t.name, str(int(max(steps))) if steps else NONE,
+                     f"{losses[-1]:.4g}" if losses else NONE,
+                     f"{rewards[-1]:.4g}" if rewards else NONE, plots.get(t.name, NONE)])
+    return Table(["run", "last step", "last loss", "last reward", "plot"], rows, title="Training runs")
