@@ -47,8 +47,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aqa.data.llm import LLMDistractors, merge_distractors, normalize
+from aqa.data.llm import LLMDistractors, merge_distractors
 from aqa.data.records import AQARecord, write_records
+from aqa.textnorm import loose_key
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,7 @@ def _number(token: str) -> float | None:
 
 def parse_count(text: str) -> int | None:
     """The whole number an option states: "3", "three", "once", "twice", "4 times"; else None."""
-    t = " ".join(re.sub(r"[^\w.\s]", " ", text.casefold()).split()).rstrip(". ")
+    t = loose_key(text, keep=".").rstrip(". ")
     t = re.sub(r"^(?:about|around|exactly|only|just)\s+", "", t)
     if t in ("once", "one time"):
         return 1
@@ -444,10 +445,10 @@ def _duration_canon(q: float):
 
 def _label_canon(present: Sequence[str]):
     """Reject a suggested label that names (or contains the name of) a sound in the clip."""
-    keys = [normalize(p) for p in present]
+    keys = [loose_key(p) for p in present]
 
     def canon(text: str) -> str | None:
-        k = f" {normalize(text)} "
+        k = f" {loose_key(text)} "
         if any(f" {p} " in k or f" {k.strip()} " in f" {p} " for p in keys if p):
             return None
         return text

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -41,7 +40,9 @@ from pathlib import Path
 from typing import Any
 
 from aqa.data.audio import MODEL_WINDOW_S, AudioError, file_hash, load_audio
-from aqa.data.records import LETTERS, AQARecord, read_records
+from aqa.data.records import AQARecord, read_records
+from aqa.prompts import LETTERS
+from aqa.textnorm import question_key
 
 #: Exit codes of `aqa data check`.
 EXIT_OK, EXIT_HARD, EXIT_UNREADABLE = 0, 1, 2
@@ -135,10 +136,6 @@ def _defect_entries(meta: dict) -> list[tuple[str, Any]]:
         else:
             out.append(("unspecified", item))
     return out
-
-
-def _norm_question(q: str) -> str:
-    return re.sub(r"\s+", " ", q.strip().lower())
 
 
 def _ids_per_line(path: Path) -> dict[str, list[int]]:
@@ -268,7 +265,7 @@ def check_records(path: str | os.PathLike, against: str | os.PathLike | None = N
 
     def item_key(r: AQARecord) -> tuple[str, str] | None:
         h = cache[r.audio_path].sha256
-        return (h, _norm_question(r.question)) if h else None
+        return (h, question_key(r.question)) if h else None
 
     items: dict[tuple[str, str], list[AQARecord]] = defaultdict(list)
     for r in records:

@@ -49,8 +49,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from aqa.data.records import LETTERS, AQARecord, RecordError, json_lines, read_records, write_records
-from aqa.prompts import INSTRUCTION, parse_answer, question_text, target_text
+from aqa.data.records import AQARecord, RecordError, json_lines, read_records, write_records
+from aqa.prompts import INSTRUCTION, LETTERS, parse_answer, question_text, target_text
 
 FORMATS = ("swift", "llamafactory")
 AUDIO_TOKEN = "<audio>"

@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Sequence
 
+from aqa.textnorm import loose_key
+
 log = logging.getLogger(__name__)
 
 SYSTEM_PROMPT = (
@@ -123,11 +125,6 @@ def clean_option(text: str) -> str:
     return re.sub(r"[\s.,;:!]+$", "", str(text).strip().strip("\"'")).strip()
 
 
-def normalize(text: str) -> str:
-    """Compare options loosely: case, punctuation and spacing do not make an option different."""
-    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
-
-
 def merge_distractors(suggested: Iterable[str] | None, answer: str, fallback: Iterable[str], n: int, *,
                       canon: Callable[[str], str | None] | None = None,
                       forbidden: Iterable[str] = ()) -> tuple[list[str], int]:
@@ -139,7 +136,7 @@ def merge_distractors(suggested: Iterable[str] | None, answer: str, fallback: It
     option already kept. Fallback entries pass the same uniqueness checks. Returns the
     distractors and how many came from the suggestions.
     """
-    taken = {normalize(answer)} | {normalize(f) for f in forbidden}
+    taken = {loose_key(answer)} | {loose_key(f) for f in forbidden}
     out: list[str] = []
     from_llm = 0
     for source, items in (("llm", suggested or ()), ("rules", fallback)):
@@ -149,7 +146,7 @@ def merge_distractors(suggested: Iterable[str] | None, answer: str, fallback: It
             text = clean_option(item)
             if source == "llm" and text and canon is not None:
                 text = canon(text) or ""
-            key = normalize(text)
+            key = loose_key(text)
             if not text or not key or key in taken:
                 continue
             taken.add(key)

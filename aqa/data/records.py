@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from aqa.io import write_jsonl
+from aqa.prompts import LETTERS
 
 log = logging.getLogger(__name__)
 
 #: Splits whose records may carry `answer: null` (the challenge's hidden-label evaluation sets).
 UNLABELLED_SPLITS = frozenset({"eval", "test-unlabelled"})
-#: Option letters used when a prompt is built; the longest MMAU item has 8 options.
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 class RecordError(ValueError):

@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aqa.data.records import LETTERS
+from aqa.prompts import LETTERS
 
 # Upper-case letters only: lower-case "a) " is rarer in sources than prose starting "a ",
 # and the whitespace after the mark keeps "A.M. radio" and "F.C. Barcelona" intact.
