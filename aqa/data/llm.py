@@ -15,7 +15,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 
 from aqa.textnorm import loose_key
 
@@ -167,15 +167,12 @@ class LLMDistractors:
         self.requests = 0
         self.errors = 0
 
-    def suggest(self, question: str, answer: str, n: int = 3, *, avoid: Sequence[str] = (),
-                hint: str = "") -> list[str] | None:
+    def suggest(self, question: str, answer: str, n: int = 3, *, hint: str = "") -> list[str] | None:
         """Up to `n` raw suggestions, or None when the model could not be asked (the caller
         then uses its rule-based distractors)."""
         if self.disabled:
             return None
         lines = [f"Question: {question}", f"Correct answer: {answer}"]
-        if avoid:
-            lines.append("Do not use any of these: " + "; ".join(avoid))
         if hint:
             lines.append(hint)
         lines.append(f"Write {n} wrong but plausible answer options. Reply with only a JSON list "

@@ -52,11 +52,6 @@ def split_letter_prefix(text: str) -> tuple[str | None, str]:
     return m.group(1) or m.group(2), text[m.end():]
 
 
-def strip_letter_prefix(text: str) -> str:
-    """The text without a leading option letter ("A. dog" -> "dog")."""
-    return split_letter_prefix(text)[1]
-
-
 def clean_whitespace(text: str) -> str:
     """NFC form, runs of whitespace made one space, ends stripped."""
     return re.sub(r"\s+", " ", unicodedata.normalize("NFC", text)).strip()
