@@ -41,6 +41,7 @@ from typing import Any
 
 from aqa.data.audio import MODEL_WINDOW_S, AudioError, file_hash, load_audio
 from aqa.data.records import AQARecord, read_records
+from aqa.io import iter_jsonl, write_json
 from aqa.prompts import LETTERS
 from aqa.textnorm import question_key
 
@@ -139,20 +140,12 @@ def _defect_entries(meta: dict) -> list[tuple[str, Any]]:
 
 
 def _ids_per_line(path: Path) -> dict[str, list[int]]:
-    """id -> line numbers, from a raw scan; records do not keep their line numbers."""
-    import json
-
+    """id -> line numbers, from a raw scan; records do not keep their line numbers. Lines that
+    are not JSON are already reported as invalid records, so they are passed over here."""
     where: dict[str, list[int]] = defaultdict(list)
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-                where[obj["id"]].append(lineno)
+    for lineno, obj in iter_jsonl(path, yield_bad=True):
+        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+            where[obj["id"]].append(lineno)
     return where
 
 
@@ -437,8 +430,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aqa.io import write_json
-
     try:
         rep = check_records(args.file, args.against, decode_audio=not args.no_audio, root=args.root,
                             allow_outside_root=args.allow_outside_root, workers=args.workers)

@@ -54,7 +54,8 @@ from typing import Any
 
 from aqa.data.dcase2025 import (ConversionReport, SkipItem, finish_conversion, keep_records, locate_audio,
                                 progress)
-from aqa.data.records import AQARecord, RecordError, json_lines
+from aqa.data.records import AQARecord, RecordError
+from aqa.io import BadJSONLine, iter_jsonl
 from aqa.data.text import (NOTE_DUPLICATES, clean_whitespace, match_answer, match_key,
                            normalise_options)
 
@@ -235,9 +236,10 @@ def _convert_jsonl(path: str | os.PathLike, convert: ItemConverter, *, source: s
         report.error(kind, problem, file=f"{path}:{lineno}", id=rid)
         report.errors[-1]["line"] = lineno
 
-    for lineno, obj in progress(json_lines(path), desc=f"{source} {split}", enabled=show_progress):
+    for lineno, obj in progress(iter_jsonl(path, yield_bad=True), desc=f"{source} {split}",
+                                enabled=show_progress):
         report.inputs += 1
-        if isinstance(obj, RecordError):
+        if isinstance(obj, BadJSONLine):
             skip("bad-json", obj.problem, lineno, None)
             continue
         item_id = obj.get("id") if isinstance(obj, dict) else None

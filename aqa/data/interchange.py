@@ -49,7 +49,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from aqa.data.records import AQARecord, RecordError, json_lines, read_records, write_records
+from aqa.data.records import AQARecord, RecordError, parse_lines, read_records, write_records
 from aqa.prompts import INSTRUCTION, LETTERS, parse_answer, question_text, target_text
 
 FORMATS = ("swift", "llamafactory")
@@ -223,17 +223,8 @@ def import_file(path: str | os.PathLike, *, subset: str | None = None,
     """Read an interchange JSONL. Returns the records and one RecordError per skipped line;
     never raises for a bad line (only when the file itself cannot be read)."""
     path = Path(path)
-    records: list[AQARecord] = []
-    errors: list[RecordError] = []
-    for lineno, row in json_lines(path):
-        if isinstance(row, RecordError):
-            errors.append(row)
-            continue
-        try:
-            records.append(from_interchange(row, path=path, line=lineno, audio_root=audio_root, subset=subset))
-        except RecordError as e:
-            errors.append(e)
-    return records, errors
+    return parse_lines(path, lambda row, lineno: from_interchange(row, path=path, line=lineno,
+                                                                  audio_root=audio_root, subset=subset))
 
 
 def write_imported(records: list[AQARecord], out: str | os.PathLike) -> tuple[Path, int]:
