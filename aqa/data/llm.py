@@ -9,6 +9,7 @@ key itself is kept out of logs, reprs, exceptions and every file written.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -193,3 +194,26 @@ class LLMDistractors:
             return None
         self.failures_in_row = 0
         return parse_options(reply)[: max(n * 2, n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: the options every question-making command takes
+
+
+def add_llm_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LLM distractors (optional; rule-based distractors otherwise)")
+    g.add_argument("--llm-base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    g.add_argument("--llm-model", help="model name to request")
+    g.add_argument("--llm-api-key-env", metavar="VAR",
+                   help="name of the environment variable holding the API key (never the key)")
+    g.add_argument("--llm-timeout", type=float, default=30.0, help="seconds per request")
+
+
+def llm_from_args(args: argparse.Namespace) -> LLMDistractors | None:
+    """The LLM helper the options ask for, or None. Raises ValueError on half-given options."""
+    if not args.llm_base_url and not args.llm_model:
+        return None
+    if not (args.llm_base_url and args.llm_model):
+        raise ValueError("--llm-base-url and --llm-model go together")
+    return LLMDistractors(ChatClient(args.llm_base_url, args.llm_model, args.llm_api_key_env,
+                                     timeout=args.llm_timeout))
