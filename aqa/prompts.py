@@ -1,9 +1,11 @@
 """Prompt text, option letters and answer parsing: one place shared by SFT targets, `aqa eval`,
 GRPO rewards and the interchange export, so that they can never disagree.
 
-The prompt follows the style the challenge baselines and the reference report use: the
-question, then the options each behind a letter, then an instruction to answer with the
-letter. The SFT target is the letter alone, which makes scoring one forward pass (the letter
+The prompt follows the style the challenge baselines use, which the reference report adopts
+for its added data too (Cai et al., Parameter-efficient tuning of large audio-language models
+for DCASE 2025 Challenge Task 5, USTC technical report, section 2.2: "adding letter codes to
+match the task format"): the question, then the options each behind a letter, then an
+instruction to answer with the letter. The SFT target is the letter alone, which makes scoring one forward pass (the letter
 is the first answer token) and GRPO's `choice` rollouts exact.
 """
 

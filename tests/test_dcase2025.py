@@ -1,5 +1,5 @@
 """The DCASE 2025 Task 5 converter on a small folder in the official layout that holds every
-defect the real data has (DESIGN 2.2)."""
+defect the real data has."""
 
 import json
 from pathlib import Path

@@ -1,5 +1,5 @@
 """DCASE 2026 Task 5 (Audio-Dependent QA) and AudioMCQ converters, and the 2026 submission CSV,
-on small JSONL files written to tmp_path with real audio (DESIGN 2.2)."""
+on small JSONL files written to tmp_path with real audio."""
 
 import argparse
 import csv

@@ -2,7 +2,7 @@
 
 What is checked:
 
-- every line is a valid AQA record (DESIGN 2.1), each bad one named by file, line and field;
+- every line is a valid AQA record (`aqa.data.records`), each bad one named by file, line and field;
 - counts per subset, per question type (within its subset), per number of options and per
   answer letter (a skewed letter distribution is worth knowing before shuffling options);
 - the defects converters recorded in ``meta["defects"]`` (a list of strings or of objects

@@ -122,7 +122,7 @@ def parse_options(text: str) -> list[str]:
 
 
 def clean_option(text: str) -> str:
-    """Trim whitespace, quotes and stray trailing punctuation (DESIGN 2.1: choices carry none)."""
+    """Trim whitespace, quotes and stray trailing punctuation (stored options carry none)."""
     return re.sub(r"[\s.,;:!]+$", "", str(text).strip().strip("\"'")).strip()
 
 

@@ -6,6 +6,10 @@
 - frequency: how many times one sound occurs ("twice");
 - identification: which of the options is present (used for the synthetic data).
 
+The first four, and the first question template of each, are the temporal question taxonomy
+of Cai et al., Parameter-efficient tuning of large audio-language models for DCASE 2025
+Challenge Task 5, USTC technical report, section 2.2, Table 1.
+
 A generator looks at one clip's cleaned events (`Clip`) and returns a `Draft`: the question,
 its answer and rule-based distractors, or None when the clip cannot support a question of
 its type under these rules:

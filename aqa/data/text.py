@@ -1,7 +1,7 @@
 """Text normalisation shared by the converters: option letter prefixes, stray trailing
 punctuation, and matching an answer string to the options.
 
-The record format (DESIGN 2.1) stores plain option texts and an index. Sources write options
+The record format (`aqa.data.records`) stores plain option texts and an index. Sources write options
 as "B. dog", "(B) dog" or "B) dog", sometimes with a stray trailing comma the answer string
 lacks, sometimes with a sentence period on some options only (in MMAU test-mini the correct
 option is then often the only one without it, a formatting cue a model can learn). Everything
