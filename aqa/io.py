@@ -24,8 +24,12 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` so that readers see the old file or the new one, never half."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = True) -> Path:
+    """Write `data` to `path` so that readers see the old file or the new one, never half.
+
+    `fsync=False` keeps the rename but not the flush to disk, so a power loss may leave an
+    empty file under the name. For bulk outputs that a rerun rebuilds byte for byte (the
+    synthetic WAVs), where thousands of fsyncs would cost more than making the data."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -34,8 +38,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
         os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -82,10 +87,23 @@ def drop_partial_last_line(path: str | os.PathLike) -> bool:
     return True
 
 
-def iter_jsonl(path: str | os.PathLike, *, skip_bad: bool = False) -> Iterator[tuple[int, Any]]:
+class BadJSONLine(ValueError):
+    """A line of a JSON Lines file that is not JSON; `problem` says why without the place."""
+
+    def __init__(self, path: str | os.PathLike, line: int, msg: str):
+        self.path, self.line, self.problem = str(path), line, f"not valid JSON ({msg})"
+        super().__init__(f"{path}:{line}: {self.problem}")
+
+
+def iter_jsonl(path: str | os.PathLike, *, skip_bad: bool = False, yield_bad: bool = False,
+               ) -> Iterator[tuple[int, Any]]:
     """Yield (line number, parsed object) for each non-blank line. A line that is not JSON
-    raises ValueError naming the file and the line, or with `skip_bad` is logged and skipped
-    (a run killed mid-write leaves at most one such line at the end of an appended file)."""
+    raises `BadJSONLine` (a ValueError naming the file and the line); with `skip_bad` it is
+    logged and skipped (a run killed mid-write leaves at most one such line at the end of an
+    appended file); with `yield_bad` the BadJSONLine is yielded in the object's place, for
+    readers that report every bad line with the good ones."""
+    if skip_bad and yield_bad:
+        raise ValueError("skip_bad and yield_bad exclude each other")
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -93,10 +111,13 @@ def iter_jsonl(path: str | os.PathLike, *, skip_bad: bool = False) -> Iterator[t
             try:
                 yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
-                msg = f"{path}:{lineno}: not valid JSON ({e.msg})"
-                if not skip_bad:
-                    raise ValueError(msg) from None
-                logging.getLogger(__name__).warning("%s; line skipped", msg)
+                bad = BadJSONLine(path, lineno, e.msg)
+                if yield_bad:
+                    yield lineno, bad
+                elif skip_bad:
+                    logging.getLogger(__name__).warning("%s; line skipped", bad)
+                else:
+                    raise bad from None
 
 
 def read_json(path: str | os.PathLike) -> Any:

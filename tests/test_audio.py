@@ -22,14 +22,16 @@ def test_resample_keeps_the_tone(audio_zoo):
     assert peak_hz == pytest.approx(440.0, abs=2.0)  # a real resampler keeps the pitch
 
 
-def test_long_clip_flagged_truncated_or_chunked(audio_zoo):
+def test_long_clip_flagged_truncated_or_kept(audio_zoo):
     t = load_audio(audio_zoo["long"], long_policy="truncate")
     assert t.too_long and t.duration == pytest.approx(31.0)
     assert len(t.samples) == 30 * TARGET_SR
-    c = load_audio(audio_zoo["long"], long_policy="chunk")
+    c = load_audio(audio_zoo["long"], long_policy="keep")
     segs = c.segments(30.0)
     assert [len(s) for s in segs] == [30 * TARGET_SR, 1 * TARGET_SR]
     assert not load_audio(audio_zoo["wav"]).too_long
+    with pytest.raises(ValueError, match="long_policy"):
+        load_audio(audio_zoo["long"], long_policy="chunk")
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty", "truncated", "not-audio", "silent", "nan"])

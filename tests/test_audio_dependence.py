@@ -1,12 +1,13 @@
 """Does the model listen? Silent and audio-free evaluation, audio contribution, the filter."""
 
+import argparse
 import json
 
 import pytest
 
-from aqa.cli import main
-from aqa.data.filter import weak_ids
 from aqa.data.records import load_records
+from aqa.eval import filter as data_filter
+from aqa.eval.filter import weak_ids
 from aqa.eval.run import EvalSettings, evaluate
 from aqa.io import write_jsonl
 from aqa.models.registry import load_backend
@@ -58,7 +59,11 @@ def test_filter_drops_questions_silence_answers(synth_data, tmp_path):
     sub = [r.to_dict() for r in recs]
     write_jsonl(synth_data / "four.jsonl", sub)
     out = tmp_path / "kept.jsonl"
-    assert main(["data", "filter", str(synth_data / "four.jsonl"), "--silent", *dirs, "-o", str(out),
-                 "--allow-outside-root"]) == 0
+    # `aqa data filter`, parsed by the module's own register() as aqa.cli does.
+    parser = argparse.ArgumentParser(prog="aqa data")
+    data_filter.register(parser.add_subparsers(dest="data_command", required=True))
+    args = parser.parse_args(["filter", str(synth_data / "four.jsonl"), "--silent", *dirs, "-o", str(out),
+                              "--allow-outside-root"])
+    assert args.func(args) == 0
     kept = [json.loads(x)["id"] for x in out.read_text().splitlines()]
     assert kept == [r.id for r in recs[1:]]

@@ -4,11 +4,11 @@ from collections import Counter
 
 import pytest
 
-from aqa.data.audioset_strong import (DEFAULT_TYPES, Event, clean_events, clip_rng, convert_strong,
-                                      format_count, format_duration, format_times, make_questions,
-                                      merge_occurrences, parse_count, parse_duration, read_labels,
-                                      read_strong_tsv, spoken_names)
+from aqa.data.audioset_strong import DEFAULT_TYPES, clean_events, clip_rng, convert_strong, make_questions
+from aqa.data.events import Event, merge_occurrences, onsets_and_counts, read_labels, read_strong_tsv
+from aqa.data.question_types import GENERATORS, QUESTION_TYPES, drafts
 from aqa.data.records import read_records, write_records
+from aqa.data.spoken import format_count, format_duration, format_times, parse_count, parse_duration, spoken_names
 from conftest import tone, write_audio
 
 LABELS = {
@@ -89,6 +89,15 @@ def test_merge_occurrences_nested_and_separate():
               Event("/m/b", 1.5, 2.0)]
     assert merge_occurrences(events) == [Event("/m/a", 1.0, 4.0), Event("/m/b", 1.5, 2.0),
                                          Event("/m/a", 5.0, 6.0)]
+
+
+def test_onsets_and_counts_merges_then_orders_by_first_onset():
+    events = [Event("/m/b", 2.0, 3.0), Event("/m/a", 0.5, 1.0), Event("/m/a", 0.9, 1.5), Event("/m/a", 4.0, 5.0),
+              Event("/m/c", 2.0, 2.5)]
+    # /m/a's first two events overlap: one occurrence. /m/b and /m/c start together: the
+    # shorter first occurrence comes first.
+    assert list(onsets_and_counts(events).items()) == [("/m/a", (0.5, 2)), ("/m/c", (2.0, 1)), ("/m/b", (2.0, 1))]
+    assert onsets_and_counts([]) == {}
 
 
 def test_ontology_drops_overlapping_parent():
@@ -293,3 +302,20 @@ def test_cli(strong, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["data", "audioset-strong", str(tsv), "--labels", str(lab), "--audio-root", str(audio),
               "-o", str(out), "--types", "bogus"])
+
+
+def test_question_type_registry():
+    assert QUESTION_TYPES == tuple(GENERATORS) == ("counting", "sequencing", "duration", "frequency",
+                                                   "identification")
+    assert set(DEFAULT_TYPES) < set(QUESTION_TYPES)
+    names = {"/m/dog": "dog", "/m/cat": "cat"}
+    # One short dog bark: countable and its frequency askable, but no order, no duration
+    # (too short) and no identification (no absent sound to offer).
+    out = drafts([Event("/m/dog", 1.0, 1.2)], names, pool=[], extra_pool=[], rng=random.Random(0),
+                 types=QUESTION_TYPES, n_choices=4)
+    assert [(d.qtype, d.answer) for d in out] == [("counting", "1"), ("frequency", "once")]
+    out = drafts([Event("/m/dog", 1.0, 1.2)], names, pool=["/m/cat"], extra_pool=[], rng=random.Random(0),
+                 types=["identification"], n_choices=4)
+    assert [(d.qtype, d.answer, d.fallback) for d in out] == [("identification", "dog", ["cat"])]
+    with pytest.raises(ValueError, match="unknown question type 'bogus'"):
+        drafts([Event("/m/dog", 1.0, 1.2)], names, [], [], random.Random(0), ["counting", "bogus"], 4)

@@ -1,5 +1,5 @@
 """The DCASE 2025 Task 5 converter on a small folder in the official layout that holds every
-defect the real data has (DESIGN 2.2)."""
+defect the real data has."""
 
 import json
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 
 from aqa.cli import main
 from aqa.data.audio import load_audio
-from aqa.data.dcase2025 import (convert_dcase2025, locate_questions, sniff_audio_format,
-                                subset_for_audio)
+from aqa.data.convert import sniff_audio_format
+from aqa.data.dcase2025 import convert_dcase2025, locate_questions, subset_for_audio
 from aqa.data.records import read_records
 from conftest import audio_bytes, tone, write_audio
 

@@ -1,5 +1,5 @@
 """DCASE 2026 Task 5 (Audio-Dependent QA) and AudioMCQ converters, and the 2026 submission CSV,
-on small JSONL files written to tmp_path with real audio (DESIGN 2.2)."""
+on small JSONL files written to tmp_path with real audio."""
 
 import argparse
 import csv
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from aqa.data.dcase2026 import (audiomcq_subset, convert_audiomcq, convert_dcase2026,
-                                export_dcase2026, register)
+from aqa.data.convert import write_conversion
+from aqa.data.dcase2026 import audiomcq_subset, convert_audiomcq, convert_dcase2026, register
 from aqa.data.records import read_records
-from aqa.export import IncompleteSubmission
+from aqa.export import IncompleteSubmission, export_dcase2025
 from aqa.io import write_json, write_jsonl
 from conftest import write_audio
 
@@ -166,7 +166,6 @@ def eval_predictions(tmp_path):
              for i in range(4)]
     data = tmp_path / "adqa_eval.jsonl"
     report = convert_dcase2026(write_lines(tmp_path / "eval.jsonl", lines), split="eval", show_progress=False)
-    from aqa.data.dcase2025 import write_conversion
     write_conversion(report, data)
     recs, _ = read_records(data, require_answer=False)
     preds = [{"id": r.id, "subset": r.subset, "choices": r.choices, "answer": None, "probs": None,
@@ -179,7 +178,8 @@ def eval_predictions(tmp_path):
 
 def test_export_round_trip(tmp_path):
     d, recs, preds = eval_predictions(tmp_path)
-    out = export_dcase2026(d, tmp_path / "submission.csv")
+    # The 2026 CSV has the 2025 shape: `aqa export dcase2026` runs export_dcase2025.
+    out = export_dcase2025(d, tmp_path / "submission.csv")
     assert out.read_text().splitlines()[0] == "question_id,answer"
     rows = list(csv.DictReader(out.open(newline="")))
     assert [r["question_id"] for r in rows] == ["q0", "q1", "q2", "q3"]
@@ -194,7 +194,7 @@ def test_export_refuses_an_incomplete_set(tmp_path, capsys):
     d, recs, preds = eval_predictions(tmp_path)
     write_jsonl(d / "predictions.jsonl", preds[:-1])
     with pytest.raises(IncompleteSubmission, match="q3"):
-        export_dcase2026(d, tmp_path / "s.csv")
+        export_dcase2025(d, tmp_path / "s.csv")
     assert main(["export", "dcase2026", str(d), "-o", str(tmp_path / "s.csv")]) == 1
     assert "refused" in capsys.readouterr().out
     assert not (tmp_path / "s.csv").exists()

@@ -1,4 +1,4 @@
-"""The MMAU converter on the real test-mini file (DESIGN 2.2) and on small hand-made items."""
+"""The MMAU converter on the real test-mini file and on small hand-made items."""
 
 import json
 from collections import Counter

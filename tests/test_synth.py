@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from aqa.data.audio import load_audio
-from aqa.data.audioset_strong import read_labels, read_strong_tsv
+from aqa.data.events import read_labels, read_strong_tsv
 from aqa.data.records import read_records
 from aqa.data.synth import CLASSES, MIN_SAME_CLASS_GAP_S, SR, plan_clip, synthesize, wav_bytes
 

@@ -24,7 +24,7 @@ TARGET_SR = 16000
 MODEL_WINDOW_S = 30.0
 #: Peak amplitude under which a clip counts as silent (about -120 dBFS).
 SILENCE_PEAK = 1e-6
-LONG_POLICIES = ("truncate", "chunk", "keep")
+LONG_POLICIES = ("truncate", "keep")
 
 
 class AudioError(Exception):
@@ -125,8 +125,8 @@ def decode_bytes(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[np.n
 def load_audio(path: str | os.PathLike, sr: int = TARGET_SR, *, max_seconds: float | None = MODEL_WINDOW_S,
                long_policy: str = "truncate", allow_silent: bool = False) -> Audio:
     """Load one file as mono float32 at `sr`. Clips longer than `max_seconds` are flagged
-    (`too_long`) and, with long_policy 'truncate', cut to the window; 'chunk' and 'keep'
-    keep every sample (use `Audio.segments` to cut windows)."""
+    (`too_long`) and, with long_policy 'truncate', cut to the window; 'keep' keeps every
+    sample (use `Audio.segments` to cut windows)."""
     if long_policy not in LONG_POLICIES:
         raise ValueError(f"long_policy must be one of {LONG_POLICIES}, got {long_policy!r}")
     p = Path(path)

@@ -1,11 +1,10 @@
-"""Training-time augmentation (DESIGN 1, "augment"): option shuffling and SpecAugment
-frequency masking.
+"""Training-time augmentation: option shuffling and SpecAugment frequency masking.
 
 Option shuffling. Each time an item is sampled its options are permuted, so the model
 cannot learn a letter prior (real sets are far from uniform in the answer's letter).
 `perm` maps a new position to the original index: ``new_choices[i] == choices[perm[i]]``.
 Scores computed on the shuffled order are mapped back with :func:`unshuffle_probs`, so
-predictions are always stored in the record's original order (DESIGN 4).
+predictions are always stored in the record's original order.
 
 Frequency masking. Park et al. 2019, "SpecAugment: A Simple Data Augmentation Method for
 Automatic Speech Recognition" (Interspeech), section 2: a mask covers the mel channels

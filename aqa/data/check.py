@@ -2,7 +2,7 @@
 
 What is checked:
 
-- every line is a valid AQA record (DESIGN 2.1), each bad one named by file, line and field;
+- every line is a valid AQA record (`aqa.data.records`), each bad one named by file, line and field;
 - counts per subset, per question type (within its subset), per number of options and per
   answer letter (a skewed letter distribution is worth knowing before shuffling options);
 - the defects converters recorded in ``meta["defects"]`` (a list of strings or of objects
@@ -31,17 +31,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aqa.data.audio import MODEL_WINDOW_S, AudioError, file_hash, load_audio
-from aqa.data.records import LETTERS, AQARecord, read_records
+from aqa.data.records import AQARecord, read_records
+from aqa.io import iter_jsonl, write_json
+from aqa.prompts import LETTERS
+from aqa.textnorm import question_key
 
 #: Exit codes of `aqa data check`.
 EXIT_OK, EXIT_HARD, EXIT_UNREADABLE = 0, 1, 2
@@ -137,25 +139,13 @@ def _defect_entries(meta: dict) -> list[tuple[str, Any]]:
     return out
 
 
-def _norm_question(q: str) -> str:
-    return re.sub(r"\s+", " ", q.strip().lower())
-
-
 def _ids_per_line(path: Path) -> dict[str, list[int]]:
-    """id -> line numbers, from a raw scan; records do not keep their line numbers."""
-    import json
-
+    """id -> line numbers, from a raw scan; records do not keep their line numbers. Lines that
+    are not JSON are already reported as invalid records, so they are passed over here."""
     where: dict[str, list[int]] = defaultdict(list)
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict) and isinstance(obj.get("id"), str):
-                where[obj["id"]].append(lineno)
+    for lineno, obj in iter_jsonl(path, yield_bad=True):
+        if isinstance(obj, dict) and isinstance(obj.get("id"), str):
+            where[obj["id"]].append(lineno)
     return where
 
 
@@ -268,7 +258,7 @@ def check_records(path: str | os.PathLike, against: str | os.PathLike | None = N
 
     def item_key(r: AQARecord) -> tuple[str, str] | None:
         h = cache[r.audio_path].sha256
-        return (h, _norm_question(r.question)) if h else None
+        return (h, question_key(r.question)) if h else None
 
     items: dict[tuple[str, str], list[AQARecord]] = defaultdict(list)
     for r in records:
@@ -342,9 +332,16 @@ def format_report(rep: CheckReport, *, limit: int = 20) -> str:
         p = Path(f)
         return os.path.relpath(p, home) if home in p.parents else f
 
-    def more(n: int) -> None:
-        if n > limit:
-            w(f"    ... and {n - limit} more (see --json)")
+    def section(header: str, items: list, line: Callable[[Any], str]) -> None:
+        w(header)
+        for x in items[:limit]:
+            w(line(x))
+        if len(items) > limit:
+            w(f"    ... and {len(items) - limit} more (see --json)")
+
+    def invalid_line(e: dict) -> str:
+        fld = f" field '{e['field']}'" if e["field"] else ""
+        return f"    {e['file']}:{e['line']}:{fld} {e['problem']}"
 
     w(f"== {rep.file}")
     w(f"records: {rep.n_records} valid ({rep.n_labelled} labelled), {len(rep.invalid)} invalid line(s)")
@@ -359,17 +356,10 @@ def format_report(rep: CheckReport, *, limit: int = 20) -> str:
     w("")
     w(f"HARD ERRORS: {rep.hard_errors}")
     if rep.invalid:
-        w(f"  invalid records ({len(rep.invalid)}):")
-        for e in rep.invalid[:limit]:
-            where = f"{e['file']}:{e['line']}"
-            fld = f" field '{e['field']}'" if e["field"] else ""
-            w(f"    {where}:{fld} {e['problem']}")
-        more(len(rep.invalid))
+        section(f"  invalid records ({len(rep.invalid)}):", rep.invalid, invalid_line)
     if rep.duplicate_ids:
-        w(f"  duplicate ids ({len(rep.duplicate_ids)}):")
-        for i, lines in list(rep.duplicate_ids.items())[:limit]:
-            w(f"    {i}: lines {', '.join(map(str, lines))}")
-        more(len(rep.duplicate_ids))
+        section(f"  duplicate ids ({len(rep.duplicate_ids)}):", list(rep.duplicate_ids.items()),
+                lambda kv: f"    {kv[0]}: lines {', '.join(map(str, kv[1]))}")
 
     w("")
     w(f"WARNINGS: {rep.warnings}")
@@ -381,40 +371,29 @@ def format_report(rep: CheckReport, *, limit: int = 20) -> str:
     w(f"  audio files: {rep.n_audio_files} ({audio_what})")
     if rep.audio_errors:
         kinds = Counter(e["kind"] for e in rep.audio_errors)
-        w(f"  unusable audio ({len(rep.audio_errors)}: "
-          + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + "):")
-        for e in rep.audio_errors[:limit]:
-            w(f"    [{e['kind']}] {short(e['file'])}: {e['problem']}  (ids: {_ids(e['ids'])})")
-        more(len(rep.audio_errors))
+        section(f"  unusable audio ({len(rep.audio_errors)}: "
+                + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + "):", rep.audio_errors,
+                lambda e: f"    [{e['kind']}] {short(e['file'])}: {e['problem']}  (ids: {_ids(e['ids'])})")
     if rep.long_clips:
-        w(f"  clips over {MODEL_WINDOW_S:g} s ({len(rep.long_clips)}):")
-        for c in rep.long_clips[:limit]:
-            w(f"    {short(c['file'])}: {c['duration']:.1f} s  (ids: {_ids(c['ids'])})")
-        more(len(rep.long_clips))
+        section(f"  clips over {MODEL_WINDOW_S:g} s ({len(rep.long_clips)}):", rep.long_clips,
+                lambda c: f"    {short(c['file'])}: {c['duration']:.1f} s  (ids: {_ids(c['ids'])})")
     if rep.duplicate_audio:
-        w(f"  identical audio under different paths ({len(rep.duplicate_audio)} group(s)):")
-        for g in rep.duplicate_audio[:limit]:
-            w(f"    {' == '.join(map(short, g['files']))}  (ids: {_ids(g['ids'])})")
-        more(len(rep.duplicate_audio))
+        section(f"  identical audio under different paths ({len(rep.duplicate_audio)} group(s)):",
+                rep.duplicate_audio,
+                lambda g: f"    {' == '.join(map(short, g['files']))}  (ids: {_ids(g['ids'])})")
     if rep.duplicate_items:
-        w(f"  same question on the same audio ({len(rep.duplicate_items)} group(s)):")
-        for g in rep.duplicate_items[:limit]:
-            w(f"    {_ids(g['ids'])}: {g['question']!r}")
-        more(len(rep.duplicate_items))
+        section(f"  same question on the same audio ({len(rep.duplicate_items)} group(s)):", rep.duplicate_items,
+                lambda g: f"    {_ids(g['ids'])}: {g['question']!r}")
 
     if rep.against is not None:
         w("")
         w(f"== leakage against {rep.against} ({rep.against_n_records} records, "
           f"{len(rep.against_invalid)} invalid line(s) there)")
-        w(f"  audio shared by content: {len(rep.leaked_audio)} clip(s), "
-          f"{sum(len(g['ids']) for g in rep.leaked_audio)} of this file's records")
-        for g in rep.leaked_audio[:limit]:
-            w(f"    {', '.join(map(short, g['files']))} == {', '.join(map(short, g['other_files']))}")
-        more(len(rep.leaked_audio))
-        w(f"  same question on the same audio: {len(rep.leaked_questions)}")
-        for g in rep.leaked_questions[:limit]:
-            w(f"    {_ids(g['ids'])} ~ {_ids(g['other_ids'])}: {g['question']!r}")
-        more(len(rep.leaked_questions))
+        section(f"  audio shared by content: {len(rep.leaked_audio)} clip(s), "
+                f"{sum(len(g['ids']) for g in rep.leaked_audio)} of this file's records", rep.leaked_audio,
+                lambda g: f"    {', '.join(map(short, g['files']))} == {', '.join(map(short, g['other_files']))}")
+        section(f"  same question on the same audio: {len(rep.leaked_questions)}", rep.leaked_questions,
+                lambda g: f"    {_ids(g['ids'])} ~ {_ids(g['other_ids'])}: {g['question']!r}")
     return "\n".join(out)
 
 
@@ -440,8 +419,6 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from aqa.io import write_json
-
     try:
         rep = check_records(args.file, args.against, decode_audio=not args.no_audio, root=args.root,
                             allow_outside_root=args.allow_outside_root, workers=args.workers)

@@ -1,7 +1,7 @@
 """`aqa data dcase2026` and `aqa data audiomcq`: the DCASE 2026 Task 5 (Audio-Dependent QA)
 question files and its AudioMCQ training file as AQA records, and the 2026 submission CSV.
 
-Both inputs are JSONL, one question per line (DESIGN 2.2):
+Both inputs are JSONL, one question per line:
 
 - DCASE 2026 (``dev.jsonl``, the evaluation file): ``id``, ``audio_path`` (relative to the
   dataset root, e.g. ``dev_audios/x.wav``), ``question_text``, ``multi_choice`` (option
@@ -37,11 +37,11 @@ What each record holds and how defects are handled:
 - A line that is not JSON, not an object, or lacks a field is skipped and reported with its
   file and line (``file`` is ``PATH:LINE``; ``line`` holds the number). Repeated ids are
   skipped after the first (in line order). Output is sorted by id, so reruns are
-  byte-identical; the report goes to ``OUT.report.json`` (`write_conversion`).
+  byte-identical; the report goes to ``OUT.report.json`` (`aqa.data.convert.write_conversion`).
 
-`export_dcase2026` writes the 2026 submission CSV (``question_id,answer``, the chosen option
-as the question file wrote it). The 2026 format is the 2025 one, so it is
-`aqa.export.export_dcase2025` under the 2026 name: one code path, one set of refusals.
+The 2026 submission CSV (``question_id,answer``, the chosen option as the question file
+wrote it) has the 2025 shape, so ``aqa export dcase2026`` writes it with the 2025 code
+(`aqa.export.export_dcase2025`): one code path, one set of refusals.
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aqa.data.dcase2025 import (ConversionReport, SkipItem, finish_conversion, keep_records, locate_audio,
-                                progress)
-from aqa.data.records import AQARecord, RecordError, json_lines
-from aqa.data.text import (NOTE_DUPLICATES, clean_whitespace, match_answer, match_key,
-                           normalise_options)
+from aqa.data.convert import (ConversionReport, SkipItem, add_converter_arguments, checked_options,
+                              keep_records, locate_audio, make_record, progress, run_converter, string_id)
+from aqa.data.records import AQARecord
+from aqa.data.text import NOTE_DUPLICATES, clean_whitespace, match_answer, match_key, normalise_options
+from aqa.io import BadJSONLine, iter_jsonl
 
 SOURCE = "dcase2026"
 AUDIOMCQ_SOURCE = "audiomcq"
@@ -78,13 +78,10 @@ ItemConverter = Callable[[Any, Path, str, bool], AQARecord]
 
 
 def _string_id(obj: dict) -> str:
-    """The item's id as a string; numbers are accepted since JSONL writers often emit them."""
-    rid = obj.get("id")
-    if isinstance(rid, (int, float)) and not isinstance(rid, bool):
-        rid = str(rid)
-    if not isinstance(rid, str) or not rid.strip():
+    rid = string_id(obj.get("id"))
+    if rid is None:
         raise SkipItem("missing-field", "'id' missing or empty")
-    return rid.strip()
+    return rid
 
 
 def _text_field(obj: dict, key: str) -> str:
@@ -128,14 +125,9 @@ def _build_record(*, rid: str, original_id: Any, audio: str, question: str, raw_
     checks, meta and validation. Raises `SkipItem` for an item that cannot be stored."""
     if not isinstance(raw_choices, list) or not all(isinstance(c, str) for c in raw_choices):
         raise SkipItem("missing-field", "options missing or not a list of strings")
-    options = normalise_options(raw_choices, strip_letters=False)
+    options = checked_options(raw_choices, strip_letters=False)
     notes = list(options.notes)
     defects: list[str] = []
-    if len(options.choices) < 2:
-        raise SkipItem("too-few-choices",
-                       f"{len(options.choices)} distinct option(s) after normalisation: {raw_choices}")
-    if any(not c for c in options.choices):
-        raise SkipItem("empty-choice", f"an option is empty: {raw_choices}")
 
     meta: dict[str, Any] = {"original_id": original_id, "audio_path": audio,
                             "original_choices": list(raw_choices)}
@@ -151,20 +143,10 @@ def _build_record(*, rid: str, original_id: Any, audio: str, question: str, raw_
     # The path is relative to the dataset root, so the root is also the base it joins.
     audio_path = locate_audio(audio, root, root, allow_outside_root=allow_outside_root, decode=False,
                               meta=meta, notes=notes, defects=defects)
-    if notes:
-        meta["notes"] = notes
-    if defects:
-        meta["defects"] = defects
-
     d = {"id": rid, "audio": str(audio_path), "question": clean_whitespace(question),
          "choices": options.choices, "answer": answer, "subset": subset,
          "question_type": question_type, "source": source, "split": split, "meta": meta}
-    try:
-        rec = AQARecord.from_dict(d, require_answer=labelled)
-    except RecordError as e:
-        raise SkipItem("invalid-record", e.problem) from None
-    rec.audio_path = audio_path
-    return rec
+    return make_record(d, audio_path, notes=notes, defects=defects, require_answer=labelled)
 
 
 def _question_type(obj: dict, *keys: str) -> str:
@@ -231,27 +213,24 @@ def _convert_jsonl(path: str | os.PathLike, convert: ItemConverter, *, source: s
     report = ConversionReport(source=source, split=split)
     converted: list[tuple[str, int, AQARecord]] = []
 
-    def skip(kind: str, problem: str, lineno: int, rid: str | None) -> None:
-        report.error(kind, problem, file=f"{path}:{lineno}", id=rid)
-        report.errors[-1]["line"] = lineno
-
-    for lineno, obj in progress(json_lines(path), desc=f"{source} {split}", enabled=show_progress):
+    for lineno, obj in progress(iter_jsonl(path, yield_bad=True), desc=f"{source} {split}",
+                                enabled=show_progress):
         report.inputs += 1
-        if isinstance(obj, RecordError):
-            skip("bad-json", obj.problem, lineno, None)
+        if isinstance(obj, BadJSONLine):
+            report.error("bad-json", obj.problem, file=f"{path}:{lineno}", line=lineno)
             continue
-        item_id = obj.get("id") if isinstance(obj, dict) else None
         try:
             rec = convert(obj, root, split, allow_outside_root)
         except SkipItem as e:
-            skip(e.kind, e.problem, lineno, None if item_id is None else str(item_id))
+            report.skipped(obj, e, file=f"{path}:{lineno}", line=lineno)
             continue
         converted.append((rec.id, lineno, rec))
 
     # Sorted by id then line: the first line of a repeated id wins, whatever the file order.
     keep_records(report, converted, drop_flagged=drop_flagged,
-                 on_duplicate=lambda rid, first, lineno: skip(
-                     "duplicate-id", f"id {rid!r} already used on line {first}; this one skipped", lineno, rid))
+                 on_duplicate=lambda rid, first, lineno: report.error(
+                     "duplicate-id", f"id {rid!r} already used on line {first}; this one skipped",
+                     file=f"{path}:{lineno}", id=rid, line=lineno))
     return report
 
 
@@ -277,36 +256,14 @@ def convert_audiomcq(path: str | os.PathLike, *, audio_root: str | os.PathLike |
 
 
 # ---------------------------------------------------------------------------------------------
-# Submission
-
-
-def export_dcase2026(pred_dir: str | os.PathLike, out: str | os.PathLike, *,
-                     questions: str | None = None, allow_outside_root: bool = False) -> Path:
-    """Write the DCASE 2026 submission CSV: header ``question_id,answer``, one row per question
-    of the evaluated file (`questions`, default the data in PRED_DIR/eval_config.json), the
-    answer being the chosen option as the question file wrote it. Raises
-    `aqa.export.IncompleteSubmission` when a question has no (or an unparsed) prediction.
-
-    The 2026 CSV is the 2025 one, so this is `aqa.export.export_dcase2025`: the same
-    completeness check, option check and original-text lookup (`original_choice`)."""
-    from aqa.export import export_dcase2025
-
-    return export_dcase2025(pred_dir, out, questions=questions, allow_outside_root=allow_outside_root)
-
-
-# ---------------------------------------------------------------------------------------------
 # Command line
 
 
 def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-root", type=Path,
                    help="dataset root the audio paths are relative to (default: the JSONL's folder)")
-    p.add_argument("-o", "--output", required=True, type=Path, help="output JSONL")
-    p.add_argument("--drop-flagged", action="store_true",
-                   help="leave out records with a defect in meta['defects'] (e.g. missing audio)")
-    p.add_argument("--allow-outside-root", action="store_true",
-                   help="accept audio paths that leave the dataset root")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_converter_arguments(p, drop_flagged="leave out records with a defect in meta['defects'] (e.g. missing audio)",
+                            outside_root="accept audio paths that leave the dataset root")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -332,32 +289,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.set_defaults(func=run_audiomcq)
 
 
-def _finish(report: ConversionReport, output: Path) -> int:
-    no_answers = report.errors and all(e["kind"] == "answer-missing" for e in report.errors)
-    return finish_conversion(report, output, hint="no item has an answer; an evaluation file is converted "
-                                                  "with --split eval" if no_answers else None)
-
-
-def _convert_and_finish(convert, output: Path, *args, **kwargs) -> int:
-    """Run a converter and write its records: 0 when some were written, 1 when none, 2 for a
-    missing file."""
-    try:
-        report = convert(*args, **kwargs)
-    except FileNotFoundError as e:
-        print(f"error: {e}")
-        return 2
-    return _finish(report, output)
+def _no_answers_hint(report: ConversionReport) -> str | None:
+    if report.errors and all(e["kind"] == "answer-missing" for e in report.errors):
+        return "no item has an answer; an evaluation file is converted with --split eval"
+    return None
 
 
 def run_dcase2026(args: argparse.Namespace) -> int:
     """`aqa data dcase2026`: 0 when records were written, 1 when none, 2 for a missing file."""
-    return _convert_and_finish(convert_dcase2026, args.output, args.jsonl, audio_root=args.audio_root,
-                               split=args.split, drop_flagged=args.drop_flagged,
-                               allow_outside_root=args.allow_outside_root, show_progress=not args.no_progress)
+    return run_converter(lambda: convert_dcase2026(
+        args.jsonl, audio_root=args.audio_root, split=args.split, drop_flagged=args.drop_flagged,
+        allow_outside_root=args.allow_outside_root, show_progress=not args.no_progress),
+        args.output, hint=_no_answers_hint)
 
 
 def run_audiomcq(args: argparse.Namespace) -> int:
     """`aqa data audiomcq`: 0 when records were written, 1 when none, 2 for a missing file."""
-    return _convert_and_finish(convert_audiomcq, args.output, args.jsonl, audio_root=args.audio_root,
-                               drop_flagged=args.drop_flagged, allow_outside_root=args.allow_outside_root,
-                               show_progress=not args.no_progress)
+    return run_converter(lambda: convert_audiomcq(
+        args.jsonl, audio_root=args.audio_root, drop_flagged=args.drop_flagged,
+        allow_outside_root=args.allow_outside_root, show_progress=not args.no_progress),
+        args.output, hint=_no_answers_hint)

@@ -45,12 +45,12 @@ import json
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from aqa.data.records import LETTERS, AQARecord, RecordError, json_lines, read_records, write_records
-from aqa.prompts import INSTRUCTION, parse_answer, question_text, target_text
+from aqa.data.records import AQARecord, RecordError, parse_lines, read_records, write_records
+from aqa.prompts import INSTRUCTION, LETTERS, parse_answer, question_text, target_text
 
 FORMATS = ("swift", "llamafactory")
 AUDIO_TOKEN = "<audio>"
@@ -223,17 +223,8 @@ def import_file(path: str | os.PathLike, *, subset: str | None = None,
     """Read an interchange JSONL. Returns the records and one RecordError per skipped line;
     never raises for a bad line (only when the file itself cannot be read)."""
     path = Path(path)
-    records: list[AQARecord] = []
-    errors: list[RecordError] = []
-    for lineno, row in json_lines(path):
-        if isinstance(row, RecordError):
-            errors.append(row)
-            continue
-        try:
-            records.append(from_interchange(row, path=path, line=lineno, audio_root=audio_root, subset=subset))
-        except RecordError as e:
-            errors.append(e)
-    return records, errors
+    return parse_lines(path, lambda row, lineno: from_interchange(row, path=path, line=lineno,
+                                                                  audio_root=audio_root, subset=subset))
 
 
 def write_imported(records: list[AQARecord], out: str | os.PathLike) -> tuple[Path, int]:
@@ -276,18 +267,25 @@ def register(subparsers) -> None:
     i.set_defaults(func=run_import)
 
 
-def _report_skipped(errors: list[RecordError]) -> None:
+def _read(command: str, read: Callable[[], tuple[list[AQARecord], list[RecordError]]],
+          ) -> tuple[list[AQARecord], list[RecordError]] | None:
+    """`read()`, each skipped line printed; None, after saying why, when the file cannot be read."""
+    try:
+        records, errors = read()
+    except (OSError, UnicodeDecodeError) as e:
+        print(f"aqa data {command}: cannot read: {e}", file=sys.stderr)
+        return None
     for e in errors:
         print(f"skipped: {e}", file=sys.stderr)
+    return records, errors
 
 
 def run_export(args: argparse.Namespace) -> int:
-    try:
-        records, errors = read_records(args.file, root=args.root, allow_outside_root=args.allow_outside_root)
-    except (OSError, UnicodeDecodeError) as e:
-        print(f"aqa data export: cannot read: {e}", file=sys.stderr)
+    read = _read("export", lambda: read_records(args.file, root=args.root,
+                                                allow_outside_root=args.allow_outside_root))
+    if read is None:
         return 2
-    _report_skipped(errors)
+    records, errors = read
     out, n = export_records(records, args.output, args.fmt, relative_paths=args.relative_paths)
     print(f"wrote {out}: {n} rows ({args.fmt}), {sum(r.answer is None for r in records)} unlabelled, "
           f"{len(errors)} input line(s) skipped")
@@ -298,12 +296,10 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_import(args: argparse.Namespace) -> int:
-    try:
-        records, errors = import_file(args.file, subset=args.subset, audio_root=args.audio_root)
-    except (OSError, UnicodeDecodeError) as e:
-        print(f"aqa data import: cannot read: {e}", file=sys.stderr)
+    read = _read("import", lambda: import_file(args.file, subset=args.subset, audio_root=args.audio_root))
+    if read is None:
         return 2
-    _report_skipped(errors)
+    records, errors = read
     out, outside = write_imported(records, args.output)
     unlabelled = sum(r.answer is None for r in records)
     print(f"wrote {out}: {len(records)} records ({unlabelled} unlabelled), {len(errors)} line(s) skipped")

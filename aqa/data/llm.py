@@ -9,13 +9,16 @@ key itself is kept out of logs, reprs, exceptions and every file written.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
+
+from aqa.textnorm import loose_key
 
 log = logging.getLogger(__name__)
 
@@ -119,13 +122,8 @@ def parse_options(text: str) -> list[str]:
 
 
 def clean_option(text: str) -> str:
-    """Trim whitespace, quotes and stray trailing punctuation (DESIGN 2.1: choices carry none)."""
+    """Trim whitespace, quotes and stray trailing punctuation (stored options carry none)."""
     return re.sub(r"[\s.,;:!]+$", "", str(text).strip().strip("\"'")).strip()
-
-
-def normalize(text: str) -> str:
-    """Compare options loosely: case, punctuation and spacing do not make an option different."""
-    return " ".join(re.sub(r"[^\w\s]", " ", text.casefold()).split())
 
 
 def merge_distractors(suggested: Iterable[str] | None, answer: str, fallback: Iterable[str], n: int, *,
@@ -139,7 +137,7 @@ def merge_distractors(suggested: Iterable[str] | None, answer: str, fallback: It
     option already kept. Fallback entries pass the same uniqueness checks. Returns the
     distractors and how many came from the suggestions.
     """
-    taken = {normalize(answer)} | {normalize(f) for f in forbidden}
+    taken = {loose_key(answer)} | {loose_key(f) for f in forbidden}
     out: list[str] = []
     from_llm = 0
     for source, items in (("llm", suggested or ()), ("rules", fallback)):
@@ -149,7 +147,7 @@ def merge_distractors(suggested: Iterable[str] | None, answer: str, fallback: It
             text = clean_option(item)
             if source == "llm" and text and canon is not None:
                 text = canon(text) or ""
-            key = normalize(text)
+            key = loose_key(text)
             if not text or not key or key in taken:
                 continue
             taken.add(key)
@@ -170,15 +168,12 @@ class LLMDistractors:
         self.requests = 0
         self.errors = 0
 
-    def suggest(self, question: str, answer: str, n: int = 3, *, avoid: Sequence[str] = (),
-                hint: str = "") -> list[str] | None:
+    def suggest(self, question: str, answer: str, n: int = 3, *, hint: str = "") -> list[str] | None:
         """Up to `n` raw suggestions, or None when the model could not be asked (the caller
         then uses its rule-based distractors)."""
         if self.disabled:
             return None
         lines = [f"Question: {question}", f"Correct answer: {answer}"]
-        if avoid:
-            lines.append("Do not use any of these: " + "; ".join(avoid))
         if hint:
             lines.append(hint)
         lines.append(f"Write {n} wrong but plausible answer options. Reply with only a JSON list "
@@ -199,3 +194,26 @@ class LLMDistractors:
             return None
         self.failures_in_row = 0
         return parse_options(reply)[: max(n * 2, n)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: the options every question-making command takes
+
+
+def add_llm_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("LLM distractors (optional; rule-based distractors otherwise)")
+    g.add_argument("--llm-base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
+    g.add_argument("--llm-model", help="model name to request")
+    g.add_argument("--llm-api-key-env", metavar="VAR",
+                   help="name of the environment variable holding the API key (never the key)")
+    g.add_argument("--llm-timeout", type=float, default=30.0, help="seconds per request")
+
+
+def llm_from_args(args: argparse.Namespace) -> LLMDistractors | None:
+    """The LLM helper the options ask for, or None. Raises ValueError on half-given options."""
+    if not args.llm_base_url and not args.llm_model:
+        return None
+    if not (args.llm_base_url and args.llm_model):
+        raise ValueError("--llm-base-url and --llm-model go together")
+    return LLMDistractors(ChatClient(args.llm_base_url, args.llm_model, args.llm_api_key_env,
+                                     timeout=args.llm_timeout))

@@ -36,9 +36,10 @@ import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from aqa.data.dcase2025 import (ConversionReport, SkipItem, finish_conversion, format_mismatch,
-                                inspect_audio_file, progress)
-from aqa.data.records import AQARecord, PathOutsideRoot, RecordError, resolve_audio_path
+from aqa.data.convert import (ConversionReport, SkipItem, add_converter_arguments, first_of_each_id,
+                              format_mismatch, inspect_audio_file, make_record, progress, resolve_item_audio,
+                              run_converter)
+from aqa.data.records import AQARecord
 from aqa.data.text import NOTE_DUPLICATES, clean_whitespace, match_answer, normalise_options
 
 SOURCE = "mmau"
@@ -113,10 +114,7 @@ def convert_item(item: Any, *, audio_root: Path, allow_outside_root: bool = Fals
         notes.append("unknown-task")
 
     rel = audio_location(item["audio_id"], audio_root)
-    try:
-        audio_path = resolve_audio_path(rel, audio_root, audio_root, allow_outside_root=allow_outside_root)
-    except PathOutsideRoot as e:
-        raise SkipItem("audio-outside-root", str(e)) from None
+    audio_path = resolve_item_audio(rel, audio_root, audio_root, allow_outside_root=allow_outside_root)
     fmt, audio_defect = inspect_audio_file(audio_path, decode=check_audio)
     present = audio_defect != "audio-missing"
     # A file that is not there yet is reported, not stored: the audio comes separately and a
@@ -125,22 +123,13 @@ def convert_item(item: Any, *, audio_root: Path, allow_outside_root: bool = Fals
     if fmt and format_mismatch(audio_path, fmt):
         meta["audio_format"] = fmt
         notes.append("audio-format-mismatch")
-    if notes:
-        meta["notes"] = notes
-    if defects:
-        meta["defects"] = defects
 
     split = clean_whitespace(str(item.get("split") or "test-mini"))
     d = {"id": clean_whitespace(item["id"]), "audio": str(audio_path),
          "question": clean_whitespace(item["question"]), "choices": options.choices, "answer": m.index,
          "subset": f"mmau-{task}", "question_type": meta["sub-category"] or meta["category"],
          "source": SOURCE, "split": split, "meta": meta}
-    try:
-        rec = AQARecord.from_dict(d, require_answer=True)
-    except RecordError as e:
-        raise SkipItem("invalid-record", e.problem) from None
-    rec.audio_path = audio_path
-    return rec, present
+    return make_record(d, audio_path, notes=notes, defects=defects, require_answer=True), present
 
 
 def convert_mmau(json_path: str | os.PathLike, audio_root: str | os.PathLike | None = None, *,
@@ -161,25 +150,19 @@ def convert_mmau(json_path: str | os.PathLike, audio_root: str | os.PathLike | N
         raise ValueError(f"{json_path}: expected a JSON list of items, got {type(data).__name__}")
     splits = sorted({str(x.get("split")) for x in data if isinstance(x, dict) and x.get("split")})
     report = ConversionReport(source=SOURCE, split="+".join(splits) or "test-mini", inputs=len(data))
-    converted: list[tuple[AQARecord, bool]] = []
+    converted: list[tuple[str, int, tuple[AQARecord, bool]]] = []
     for n, item in enumerate(progress(data, desc="mmau", enabled=show_progress)):
-        where = f"{json_path}[{n}]"
-        item_id = item.get("id") if isinstance(item, dict) else None
         try:
-            converted.append(convert_item(item, audio_root=root, allow_outside_root=allow_outside_root,
-                                          check_audio=check_audio))
+            rec, present = convert_item(item, audio_root=root, allow_outside_root=allow_outside_root,
+                                        check_audio=check_audio)
         except SkipItem as e:
-            report.error(e.kind, e.problem, file=where, id=None if item_id is None else str(item_id))
-    converted.sort(key=lambda t: t[0].id)
-    seen: set[str] = set()
-    for rec, present in converted:
-        if rec.id in seen:
-            report.error("duplicate-id", f"id {rec.id!r} repeats; later item skipped", file=str(json_path),
-                         id=rec.id)
+            report.skipped(item, e, file=f"{json_path}[{n}]")
             continue
-        seen.add(rec.id)
+        converted.append((rec.id, n, (rec, present)))
+    for rid, _, (rec, present) in first_of_each_id(converted, lambda rid, first, n: report.error(
+            "duplicate-id", f"id {rid!r} repeats; later item skipped", file=str(json_path), id=rid)):
         if not present:
-            report.missing_audio.append(rec.id)
+            report.missing_audio.append(rid)
         report.records.append(rec)
     return report
 
@@ -192,20 +175,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("json", type=Path, help="mmau-test-mini.json")
     p.add_argument("--audio-root", type=Path, default=None,
                    help="folder holding test-mini-audios/ (or that folder); default: the JSON's folder")
-    p.add_argument("-o", "--output", required=True, type=Path, help="output JSONL")
-    p.add_argument("--allow-outside-root", action="store_true",
-                   help="accept audio_id paths that leave the audio root")
-    p.add_argument("--check-audio", action="store_true",
-                   help="decode every audio file present (slow); decoding problems become defects")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_converter_arguments(
+        p, outside_root="accept audio_id paths that leave the audio root",
+        check_audio="decode every audio file present (slow); decoding problems become defects")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        report = convert_mmau(args.json, args.audio_root, allow_outside_root=args.allow_outside_root,
-                              check_audio=args.check_audio, show_progress=not args.no_progress)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}")
-        return 2
-    return finish_conversion(report, args.output)
+    """`aqa data mmau`: 0 when records were written, 1 when none, 2 when the file is unusable."""
+    return run_converter(lambda: convert_mmau(
+        args.json, args.audio_root, allow_outside_root=args.allow_outside_root, check_audio=args.check_audio,
+        show_progress=not args.no_progress), args.output, fatal=(OSError, ValueError))

@@ -1,4 +1,4 @@
-"""The AQA record (DESIGN 2.1): one multiple-choice question about one audio clip.
+"""The AQA record: one multiple-choice question about one audio clip.
 
 Reading validates every line and never stops at the first bad one: each problem becomes a
 `RecordError` that names the file, the line and the field, the record is skipped, and the
@@ -7,21 +7,20 @@ caller decides whether any error is fatal.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aqa.io import write_jsonl
+from aqa.io import BadJSONLine, iter_jsonl, write_jsonl
+from aqa.prompts import LETTERS
 
 log = logging.getLogger(__name__)
 
 #: Splits whose records may carry `answer: null` (the challenge's hidden-label evaluation sets).
 UNLABELLED_SPLITS = frozenset({"eval", "test-unlabelled"})
-#: Option letters used when a prompt is built; the longest MMAU item has 8 options.
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
 class RecordError(ValueError):
@@ -136,17 +135,22 @@ def resolve_audio_path(audio: str, base_dir: str | os.PathLike, root: str | os.P
     return resolved
 
 
-def json_lines(path: str | os.PathLike):
-    """Yield (line number, parsed object) for each non-blank line of a JSONL file; a line
-    that is not JSON yields a RecordError in place of the object."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            if not raw.strip():
-                continue
-            try:
-                yield lineno, json.loads(raw)
-            except json.JSONDecodeError as e:
-                yield lineno, RecordError(path, lineno, None, f"not valid JSON ({e.msg})")
+def parse_lines(path: str | os.PathLike, parse: Callable[[Any, int], AQARecord],
+                ) -> tuple[list[AQARecord], list[RecordError]]:
+    """`parse(object, line number)` over each line of a JSONL file. Returns what it made and
+    one RecordError per line skipped: a line that is not JSON, or that `parse` refuses by
+    raising RecordError. Never raises for a bad line."""
+    records: list[AQARecord] = []
+    errors: list[RecordError] = []
+    for lineno, obj in iter_jsonl(path, yield_bad=True):
+        if isinstance(obj, BadJSONLine):
+            errors.append(RecordError(path, lineno, None, obj.problem))
+            continue
+        try:
+            records.append(parse(obj, lineno))
+        except RecordError as e:
+            errors.append(e)
+    return records, errors
 
 
 def read_records(path: str | os.PathLike, *, root: str | os.PathLike | None = None,
@@ -155,23 +159,17 @@ def read_records(path: str | os.PathLike, *, root: str | os.PathLike | None = No
     """Read a JSONL file of records. Returns the valid records (with `audio_path` resolved)
     and one RecordError per line that was skipped; never raises for a bad line."""
     path = Path(path)
-    base = path.parent
-    records: list[AQARecord] = []
-    errors: list[RecordError] = []
-    for lineno, obj in json_lines(path):
-        if isinstance(obj, RecordError):
-            errors.append(obj)
-            continue
+
+    def parse(obj: Any, lineno: int) -> AQARecord:
+        rec = AQARecord.from_dict(obj, path=path, line=lineno, require_answer=require_answer)
         try:
-            rec = AQARecord.from_dict(obj, path=path, line=lineno, require_answer=require_answer)
-            rec.audio_path = resolve_audio_path(rec.audio, base, root, allow_outside_root=allow_outside_root)
-        except RecordError as e:
-            errors.append(e)
-            continue
+            rec.audio_path = resolve_audio_path(rec.audio, path.parent, root,
+                                                allow_outside_root=allow_outside_root)
         except PathOutsideRoot as e:
-            errors.append(RecordError(path, lineno, "audio", str(e), obj.get("id")))
-            continue
-        records.append(rec)
+            raise RecordError(path, lineno, "audio", str(e), obj.get("id")) from None
+        return rec
+
+    records, errors = parse_lines(path, parse)
     for e in errors:
         log.warning("skipped: %s", e)
     return records, errors

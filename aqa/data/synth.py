@@ -11,7 +11,7 @@ the SNR (each event's RMS over the background's RMS) is `snr_db` +- 3 dB.
 
 Writes `wav/<clip>.wav` (16 kHz mono PCM16), `strong.tsv` (AudioSet-Strong format, onsets
 and offsets on the millisecond grid the audio was built on), `labels.tsv` (mid<TAB>name)
-and `qa.jsonl` (made by aqa.data.audioset_strong, plus `identification` questions), and
+and `qa.jsonl` (made by aqa.data.audioset_strong's converter, plus `identification` questions), and
 with a dev fraction `train.jsonl`/`dev.jsonl` split by clip. Every random choice for clip i
 comes from a generator seeded by (seed, i), so the output does not depend on the number of
 worker processes.
@@ -23,7 +23,6 @@ import argparse
 import os
 import struct
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -34,11 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from aqa.data.audio import TARGET_SR
-from aqa.data.audioset_strong import (QUESTION_TYPES, Event, add_llm_arguments, convert_strong,
-                                      llm_from_args, parse_types)
-from aqa.data.llm import LLMDistractors
+from aqa.data.audioset_strong import convert_strong
+from aqa.data.events import Event
+from aqa.data.llm import LLMDistractors, add_llm_arguments, llm_from_args
+from aqa.data.question_types import QUESTION_TYPES, parse_types
 from aqa.data.records import write_records
-from aqa.io import atomic_write_text
+from aqa.io import atomic_write_bytes, atomic_write_text
 
 SR = TARGET_SR
 #: Question types the synthetic set gets by default: the four temporal ones plus identification.
@@ -260,25 +260,14 @@ def wav_bytes(samples: np.ndarray, sr: int = SR) -> bytes:
     return header + pcm
 
 
-def _write_fast(path: Path, data: bytes) -> None:
-    # Atomic by rename like aqa.io, but without fsync: thousands of fsyncs would cost more
-    # than the synthesis, and a crashed run is simply run again (it is deterministic).
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _make_one(job: tuple[int, int, float, float, str]) -> tuple[int, list[tuple[str, int, int]]]:
     index, seed, duration, snr_db, wav_dir = job
     rng = np.random.default_rng([seed, index])
     plan = plan_clip(rng, duration)
     audio = render_clip(rng, plan, duration, snr_db)
-    _write_fast(Path(wav_dir) / f"{clip_id(index)}.wav", wav_bytes(audio))
+    # No fsync: thousands of them would cost more than the synthesis, and a crashed run is
+    # simply run again (it is deterministic).
+    atomic_write_bytes(Path(wav_dir) / f"{clip_id(index)}.wav", wav_bytes(audio), fsync=False)
     return index, plan
 
 

@@ -1,7 +1,7 @@
 """Text normalisation shared by the converters: option letter prefixes, stray trailing
 punctuation, and matching an answer string to the options.
 
-The record format (DESIGN 2.1) stores plain option texts and an index. Sources write options
+The record format (`aqa.data.records`) stores plain option texts and an index. Sources write options
 as "B. dog", "(B) dog" or "B) dog", sometimes with a stray trailing comma the answer string
 lacks, sometimes with a sentence period on some options only (in MMAU test-mini the correct
 option is then often the only one without it, a formatting cue a model can learn). Everything
@@ -18,7 +18,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from aqa.data.records import LETTERS
+from aqa.prompts import LETTERS
 
 # Upper-case letters only: lower-case "a) " is rarer in sources than prose starting "a ",
 # and the whitespace after the mark keeps "A.M. radio" and "F.C. Barcelona" intact.
@@ -50,11 +50,6 @@ def split_letter_prefix(text: str) -> tuple[str | None, str]:
     if not m:
         return None, text
     return m.group(1) or m.group(2), text[m.end():]
-
-
-def strip_letter_prefix(text: str) -> str:
-    """The text without a leading option letter ("A. dog" -> "dog")."""
-    return split_letter_prefix(text)[1]
 
 
 def clean_whitespace(text: str) -> str:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aqa.data.records import LETTERS
+from aqa.prompts import LETTERS
 
 
 @dataclass

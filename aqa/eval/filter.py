@@ -5,17 +5,24 @@ least k of the n given models answer it correctly with the audio replaced by sil
 default is 2 of 3. Each given folder is an `aqa eval --audio silence` (or `--audio none`) dir.
 """
 
+# The command sits under `aqa data` because it writes a records file; the module sits in
+# aqa.eval because it reads evaluation outputs, which the data layer must not depend on.
+
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
 
+from aqa.data.records import load_records, write_records
+
 log = logging.getLogger(__name__)
 
 
 def weak_ids(silent_dirs: list[str | Path], min_correct: int = 2) -> tuple[set[str], dict[str, int]]:
     """Ids that at least `min_correct` silent evaluations answered correctly, and each id's count."""
+    # Here, not at the top: `aqa data` imports this module to build its parser, and metrics
+    # brings numpy.
     from aqa.eval.metrics import load_predictions
 
     if not 1 <= min_correct <= len(silent_dirs):
@@ -29,8 +36,6 @@ def weak_ids(silent_dirs: list[str | Path], min_correct: int = 2) -> tuple[set[s
 
 def filter_records(data: str | Path, silent_dirs: list[str | Path], out: str | Path, *, min_correct: int = 2,
                    allow_outside_root: bool = False) -> dict:
-    from aqa.data.records import load_records, write_records
-
     records = load_records(data, allow_outside_root=allow_outside_root, require_answer=False)
     weak, counts = weak_ids(silent_dirs, min_correct)
     unseen = [r.id for r in records if r.id not in counts]
