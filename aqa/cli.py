@@ -18,7 +18,7 @@ DATA_COMMANDS = (
     "aqa.data.synth",
     "aqa.data.check",
     "aqa.data.interchange",
-    "aqa.data.filter",
+    "aqa.eval.filter",
     "aqa.data.dcase2026",
 )
 #: Modules that add a subcommand under `aqa model`.

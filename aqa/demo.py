@@ -80,19 +80,15 @@ def fixed_order_questions(clip_ids, clips, names, wav_dir: Path, split: str, see
     """The demo's three question types for each clip, options in a fixed order."""
     import numpy as np
 
-    from aqa.data.audioset_strong import format_times, merge_occurrences
+    from aqa.data.events import onsets_and_counts
     from aqa.data.records import AQARecord
+    from aqa.data.spoken import format_times
 
     all_names = sorted(names.values())
     out = []
     for cid in clip_ids:
-        events = merge_occurrences(clips[cid])
-        first: dict[str, float] = {}
-        count: dict[str, int] = {}
-        for e in events:
-            first[e.label] = min(first.get(e.label, float("inf")), e.onset)
-            count[e.label] = count.get(e.label, 0) + 1
-        order = sorted(first, key=first.get)
+        heard = onsets_and_counts(clips[cid])  # label -> (first onset, occurrences), by first onset
+        order = list(heard)
         common = dict(audio=str(wav_dir / f"{cid}.wav"), source="synth", split=split, meta={"segment_id": cid})
 
         def add(kind: str, question: str, choices: list[str], answer: str) -> None:
@@ -104,18 +100,18 @@ def fixed_order_questions(clip_ids, clips, names, wav_dir: Path, split: str, see
 
         if 1 <= len(order) <= len(COUNTS):
             add("counting", "How many different sounds are in the audio clip?", COUNTS, str(len(order)))
-        if len(order) == 1 or first[order[1]] - first[order[0]] >= FIRST_GAP_S:
+        if len(order) == 1 or heard[order[1]][0] - heard[order[0]][0] >= FIRST_GAP_S:
             add("first sound", "Which sound is heard first?", all_names, names[order[0]])
         rng = np.random.default_rng([seed, int(cid.rsplit("_", 1)[-1])])
         label = order[int(rng.integers(len(order)))]
-        if count[label] <= len(TIMES):
+        if heard[label][1] <= len(TIMES):
             add("frequency", f"How many times does the {names[label]} sound occur?", TIMES,
-                format_times(count[label]))
+                format_times(heard[label][1]))
     return out
 
 
 def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict:
-    from aqa.data.audioset_strong import read_labels, read_strong_tsv
+    from aqa.data.events import read_labels, read_strong_tsv
     from aqa.data.records import load_records, write_records
     from aqa.data.synth import synthesize
     from aqa.eval.report import build_report

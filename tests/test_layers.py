@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent / "aqa"
 #: Layer of each top-level part of the package: a module may import only from its own layer
 #: or below. Keep in step with docs/ARCHITECTURE.md.
 LAYERS = {
-    "aqa.io": 0, "aqa.config": 0, "aqa.prompts": 0,
+    "aqa.io": 0, "aqa.config": 0, "aqa.prompts": 0, "aqa.textnorm": 0,
     "aqa.data": 1,
     "aqa.models": 2,
     "aqa.train": 3, "aqa.eval": 3,

@@ -44,10 +44,6 @@ from aqa.data.question_types import QUESTION_TYPES, drafts, parse_types
 from aqa.data.records import AQARecord, write_records
 from aqa.data.spoken import spoken_names
 
-# aqa.train.pretrain and aqa.demo still import format_times (and the event readers above)
-# from this module; this line goes once they import it from aqa.data.spoken.
-from aqa.data.spoken import format_times  # noqa: F401
-
 #: What `aqa data audioset-strong` makes unless told otherwise: the four temporal types.
 DEFAULT_TYPES = ("counting", "sequencing", "duration", "frequency")
 #: Display names (compared case-insensitively) that name a recording condition or a catch-all

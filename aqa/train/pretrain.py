@@ -44,14 +44,10 @@ INSTRUCTION = "Describe the sounds you hear, in order."
 
 def caption(events: Sequence, names: Mapping[str, str]) -> str:
     """'beep twice, then knock once': sounds in order of first onset, with their counts."""
-    from aqa.data.audioset_strong import format_times, merge_occurrences
+    from aqa.data.events import onsets_and_counts
+    from aqa.data.spoken import format_times
 
-    first: dict[str, float] = {}
-    count: dict[str, int] = {}
-    for e in merge_occurrences(events):
-        first[e.label] = min(first.get(e.label, math.inf), e.onset)
-        count[e.label] = count.get(e.label, 0) + 1
-    parts = [f"{names.get(m, m)} {format_times(count[m])}" for m in sorted(first, key=first.get)]
+    parts = [f"{names.get(m, m)} {format_times(n)}" for m, (_, n) in onsets_and_counts(events).items()]
     return ", then ".join(parts) if parts else "no sound"
 
 
@@ -101,8 +97,8 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     from tqdm.auto import tqdm
 
     from aqa.data.audio import AudioError, load_audio
-    from aqa.data.audioset_strong import (find_audio, format_times, merge_occurrences, read_labels,
-                                          read_strong_tsv)
+    from aqa.data.events import find_audio, merge_occurrences, read_labels, read_strong_tsv
+    from aqa.data.spoken import format_times
     from aqa.models.base import Example
     from aqa.models.registry import load_backend
     from aqa.train.recipe import lr_lambda
