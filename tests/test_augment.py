@@ -120,3 +120,19 @@ def test_freq_mask_edge_cases():
     assert bf.dtype == torch.bfloat16
     with pytest.raises(ValueError):
         freq_mask(torch.zeros(3), 1, 2)
+
+
+def test_freq_mask_fill_is_the_mean_of_the_real_frames():
+    """A short clip padded to the window with the silence floor: the fill is the mean of the
+    clip's own frames, not pulled towards the padding."""
+    x = torch.full((2, 16, 100), -1.0)  # the padding's silence floor
+    x[0, :, :30] = 0.5  # 30 real frames
+    x[1, :, :80] = 0.25
+    y = freq_mask(x, 2, 8, torch.Generator().manual_seed(0), lengths=torch.tensor([30, 80]))
+    moved = (y != x).any(-1)  # (B, n_mels)
+    assert moved[0].any() and moved[1].any()
+    assert torch.allclose(y[0][moved[0]], torch.tensor(0.5)) and torch.allclose(y[1][moved[1]], torch.tensor(0.25))
+    whole = freq_mask(x, 2, 8, torch.Generator().manual_seed(0))  # without lengths: over the window
+    assert torch.allclose(whole[0][moved[0]], x[0].mean())
+    same = freq_mask(x, 2, 8, torch.Generator().manual_seed(0), lengths=torch.tensor([100, 100]))
+    assert torch.equal(same, whole)  # full-length clips: the old fill

@@ -129,3 +129,13 @@ def test_decode_is_what_generate_returns(backend):
     ids = backend.generate_ids(batch, max_new_tokens=3)
     assert backend.generate(batch, max_new_tokens=3) == backend.decode(ids)
     assert all(s[-1] in backend.end_ids or len(s) == 3 for s in ids)
+
+
+def test_spec_augment_fill_comes_from_the_clips_own_frames(backend):
+    batch = backend.collate(examples(2))  # 0.5 s and 2 s clips in a 2 s window
+    real = batch["feature_attention_mask"].sum(-1)
+    out = backend.spec_augment(dict(batch), 3, 8, torch.Generator().manual_seed(1))
+    for i in range(2):
+        moved = (out["input_features"][i] != batch["input_features"][i]).any(-1)
+        want = batch["input_features"][i][:, :real[i]].mean()
+        assert moved.any() and torch.allclose(out["input_features"][i][moved], want, atol=1e-6)

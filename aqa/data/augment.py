@@ -13,8 +13,8 @@ policy applies ``num_masks`` such masks, independently per utterance. The paper 
 masked values to zero on features normalised to zero mean, i.e. to the mean. Whisper's
 log-mels (Qwen2-Audio's and Kimi-Audio's encoders) are scaled to about [-1, 1.5] but not
 centred, so zero would be an arbitrary loudness; here the masked bands take the example's
-mean over all its bands and frames (computed before masking), which is the paper's choice
-carried over to uncentred features. Pass ``value=0.0`` for literal zeros. Only the
+mean over all its bands and its real frames (computed before masking; the padding up to the
+window is left out), which is the paper's choice carried over to uncentred features. Pass ``value=0.0`` for literal zeros. Only the
 frequency axis is masked: the time axis is left alone (the method masks frequency only).
 """
 
@@ -95,12 +95,15 @@ def unshuffle_probs(probs, perm: Sequence[int]):
 # --------------------------------------------------------------------------- SpecAugment
 
 def freq_mask(features: torch.Tensor, num_masks: int, max_width: int,
-              generator: torch.Generator | None = None, *, value: float | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None, *, value: float | None = None,
+              lengths: torch.Tensor | None = None) -> torch.Tensor:
     """SpecAugment frequency masking of log-mel features shaped (B, n_mels, T) or
     (n_mels, T). Each example gets `num_masks` masks of width ``f ~ U{0..max_width-1}``
     (capped by n_mels) starting at ``f0 ~ U{0..n_mels-f-1}``; masked bands are set to the
-    example's mean (`value=None`) or to `value`. Returns a new tensor; the input is not
-    modified. Deterministic given `generator` (the global RNG when None)."""
+    example's mean (`value=None`) or to `value`. `lengths` (B,) gives each example's real
+    frames: the mean is taken over those only, since Whisper pads a short clip to its window
+    with the silence floor, which would pull the fill towards silence. Returns a new tensor;
+    the input is not modified. Deterministic given `generator` (the global RNG when None)."""
     if features.dim() not in (2, 3):
         raise ValueError(f"features must be (n_mels, T) or (B, n_mels, T), got shape {tuple(features.shape)}")
     if num_masks < 0 or max_width < 0:
@@ -124,7 +127,12 @@ def freq_mask(features: torch.Tensor, num_masks: int, max_width: int,
     bands = torch.arange(n_mels, device=x.device).view(1, 1, n_mels)
     hit = (bands >= start.unsqueeze(-1)) & (bands < (start + width).unsqueeze(-1))  # (B, masks, n_mels)
     rows = hit.any(dim=1)  # (B, n_mels)
-    if value is None:
+    if value is None and lengths is not None:
+        T = x.shape[-1]
+        n = torch.as_tensor(lengths, device=x.device).reshape(b).clamp(1, T)
+        real = (torch.arange(T, device=x.device)[None, :] < n[:, None]).float()  # (B, T)
+        fill = ((x.float() * real[:, None, :]).sum(dim=(1, 2)) / (n * n_mels)).to(x.dtype).view(b, 1, 1)
+    elif value is None:
         fill = x.float().mean(dim=(1, 2)).to(x.dtype).view(b, 1, 1)
     else:
         fill = torch.full((b, 1, 1), float(value), dtype=x.dtype, device=x.device)

@@ -131,13 +131,15 @@ class Backend:
         return self.decode(self.generate_ids(batch, **kwargs))
 
     def _mask_features(self, batch: dict[str, torch.Tensor], key: str, num_masks: int, max_width: int,
-                       generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """`spec_augment` on the (B, n_mels, T) log-mel tensor `batch[key]`."""
+                       generator: torch.Generator, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """`spec_augment` on the (B, n_mels, T) log-mel tensor `batch[key]`, whose rows have
+        `lengths` (B,) real frames."""
         from aqa.data.augment import freq_mask
 
         if num_masks > 0 and batch.get(key) is not None:
             # Drawn on the CPU so that the masks do not depend on the device.
-            batch[key] = freq_mask(batch[key].cpu(), num_masks, max_width, generator).to(batch[key].device)
+            batch[key] = freq_mask(batch[key].cpu(), num_masks, max_width, generator,
+                                   lengths=None if lengths is None else lengths.cpu()).to(batch[key].device)
         return batch
 
     # --- adapters -----------------------------------------------------------------------------

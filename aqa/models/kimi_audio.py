@@ -470,6 +470,9 @@ class KimiAudioBackend(Backend):
         return super().decode([[t for t in s if t < off] for s in sequences])
 
     def spec_augment(self, batch, num_masks, max_width, generator):
-        """Masks the Whisper encoder's log-mels only: the GLM-4-Voice tokens were computed from
-        the clean audio in `collate`, as the tokens of a real clip do not change with it."""
-        return self._mask_features(batch, "input_features", num_masks, max_width, generator)
+        """Masks the Whisper encoder's log-mels only, one 30 s segment per row: the GLM-4-Voice
+        tokens were computed from the clean audio in `collate`. A segment's real frames are its
+        speech tokens x 8 (a token is 1,280 samples, a log-mel frame 160)."""
+        tokens = batch.get("segment_tokens")
+        return self._mask_features(batch, "input_features", num_masks, max_width, generator,
+                                   None if tokens is None else tokens * 8)

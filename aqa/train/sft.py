@@ -32,7 +32,9 @@ class SFTConfig(TrainConfig):
                                    "(micro_batch_size x accumulation x processes)")
     micro_batch_size: int = doc(4, help="items per forward pass on one process")
     lora_audio_tower: bool = doc(False, help="also put LoRA on the audio encoder's linear layers")
-    spec_augment_masks: int = doc(2, help="SpecAugment frequency masks per clip (0 disables)")
+    spec_augment_masks: int = doc(2, help="SpecAugment frequency masks per clip (0 disables); on Kimi-Audio "
+                                          "they reach the Whisper features only, its speech tokens come from "
+                                          "the clean audio")
     spec_augment_width: int = doc(12, help="widest frequency mask, in mel bins")
     adapter: str = doc("", help="an existing adapter to continue training (empty: a new one)")
 
