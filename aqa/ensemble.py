@@ -4,8 +4,9 @@ models' probabilities are mixed with learnable weights (a softmax over free para
 they stay positive and sum to one); the mixture is fitted by cross-entropy against the
 answers with Adam, 500 steps by default.
 
-Inputs are eval dirs (`predictions.jsonl` with per-option probabilities in each record's
-original order). A model's log-probabilities serve as its logits: softmax(log p / T) is the
+Inputs are eval dirs (`predictions.jsonl` with per-option log-probabilities at full precision,
+`logprobs`, in each record's original order; the rounded `probs` of older eval dirs serve
+otherwise). A model's log-probabilities serve as its logits: softmax(log p / T) is the
 same as temperature-scaling the logits the probabilities came from. Items are aligned by id
 and by option text, so models that saw the options in different orders, or whose records
 list them differently, are matched option by option; items whose option texts differ
@@ -76,8 +77,11 @@ def align(pred_dirs: list[str | Path]) -> Aligned:
             if sorted(pos) != sorted(choices) or len(pos) != len(r["choices"]):
                 per = None
                 break
-            p = np.asarray(r["probs"], dtype=np.float64)[[pos[c] for c in choices]]
-            per.append(np.log(np.clip(p, EPS, 1.0)))
+            # Full-precision log-probabilities where the eval wrote them; older eval dirs have
+            # only the rounded probabilities.
+            lp = (np.asarray(r["logprobs"], dtype=np.float64) if r.get("logprobs") is not None
+                  else np.log(np.clip(np.asarray(r["probs"], dtype=np.float64), EPS, 1.0)))
+            per.append(lp[[pos[c] for c in choices]])
         if per is None:
             left["option texts differ"] += 1
             continue
@@ -160,6 +164,7 @@ def rows_from_probs(a: Aligned, probs: torch.Tensor) -> list[dict]:
         ans = None if int(a.answers[j]) < 0 else int(a.answers[j])
         out.append({"id": r["id"], "subset": r.get("subset"), "question_type": r.get("question_type", ""),
                     "choices": r["choices"], "answer": ans, "probs": [round(float(x), 6) for x in p],
+                    "logprobs": [float(x) for x in torch.log(p.clamp_min(EPS))],
                     "pred": pred, "correct": None if ans is None else pred == ans})
     return out
 

@@ -125,3 +125,16 @@ def test_fit_cli_writes_params_and_honest_metrics(tmp_path):
     assert main(["ensemble", "apply", str(out), str(d1), str(d2), "-o", str(tmp_path / "applied")]) == 0
     applied = json.loads((tmp_path / "applied" / "metrics.json").read_text())
     assert applied["weighted_mean"]["value"] >= comp["noise"]["weighted_mean"]
+
+
+def test_full_precision_log_probabilities_are_the_ensembles_input(tmp_path):
+    """Rounded probabilities flatten a confident model (1e-9 and 1e-15 both round to 0); the
+    ensemble reads `logprobs` where an eval wrote them, and the rounded probs otherwise."""
+    a = write_dir(tmp_path / "a", ["q1"], [["x", "y", "z"]], [[0.0, 1.0, 0.0]], [1])
+    rows = [json.loads(x) for x in (a / "predictions.jsonl").read_text().splitlines()]
+    rows[0]["logprobs"] = [-20.7, -1e-9, -34.5]
+    write_jsonl(a / "predictions.jsonl", rows)
+    b = write_dir(tmp_path / "b", ["q1"], [["z", "x", "y"]], [[0.2, 0.3, 0.5]], [2])
+    al = ens.align([a, b])
+    assert torch.allclose(al.logp[0, 0], torch.tensor([-20.7, -1e-9, -34.5], dtype=torch.float64))
+    assert torch.allclose(al.logp[1, 0], torch.log(torch.tensor([0.3, 0.5, 0.2], dtype=torch.float64)))

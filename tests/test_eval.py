@@ -60,7 +60,8 @@ def test_shuffled_orders_are_mapped_back(tiny_model, synth_data, tmp_path, backe
         q = score_queries(backend, [Query(0, list(range(len(o))), shown,
                                           Example(audio, question_text(rec.question, shown)))])[0]
         assert np.allclose(p, [q[o.index(i)] for i in range(len(o))], atol=1e-6)
-    assert np.allclose(row["probs"], np.mean(per, axis=0), atol=1e-5)
+    assert np.allclose(row["probs"], np.mean(np.exp(per), axis=0), atol=1e-5)
+    assert np.allclose(np.exp(row["logprobs"]), np.mean(np.exp(per), axis=0), atol=1e-9)
     assert row["shuffle_preds"] == [int(np.argmax(p)) for p in per]
     assert "shuffles" in json.loads((out / "metrics.json").read_text())
 

@@ -50,11 +50,13 @@ def make_queries(records: list[AQARecord], audios: list[np.ndarray], k: int, see
 
 @torch.no_grad()
 def score_queries(backend: Backend, queries: list[Query]) -> list[np.ndarray]:
-    """Per query, the option probabilities (softmax over the letters) in the ORIGINAL order."""
+    """Per query, the option log-probabilities (log-softmax over the letters, float64) in the
+    ORIGINAL order. Log-probabilities, not probabilities: a confident model's small
+    probabilities underflow or round to zero, and the ensemble needs them."""
     batch = backend.collate([q.example for q in queries])
     n = [len(q.order) for q in queries]
-    probs = torch.softmax(backend.option_logits(batch, n), -1).cpu().numpy()
-    return [unshuffle_probs(probs[i, :n[i]], q.order) for i, q in enumerate(queries)]
+    logp = torch.log_softmax(backend.option_logits(batch, n), -1).double().cpu().numpy()
+    return [unshuffle_probs(logp[i, :n[i]], q.order) for i, q in enumerate(queries)]
 
 
 @torch.no_grad()
@@ -70,14 +72,19 @@ def generate_queries(backend: Backend, queries: list[Query], max_new_tokens: int
 
 
 def combine(record: AQARecord, per_order: list, mode: str, vote: str = "probs") -> dict:
-    """One predictions.jsonl row from an item's K answers (its fields: docs/ARCHITECTURE.md)."""
+    """One predictions.jsonl row (its fields: docs/ARCHITECTURE.md) from an item's K answers:
+    per order, option log-probabilities in the record's order (score), or (raw text, option
+    or None) (generate)."""
     row = {"id": record.id, "subset": record.subset, "question_type": record.question_type,
            "choices": record.choices, "answer": record.answer}
     if mode == "score":
-        probs = np.mean(per_order, axis=0)
+        # The mean probability over the K orders, kept as its log at full precision.
+        logp = np.logaddexp.reduce(np.stack(per_order), axis=0) - np.log(len(per_order))
+        probs = np.exp(logp)
         picks = [int(np.argmax(p)) for p in per_order]
-        pred = int(np.argmax(probs)) if vote == "probs" else _majority(picks)
-        row["probs"] = [round(float(p), 6) for p in probs]
+        pred = int(np.argmax(logp)) if vote == "probs" else _majority(picks)
+        row["probs"] = [round(float(p), 6) for p in probs]  # for people
+        row["logprobs"] = [float(x) for x in logp]  # for the ensemble
     else:
         picks = [p for _, p in per_order]
         pred = _majority(picks)
