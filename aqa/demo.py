@@ -174,12 +174,17 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
                            clip_ids=train_clips, progress=progress))
 
     # ---- 3. zero-shot, SFT, tuned ------------------------------------------------------------
-    def ev(name: str, adapter: Path | None, audio: str = "normal", reference: Path | None = None):
+    def ev(name: str, adapter: Path | None, audio: str = "normal", reference: Path | None = None,
+           mode: str = "score"):
         evaluate(EvalSettings(str(base), str(adapter) if adapter else None, str(data / "dev.jsonl"),
-                              seed=cfg.seed, audio=audio), evals / name, batch_size=cfg.eval_batch, name=name,
-                 progress=progress, reference=reference)
+                              seed=cfg.seed, audio=audio, mode=mode), evals / name, batch_size=cfg.eval_batch,
+                 name=name, progress=progress, reference=reference)
 
     stage("zero-shot eval", (evals / "zero-shot" / "metrics.json").is_file(), lambda: ev("zero-shot", None))
+    # Published zero-shot numbers read generated answers ("(A)", "The answer is ..."), which
+    # letter scores cannot see: the same model read that way, beside it.
+    stage("zero-shot eval, generated answers", (evals / "zero-shot-generate" / "metrics.json").is_file(),
+          lambda: ev("zero-shot-generate", None, mode="generate"))
     sft_run = out / "runs" / "sft"
     sft_cfg = SFTConfig(model=str(base), train_data=[str(data / "train.jsonl")], output_dir=str(sft_run),
                         lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, lr=cfg.sft_lr, batch_size=cfg.sft_batch,
@@ -190,7 +195,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
     # How much of the tuned model's accuracy comes from listening: the same model, silent clips.
     stage("SFT eval on silence", (evals / "sft-silence" / "metrics.json").is_file(),
           lambda: ev("sft-silence", sft_run / "adapter", audio="silence", reference=evals / "sft"))
-    rows, runs = ["zero-shot", "sft", "sft-silence"], [sft_run]
+    rows, runs = ["zero-shot", "zero-shot-generate", "sft", "sft-silence"], [sft_run]
     if cfg.second_lora_r:
         # A second tuned model that differs in seed and rank, for the ensemble stage.
         sft_b = out / "runs" / "sft-b"
@@ -222,7 +227,8 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
             extra_names.append(f"sft + sft-b, {n}")
 
     # ---- 4. report ---------------------------------------------------------------------------
-    names = [{"ensemble": "ensemble (cross-fitted)", "sft-silence": "sft, silent audio"}.get(r, r) for r in rows]
+    names = [{"ensemble": "ensemble (cross-fitted)", "sft-silence": "sft, silent audio",
+              "zero-shot-generate": "zero-shot, generated answers"}.get(r, r) for r in rows]
     rep = build_report([evals / r for r in rows] + extra_dirs + runs, out / "report",
                        names=names + extra_names + [p.name for p in runs])
     metrics = {n: json.loads((evals / n / "metrics.json").read_text()) for n in rows}

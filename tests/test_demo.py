@@ -12,7 +12,8 @@ TOY = DemoConfig(clips=24, clip_seconds=2, dev_fraction=0.25, dev_questions=0, e
 def test_demo_writes_every_stage_and_resumes(tmp_path):
     out = tmp_path / "demo"
     s = run_demo(out, TOY, progress=False)
-    assert set(s["pooled_dev_accuracy"]) == {"zero-shot", "sft", "sft-silence", "sft-b", "grpo", "ensemble"}
+    assert set(s["pooled_dev_accuracy"]) == {"zero-shot", "zero-shot-generate", "sft", "sft-silence", "sft-b", "grpo",
+                                             "ensemble"}
     silent = json.loads((out / "eval" / "sft-silence" / "metrics.json").read_text())
     assert "audio_contribution" in silent
     for stage in ("zero-shot", "sft", "sft-b", "grpo"):
@@ -24,7 +25,10 @@ def test_demo_writes_every_stage_and_resumes(tmp_path):
     assert "cross-fitted" in ens["fit"]
     md = (out / "report" / "report.md").read_text()
     assert all(name in md for name in ("zero-shot", "sft", "grpo", "ensemble (cross-fitted)", "majority vote",
-                                         "sft, silent audio", "Audio contribution"))
+                                         "sft, silent audio", "Audio contribution", "zero-shot, generated answers"))
+    # Which way each row read its answers.
+    details = md.split("## Details")[1].split("\n## ")[0]
+    assert "| zero-shot | letter scores |" in details and "| zero-shot, generated answers | generated text |" in details
     for png in ("accuracy_per_subset.png", "loss_sft.png"):
         assert (out / "report" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Train and dev never share a clip.

@@ -83,20 +83,26 @@ def _span(values: Sequence[int]) -> str:
     return str(lo) if lo == hi else f"{lo}–{hi}"
 
 
+#: How an eval read each answer (its `mode`), in words.
+ANSWER_MODES = {"score": "letter scores", "generate": "generated text"}
+
+
 def details_table(evals: Sequence[EvalRun], ece: dict[str, float]) -> Table:
     """Counts, consistency across option orders, and calibration error per run."""
-    header = ["run", "items", "unparsed", "unlabelled", "option orders K", "agreement",
+    header = ["run", "answer read from", "items", "unparsed", "unlabelled", "option orders K", "agreement",
               "all same", "right under all orders", "ECE"]
     rows = []
     for e in evals:
         m = e.metrics
         sh = m.get("shuffles") or {}
-        rows.append([e.name, str(m.get("n", NONE)), str(m.get("n_unparsed", NONE)),
+        rows.append([e.name, ANSWER_MODES.get(m.get("mode"), NONE), str(m.get("n", NONE)), str(m.get("n_unparsed", NONE)),
                      str(m.get("n_unlabelled", NONE)), str(sh.get("k", NONE)),
                      pct(sh.get("agreement")), pct(sh.get("all_same")), pct(sh.get("all_correct")),
                      pct(ece.get(e.name))])
     return Table(header, rows, title="Details", caption=(
-        "Agreement: the mean share of option orders that chose the most common option; all same: "
+        "Answer read from: the option letters' probabilities at the answer position (score), or "
+        "the generated text through the answer parser (generate), which also credits \"(A)\", "
+        "\"The answer is ...\" or the option's text, as published zero-shot numbers do. Agreement: the mean share of option orders that chose the most common option; all same: "
         "items where every order chose the same option; right under all orders: labelled items "
         "answered right under every order (all in %). ECE: expected calibration error of the "
         f"predicted option's probability, {N_CALIBRATION_BINS} bins (%)."))
