@@ -14,6 +14,9 @@ BACKENDS = {
     "qwen2_audio": "aqa.models.qwen2_audio:Qwen2AudioBackend",
     "moonshot_kimia": "aqa.models.kimi_audio:KimiAudioBackend",  # the official Kimi-Audio config
     "kimi_audio": "aqa.models.kimi_audio:KimiAudioBackend",
+    # Qwen-Omni: the whole model (thinker, talker, vocoder) or a thinker alone; aqa loads the thinker.
+    "qwen2_5_omni": "aqa.models.qwen2_5_omni:Qwen25OmniBackend",
+    "qwen2_5_omni_thinker": "aqa.models.qwen2_5_omni:Qwen25OmniBackend",
 }
 
 
