@@ -250,3 +250,17 @@ def test_cli_builds_the_family_with_sizes(tmp_path):
     with pytest.raises(SystemExit):
         main(["model", "tiny", "--family", "qwen2.5-omni", "-o", str(tmp_path / "x"), "--num-experts", "8"])
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("recipe", ["sft_lora", "grpo"])
+def test_configs_carry_the_reference_values(recipe):
+    from aqa.config import load_config
+    from aqa.train.grpo import GRPOConfig
+    from aqa.train.sft import SFTConfig
+
+    c = load_config(SFTConfig if recipe == "sft_lora" else GRPOConfig, f"configs/qwen2_5_omni/{recipe}.yaml")
+    assert c.model == "Qwen/Qwen2.5-Omni-7B" and c.lora_r == 8
+    if recipe == "sft_lora":
+        assert (c.lr, c.batch_size, c.epochs, c.spec_augment_width) == (5e-5, 32, 8.0, 27)
+    else:
+        assert (c.lr, c.group_size, c.eps, c.beta, c.batch_size * c.grad_accum) == (5e-6, 6, 0.2, 0.1, 40)

@@ -250,3 +250,18 @@ def test_cli_builds_the_family_with_sizes(tmp_path):
     assert load_backend(str(out), device="cpu").tokens_per_second == 13
     with pytest.raises(SystemExit):  # Qwen3-Omni's processor has no window to set
         main(["model", "tiny", "--family", "qwen3-omni", "-o", str(tmp_path / "x"), "--audio-seconds", "2"])
+
+
+@pytest.mark.parametrize("recipe", ["sft_lora", "grpo"])
+def test_configs_carry_the_reference_values_and_a_dropout_this_lora_takes(tiny_q3, recipe):
+    from aqa.config import load_config
+    from aqa.train.grpo import GRPOConfig
+    from aqa.train.sft import SFTConfig
+
+    c = load_config(SFTConfig if recipe == "sft_lora" else GRPOConfig, f"configs/qwen3_omni/{recipe}.yaml")
+    assert c.model.startswith("Qwen/Qwen3-Omni-30B-A3B") and c.lora_r == 8
+    if recipe == "sft_lora":
+        assert (c.lr, c.batch_size, c.epochs) == (5e-5, 32, 8.0)
+    else:
+        assert (c.lr, c.group_size, c.eps, c.beta, c.batch_size * c.grad_accum) == (5e-6, 6, 0.2, 0.1, 40)
+    load_backend(str(tiny_q3), device="cpu").add_lora(r=c.lora_r, alpha=c.lora_alpha, dropout=c.lora_dropout)
