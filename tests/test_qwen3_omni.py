@@ -96,7 +96,7 @@ def test_batched_scoring_equals_one_at_a_time(loud):
     # What the grouping avoids: encoding the whole batch at once pads the short clips' only
     # chunk to the longest chunk, which moves their last audio token.
     core = loud.base_model().model
-    grouped = loud.audio_embeddings(batch["input_features"], batch["feature_attention_mask"])
+    grouped = loud.audio_embeddings(batch)
     at_once = core.get_audio_features(batch["input_features"], batch["feature_attention_mask"]).last_hidden_state
     assert (grouped[6] - at_once[6]).abs().max() > 1e-3  # the 0.5 s clip's 7th and last token
     # and so does transformers' own batched processor + forward, for the clips under a second.

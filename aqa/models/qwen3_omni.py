@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import torch
 
 from aqa.models.omni import OmniThinkerBackend
@@ -86,10 +85,11 @@ class Qwen3OmniBackend(OmniThinkerBackend):
 
         return _get_feat_extract_output_lengths(frames, self.audio_config.n_window)
 
-    def audio_embeddings(self, features: torch.Tensor, feature_mask: torch.Tensor) -> torch.Tensor:
+    def audio_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(sum of audio tokens, H) encoder outputs in batch order, each clip encoded with the
         clips whose chunks are padded as its own are when it is alone (same min(frames, chunk))."""
         core = self.base_model().model
+        features, feature_mask = batch["input_features"], batch["feature_attention_mask"]
         frames = feature_mask.sum(-1)  # (B,)
         key = frames.clamp(max=2 * self.audio_config.n_window)
         n_tokens = self.audio_tokens(frames).tolist()
