@@ -14,6 +14,16 @@ from aqa.models.registry import load_backend
 from aqa.prompts import question_text
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the
+    threads' spin-waits made these tests several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tiny_q25(tmp_path_factory, synth_data):
     from aqa.models.tiny_builder import corpus_from_records
