@@ -275,3 +275,31 @@ def test_configs_carry_the_reference_values_and_a_dropout_this_lora_takes(tiny_q
     else:
         assert (c.lr, c.group_size, c.eps, c.beta, c.batch_size * c.grad_accum) == (5e-6, 6, 0.2, 0.1, 40)
     load_backend(str(tiny_q3), device="cpu").add_lora(r=c.lora_r, alpha=c.lora_alpha, dropout=c.lora_dropout)
+
+
+def test_gradient_checkpointing_recomputes_and_gives_the_same_gradients(tiny_q3):
+    """configs/qwen3_omni train with gradient checkpointing: the expert and router adapters
+    (peft parametrizations) must get the same gradients when their layer is recomputed."""
+    grads, calls = {}, {}
+    for gc in (False, True):
+        torch.manual_seed(0)
+        lb = load_backend(str(tiny_q3), device="cpu")
+        lb.add_lora(r=4, alpha=8, dropout=0.0)
+        if gc:
+            lb.enable_gradient_checkpointing()
+        lb.model.train()
+        for n, p in lb.model.named_parameters():
+            if "lora_B" in n:
+                p.data.normal_(0, 0.1, generator=torch.Generator().manual_seed(3))
+        layer = lb.base_model().model.language_model.layers[0].self_attn
+        seen = []
+        hook = layer.register_forward_hook(lambda *a: seen.append(1))
+        logp, mask = lb.target_logprobs(lb.collate(examples(), with_target=True))
+        (-(logp.sum() / mask.sum())).backward()
+        hook.remove()
+        calls[gc] = len(seen)
+        grads[gc] = {n: p.grad.clone() for n, p in lb.model.named_parameters() if p.requires_grad}
+    assert calls == {False: 1, True: 2}
+    assert grads[False].keys() == grads[True].keys() and any(".mlp.gate." in n for n in grads[True])
+    for n in grads[False]:
+        assert torch.allclose(grads[False][n], grads[True][n], atol=1e-6), n
