@@ -78,10 +78,16 @@ class Backend:
         the first end token, which is kept."""
         raise NotImplementedError
 
-    def lora_target_modules(self, audio_tower: bool = False) -> str:
-        """A regex over module names for peft's `target_modules`: the language model's linear
-        layers, and the audio encoder's too when asked."""
+    def lora_target_modules(self, audio_tower: bool = False) -> str | list[str]:
+        """A regex over module names for peft's `target_modules` (or the list of those names):
+        the language model's linear layers, and the audio encoder's too when asked."""
         raise NotImplementedError
+
+    def lora_target_parameters(self, audio_tower: bool = False) -> list[str]:
+        """Weights outside linear layers that LoRA also adapts (peft's `target_parameters`: e.g.
+        a mixture-of-experts block's stacked expert weights and its router), as names or name
+        suffixes; empty (the default) for families whose adapted weights are all linear layers."""
+        return []
 
     def spec_augment(self, batch: dict[str, torch.Tensor], num_masks: int, max_width: int,
                      generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -148,8 +154,13 @@ class Backend:
         """Wrap the model with a new trainable LoRA adapter; the base stays frozen."""
         from peft import LoraConfig, PeftModel, get_peft_model
 
+        params = self.lora_target_parameters(audio_tower)
+        if params and dropout:
+            # peft cannot factor dropout out of a LoRA update applied to a weight tensor.
+            raise ValueError(f"the {self.family} backend puts LoRA on {', '.join(params)} (peft target_parameters), "
+                             f"which takes no LoRA dropout: set lora_dropout=0 (got {dropout})")
         cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none",
-                         target_modules=self.lora_target_modules(audio_tower))
+                         target_modules=self.lora_target_modules(audio_tower), target_parameters=params or None)
         if isinstance(self.model, PeftModel):
             self.model.add_adapter(adapter_name, cfg)
             self.model.set_adapter(adapter_name)

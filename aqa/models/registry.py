@@ -14,6 +14,12 @@ BACKENDS = {
     "qwen2_audio": "aqa.models.qwen2_audio:Qwen2AudioBackend",
     "moonshot_kimia": "aqa.models.kimi_audio:KimiAudioBackend",  # the official Kimi-Audio config
     "kimi_audio": "aqa.models.kimi_audio:KimiAudioBackend",
+    # Qwen-Omni: the whole model (thinker, talker, vocoder) or a thinker alone; aqa loads the thinker.
+    "qwen2_5_omni": "aqa.models.qwen2_5_omni:Qwen25OmniBackend",
+    "qwen2_5_omni_thinker": "aqa.models.qwen2_5_omni:Qwen25OmniBackend",
+    "qwen3_omni_moe": "aqa.models.qwen3_omni:Qwen3OmniBackend",  # Qwen3-Omni-30B-A3B Instruct and Thinking
+    "qwen3_omni_moe_thinker": "aqa.models.qwen3_omni:Qwen3OmniBackend",
+    "audioflamingo3": "aqa.models.audio_flamingo3:AudioFlamingo3Backend",
 }
 
 

@@ -125,7 +125,54 @@ def build_tiny(out_dir: str | Path, spec: TinySpec | None = None, corpus: list[s
     return out
 
 
+#: `aqa model tiny --family NAME`: each family's builder and spec class ("module:name").
+FAMILIES = {
+    "qwen2-audio": ("aqa.models.tiny:build_tiny", "aqa.models.tiny:TinySpec"),
+    "qwen2.5-omni": ("aqa.models.tiny_omni:build_tiny_qwen2_5_omni", "aqa.models.tiny_omni:TinyQwen25OmniSpec"),
+    "qwen3-omni": ("aqa.models.tiny_omni:build_tiny_qwen3_omni", "aqa.models.tiny_omni:TinyQwen3OmniSpec"),
+    "audio-flamingo3": ("aqa.models.tiny_audio_flamingo3:build_tiny_audio_flamingo3",
+                        "aqa.models.tiny_audio_flamingo3:TinyAudioFlamingo3Spec"),
+}
+
+
+def _resolve(ref: str):
+    import importlib
+
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
 def register(msub: argparse._SubParsersAction) -> None:
-    """`aqa model tiny`."""
-    add_builder_command(msub, "tiny", "build a random-weight Qwen2-Audio and processor offline", TinySpec, build_tiny,
+    """`aqa model tiny [--family NAME]` (Qwen2-Audio unless told otherwise)."""
+    from aqa.models.tiny_builder import corpus_from_records
+
+    add_builder_command(msub, "tiny", "build a random-weight audio-language model and processor offline "
+                        "(Qwen2-Audio unless --family)", TinySpec, build_tiny,
                         "config.json, model.safetensors, processor and tokenizer files")
+    t = msub.choices["tiny"]
+    t.add_argument("--family", choices=list(FAMILIES), default="qwen2-audio", help="model family to build")
+    # One option per size field of any family; a field several families have means one thing
+    # and has one default, so the command line reads the same for all of them.
+    defaults = asdict(TinySpec())
+    for family, (_, spec_ref) in FAMILIES.items():
+        for f, default in asdict(_resolve(spec_ref)()).items():
+            if f in defaults:
+                if defaults[f] != default:
+                    raise AssertionError(f"tiny {family}: {f} defaults to {default}, another family to {defaults[f]}")
+                continue
+            defaults[f] = default
+            t.add_argument(f"--{f.replace('_', '-')}", type=type(default), default=default, help=f"({family})")
+
+    def run(args) -> int:
+        build, spec_cls = (_resolve(r) for r in FAMILIES[args.family])
+        fields = asdict(spec_cls())
+        stray = [f for f, d in defaults.items() if f not in fields and getattr(args, f) != d]
+        if stray:
+            t.error(f"--family {args.family} has no {', '.join('--' + f.replace('_', '-') for f in stray)}")
+        spec = spec_cls(**{f: getattr(args, f) for f in fields})
+        corpus = [line for c in args.corpus for line in corpus_from_records(c)]
+        out = build(args.output, spec, corpus)
+        print(f"wrote {out}/ (config.json, model.safetensors, processor and tokenizer files)")
+        return 0
+
+    t.set_defaults(func=run)

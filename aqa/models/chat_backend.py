@@ -1,0 +1,186 @@
+"""A backend on a transformers audio-language model whose real processor renders the chat
+template and expands the audio placeholder itself (Qwen2.5-Omni, Qwen3-Omni, Audio Flamingo 3).
+
+Batches: every example goes through the processor alone, then the rows are left-padded (ids)
+and the per-example audio inputs merged by the family (`merge_audio`). A row therefore holds
+exactly what the processor gives that example alone, whatever else is in the batch: a
+processor that pads a batch's clips to the longest one (and so changes the last log-mel frames
+of the shorter ones, whose STFT then reads zeros instead of the reflected signal) cannot make
+batched scoring differ from one-at-a-time scoring.
+
+Positions: `cumsum(attention_mask) - 1`, explicit, so that a left-padded row computes what it
+would alone. For the families here these are the model's own positions (1-D RoPE, or for the
+Qwen-Omni multimodal RoPE with audio and text only, the same count on all three axes; each
+family's tests compare with transformers' own forward).
+
+Generation: the decoder runs on the same input embeddings and positions as scoring, then one
+token at a time on its cache, each new token one position after the last.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from aqa.models.base import Backend, Example
+
+END_OF_TURN = "<|im_end|>"
+
+
+class ChatProcessorBackend(Backend):
+    """A family sets `audio_embeddings`, `merge_audio` and the audio-input hooks."""
+
+    #: The user turn's audio part, as the chat template expects it (rendered, never loaded).
+    audio_part = {"type": "audio", "audio": "clip"}
+
+    def __init__(self, model, processor, device):
+        super().__init__(model, processor, device)
+        self.tokenizer.padding_side = "left"
+        #: Token ids that end the assistant's turn (after every target).
+        self.end_ids = self.tokenizer.encode(END_OF_TURN, add_special_tokens=False)
+        self.audio_token_id = self.base_model().config.audio_token_id
+
+    # --- family hooks --------------------------------------------------------------------------
+    def processor_audio_kwargs(self, clip: np.ndarray) -> dict:
+        """Extra feature-extractor arguments for one clip."""
+        return {}
+
+    def audio_inputs(self, enc) -> dict[str, torch.Tensor]:
+        """The audio part of the processor's output for one example."""
+        raise NotImplementedError
+
+    def merge_audio(self, parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One batch's audio inputs from the examples' `audio_inputs`, in order."""
+        raise NotImplementedError
+
+    def audio_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(sum of audio tokens, H) projected audio tokens of every clip, in batch order."""
+        raise NotImplementedError
+
+    def decoder(self) -> torch.nn.Module:
+        """The language model under the audio fusion (takes inputs_embeds, returns hidden states)."""
+        return self.base_model().model.language_model
+
+    # --- prompt ----------------------------------------------------------------------------------
+    def prompt(self, text: str, with_audio: bool = True) -> str:
+        """The chat template's rendering of one user turn (the clip, then the question) and the
+        assistant's start."""
+        content = ([dict(self.audio_part)] if with_audio else []) + [{"type": "text", "text": text}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}],
+                                                  add_generation_prompt=True, tokenize=False)
+
+    def encode(self, example: Example) -> tuple[list[int], dict[str, torch.Tensor] | None]:
+        """Prompt ids of one example and its audio inputs, as the processor gives them for the
+        example alone (the clip cut to `audio_seconds` first)."""
+        if example.audio is None:
+            enc = self.processor(text=[self.prompt(example.text, with_audio=False)], return_tensors="pt")
+            return enc["input_ids"][0].tolist(), None
+        fe = self.processor.feature_extractor
+        clip = np.asarray(example.audio, dtype=np.float32)
+        if self.audio_seconds is not None:
+            clip = clip[: int(self.audio_seconds * fe.sampling_rate)]
+        enc = self.processor(text=[self.prompt(example.text)], audio=[clip], return_tensors="pt",
+                             audio_kwargs={"sampling_rate": fe.sampling_rate, **self.processor_audio_kwargs(clip)})
+        return enc["input_ids"][0].tolist(), self.audio_inputs(enc)
+
+    def collate(self, examples: list[Example], *, with_target: bool = False) -> dict[str, torch.Tensor]:
+        text_only = [e.audio is None for e in examples]
+        if any(text_only) and not all(text_only):
+            raise ValueError("a batch mixes examples with and without audio")
+        rows, lab_rows, audio = [], [], []
+        for e in examples:
+            ids, a = self.encode(e)
+            labels = [-100] * len(ids)
+            if with_target:
+                # The target is tokenised apart and appended, so the prompt's tokens are exactly
+                # those that scoring sees.
+                if e.target is None and e.target_ids is None:
+                    raise ValueError("with_target=True needs a target on every example")
+                t = (list(e.target_ids) if e.target_ids is not None
+                     else self.tokenizer.encode(e.target, add_special_tokens=False) + self.end_ids)
+                ids, labels = ids + t, labels + t
+            rows.append(ids)
+            lab_rows.append(labels)
+            if a is not None:
+                audio.append(a)
+        T = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        batch = {"input_ids": torch.tensor([[pad] * (T - len(r)) + r for r in rows]),
+                 "attention_mask": torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])}
+        if with_target:
+            batch["labels"] = torch.tensor([[-100] * (T - len(r)) + r for r in lab_rows])
+        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        if audio:
+            batch.update(self.merge_audio(audio))
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    # --- forward ---------------------------------------------------------------------------------
+    def input_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, H) decoder input: token embeddings with the projected audio tokens at the audio
+        placeholders."""
+        ids = batch["input_ids"]
+        x = self.base_model().get_input_embeddings()(ids)
+        if batch.get("input_features") is not None:
+            audio = self.audio_embeddings(batch)
+            slots = (ids == self.audio_token_id)[..., None]
+            if int(slots.sum()) != audio.shape[0]:
+                raise ValueError(f"{int(slots.sum())} audio placeholders for {audio.shape[0]} audio tokens")
+            x = x.masked_scatter(slots, audio.to(x.dtype))
+        return x
+
+    def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.decoder()(inputs_embeds=self.input_embeddings(batch), attention_mask=batch["attention_mask"],
+                             position_ids=batch["position_ids"], use_cache=False)
+        return out.last_hidden_state
+
+    def output_embedding(self) -> torch.nn.Module:
+        return self.base_model().lm_head
+
+    def spec_augment(self, batch, num_masks, max_width, generator):
+        """Masks the log-mels the audio encoder reads ((rows, n_mels, frames): a clip, or one
+        window of a clip)."""
+        return self._mask_features(batch, "input_features", num_masks, max_width, generator)
+
+    def stop_ids(self) -> set[int]:
+        eos = getattr(self.base_model().generation_config, "eos_token_id", None)
+        return set(self.end_ids) | set(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+    @torch.no_grad()
+    def generate_ids(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int = 16, do_sample: bool = False,
+                     temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1) -> list[list[int]]:
+        """New token ids per sequence (B * num_return_sequences, grouped by prompt), cut after
+        the first end token, which is kept. The first token comes from the scored position."""
+        from transformers import DynamicCache
+        from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+        lm, embed, head = self.decoder(), self.base_model().get_input_embeddings(), self.output_embedding()
+        n = num_return_sequences
+        x = self.input_embeddings(batch).repeat_interleave(n, 0)  # (B*n, T, H)
+        att = batch["attention_mask"].repeat_interleave(n, 0)
+        pos = batch["position_ids"].repeat_interleave(n, 0)
+        cache = DynamicCache(config=lm.config)
+        warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if do_sample else []
+        ends = torch.tensor(sorted(self.stop_ids()), device=x.device)
+        pad = self.tokenizer.pad_token_id
+        out = torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device)
+        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for _ in range(max_new_tokens):
+            h = lm(inputs_embeds=x, attention_mask=att, position_ids=pos, cache=cache, use_cache=True)
+            logits = head(h.last_hidden_state[:, -1]).float()  # (B*n, V)
+            for w in warpers:
+                logits = w(out, logits)
+            nxt = torch.multinomial(logits.softmax(-1), 1)[:, 0] if do_sample else logits.argmax(-1)
+            nxt = nxt.masked_fill(done, pad)
+            out = torch.cat([out, nxt[:, None]], 1)
+            done |= torch.isin(nxt, ends)
+            if bool(done.all()):
+                break
+            x = embed(nxt[:, None])
+            att = torch.cat([att, torch.ones_like(att[:, :1])], 1)
+            pos = pos[:, -1:] + 1
+        stop = set(ends.tolist())
+        seqs = []
+        for row in out.tolist():
+            cut = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))
+            seqs.append(row[:cut])
+        return seqs
