@@ -4,6 +4,7 @@ layout, LoRA, SFT, GRPO and generation."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,7 +123,7 @@ def test_one_second_of_padding_gives_the_windows_log_mels(b):
     assert fe.n_samples == 48000
 
 
-def whole_model_folder(thinker: "Path", out: "Path") -> "Path":
+def whole_model_folder(thinker: Path, out: Path) -> Path:
     """The official whole-model layout around a thinker: config.json of model_type
     qwen2_5_omni, weights under thinker.* (legacy names) in one shard and talker.* /
     token2wav.* in another, which is left out: loading must not need it."""
