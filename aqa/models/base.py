@@ -168,10 +168,10 @@ class Backend:
             self.model = get_peft_model(self.model, cfg, adapter_name=adapter_name)
         return self.model
 
-    def merge_adapters(self, adapter: str | Path) -> list[str]:
+    def merge_adapters(self, adapter: str | Path, *, allow_pickle: bool = False) -> list[str]:
         """Merge `adapter` (and the adapters it was trained on) into the weights; returns the
         folders merged, in order."""
-        self.model, merged = merge_adapter_stack(self.model, adapter)
+        self.model, merged = merge_adapter_stack(self.model, adapter, allow_pickle=allow_pickle)
         return merged
 
     def set_lora_dropout(self, p: float) -> None:
@@ -191,6 +191,7 @@ class Backend:
         weights it had before training moved them); they are put back on exit."""
         from peft import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 
+        require_safetensors(adapter)
         saved = load_peft_weights(str(adapter), device=str(self.device))
         now = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
         with torch.no_grad():
@@ -256,13 +257,31 @@ class Backend:
 STACK_FILE = "aqa_merge_first.json"
 
 
+#: Weight files that are Python pickles: loading one can run code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def require_safetensors(folder: str | Path, *, allow_pickle: bool = False) -> None:
+    """Refuse a local model or adapter folder whose weights exist only as pickles, unless the
+    user allows them: aqa loads safetensors, which hold tensors and nothing that runs."""
+    f = Path(folder)
+    if allow_pickle or not f.is_dir() or any(f.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in f.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f"{f}: weights only as pickle files ({', '.join(pickles)}), which can run code when "
+                         f"loaded; aqa loads safetensors. Convert them by loading once where you trust them and "
+                         f"calling save_pretrained(folder, safe_serialization=True), or allow pickles "
+                         f"(aqa eval --allow-pickle, or allow_pickle=true in a training config)")
+
+
 def adapter_stack(adapter: str | Path) -> list[str]:
     """The adapter folders `adapter` was trained on top of (merged first), in order."""
     stack = Path(adapter) / STACK_FILE
     return json.loads(stack.read_text())["merge_first"] if stack.is_file() else []
 
 
-def merge_adapter_stack(model, adapter: str | Path, *, include_self: bool = True):
+def merge_adapter_stack(model, adapter: str | Path, *, include_self: bool = True, allow_pickle: bool = False):
     """Merge into `model`'s weights the adapters that `adapter`'s STACK_FILE names, in order,
     then (with `include_self`) `adapter` itself. Returns the merged transformers model and the
     list of adapter folders merged (what an adapter trained on top must record)."""
@@ -270,6 +289,7 @@ def merge_adapter_stack(model, adapter: str | Path, *, include_self: bool = True
 
     merged = adapter_stack(adapter) + ([str(Path(adapter).resolve())] if include_self else [])
     for path in merged:
+        require_safetensors(path, allow_pickle=allow_pickle)
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     return model, merged
 

@@ -47,9 +47,16 @@ def backend_class(family: str):
     return getattr(importlib.import_module(module), name)
 
 
-def load_backend(path: str, **kw: Any):
-    """Load the backend for the model family that `path`'s config names."""
+def load_backend(path: str, *, allow_pickle: bool = False, **kw: Any):
+    """Load the backend for the model family that `path`'s config names. Local weights (the
+    model's, an adapter's and those it stands on) must be safetensors unless `allow_pickle`."""
+    from aqa.models.base import adapter_stack, require_safetensors
+
     family = model_family(path)
+    require_safetensors(path, allow_pickle=allow_pickle)
+    if kw.get("adapter"):
+        for folder in [*adapter_stack(kw["adapter"]), kw["adapter"]]:
+            require_safetensors(folder, allow_pickle=allow_pickle)
     try:
         cls = backend_class(family)
     except ValueError as e:
