@@ -30,29 +30,12 @@ from __future__ import annotations
 
 import torch
 
-from aqa.models.base import attach_adapter, default_device, default_dtype
 from aqa.models.chat_backend import ChatProcessorBackend
 
 
 class AudioFlamingo3Backend(ChatProcessorBackend):
     family = "audioflamingo3"
-
-    @classmethod
-    def load(cls, path: str, *, adapter: str | None = None, device: str | None = None,
-             dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
-             is_trainable: bool = False) -> AudioFlamingo3Backend:
-        from transformers import AudioFlamingo3ForConditionalGeneration, AutoProcessor
-
-        dev = default_device(device)
-        dt = default_dtype(dev, dtype)
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AudioFlamingo3ForConditionalGeneration.from_pretrained(
-            path, dtype=dt, trust_remote_code=trust_remote_code, attn_implementation="sdpa", use_safetensors=True)
-        model.to(dev)
-        if adapter:
-            model = attach_adapter(model, adapter, is_trainable=is_trainable)
-        model.train(is_trainable)
-        return cls(model, processor, dev)
+    transformers_class = "AudioFlamingo3ForConditionalGeneration"
 
     @property
     def audio_seconds(self) -> float:

@@ -46,14 +46,40 @@ class Backend:
         self.device = device
 
     # --- hooks a backend implements -------------------------------------------------------
+    #: For a family that transformers reads as it is: its model class's name, which the
+    #: default `load` uses with the folder's AutoProcessor.
+    transformers_class: str = ""
+
     @classmethod
     def load(cls, path: str, *, adapter: str | None = None, device: str | None = None,
              dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
              is_trainable: bool = False) -> Backend:
-        raise NotImplementedError
+        """The backend of the checkpoint at `path` (a folder or a Hugging Face id), with
+        `adapter` on top."""
+        import transformers
+        from transformers import AutoProcessor
+
+        if not cls.transformers_class:
+            raise NotImplementedError(f"{cls.__name__} loads its checkpoint its own way")
+        dev = default_device(device)
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = getattr(transformers, cls.transformers_class).from_pretrained(
+            path, dtype=default_dtype(dev, dtype), trust_remote_code=trust_remote_code, attn_implementation="sdpa")
+        return cls.from_parts(model, processor, dev, adapter=adapter, is_trainable=is_trainable)
 
     #: Token ids that end the assistant's answer (appended to every target).
     end_ids: list[int]
+
+    @classmethod
+    def from_parts(cls, model, processor, device: torch.device, *, adapter: str | None = None,
+                   is_trainable: bool = False):
+        """The tail every `load` shares: the model on `device`, with its adapter (and the
+        adapters under it), in training or evaluation mode."""
+        model.to(device)
+        if adapter:
+            model = attach_adapter(model, adapter, is_trainable=is_trainable)
+        model.train(is_trainable)
+        return cls(model, processor, device)
 
     @property
     def audio_seconds(self) -> float | None:

@@ -48,7 +48,7 @@ from torch import nn
 from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM, Qwen2Model, Qwen2PreTrainedModel
 
-from aqa.models.base import Backend, Example, attach_adapter, default_device, default_dtype
+from aqa.models.base import Backend, Example, default_device, default_dtype
 from aqa.models.whisper_vq import SAMPLE_RATE, WhisperVQTokenizer, segments, tokens_for
 
 log = logging.getLogger(__name__)
@@ -310,11 +310,7 @@ class KimiAudioBackend(Backend):
         processor = KimiAudioProcessor(tokenizer=load_text_tokenizer(folder), feature_extractor=fe,
                                        tokenizer_features=vq_fe, speech_tokenizer=vq,
                                        token_offset=config.kimia_token_offset)
-        model.to(dev)
-        if adapter:
-            model = attach_adapter(model, adapter, is_trainable=is_trainable)
-        model.train(is_trainable)
-        return cls(model, processor, dev)
+        return cls.from_parts(model, processor, dev, adapter=adapter, is_trainable=is_trainable)
 
     def __init__(self, model, processor: KimiAudioProcessor, device):
         super().__init__(model, processor, device)

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from aqa.models.base import attach_adapter, default_device, default_dtype
+from aqa.models.base import default_device, default_dtype
 from aqa.models.chat_backend import ChatProcessorBackend
 
 log = logging.getLogger(__name__)
@@ -169,11 +169,7 @@ class OmniThinkerBackend(ChatProcessorBackend):
         processor = load_processor(getattr(transformers, cls.processor_class_name), folder, trust_remote_code)
         model = load_thinker(getattr(transformers, cls.thinker_class_name), folder, cls.full_model_type, dt,
                              trust_remote_code)
-        model.to(dev)
-        if adapter:
-            model = attach_adapter(model, adapter, is_trainable=is_trainable)
-        model.train(is_trainable)
-        return cls(model, processor, dev)
+        return cls.from_parts(model, processor, dev, adapter=adapter, is_trainable=is_trainable)
 
     def audio_inputs(self, enc) -> dict[str, torch.Tensor]:
         frames = int(enc["feature_attention_mask"][0].sum())

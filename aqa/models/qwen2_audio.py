@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import torch
 
-from aqa.models.base import Backend, Example, attach_adapter, default_device, default_dtype
+from aqa.models.base import Backend, Example
 
 log = logging.getLogger(__name__)
 
@@ -23,23 +23,7 @@ END_OF_TURN = "<|im_end|>"
 
 class Qwen2AudioBackend(Backend):
     family = "qwen2_audio"
-
-    @classmethod
-    def load(cls, path: str, *, adapter: str | None = None, device: str | None = None,
-             dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
-             is_trainable: bool = False) -> Qwen2AudioBackend:
-        from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-        dev = default_device(device)
-        dt = default_dtype(dev, dtype)
-        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = Qwen2AudioForConditionalGeneration.from_pretrained(
-            path, dtype=dt, trust_remote_code=trust_remote_code, attn_implementation="sdpa")
-        model.to(dev)
-        if adapter:
-            model = attach_adapter(model, adapter, is_trainable=is_trainable)
-        model.train(is_trainable)
-        return cls(model, processor, dev)
+    transformers_class = "Qwen2AudioForConditionalGeneration"
 
     def __init__(self, model, processor, device):
         super().__init__(model, processor, device)

@@ -19,7 +19,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aqa.models.tiny_builder import BASE_CORPUS, TinyDecoderSpec, add_builder_command, train_byte_level_bpe
+from aqa.models.tiny_builder import BASE_CORPUS, TinyAudioEncoderSpec, add_builder_command, train_byte_level_bpe
 
 log = logging.getLogger(__name__)
 
@@ -28,21 +28,11 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<
 
 
 @dataclass
-class TinySpec(TinyDecoderSpec):
+class TinySpec(TinyAudioEncoderSpec):
     """Sizes of a tiny Qwen2-Audio; defaults fit a CPU test in seconds."""
 
     audio_seconds: int = 5
     """Length of the audio window the model listens to (Whisper's is 30)."""
-    num_mel_bins: int = 64
-    """Mel bins of the feature extractor and the encoder's input channels."""
-    encoder_layers: int = 2
-    """Transformer layers in the audio encoder."""
-    encoder_dim: int = 64
-    """Width of the audio encoder."""
-    encoder_heads: int = 4
-    """Attention heads in the audio encoder."""
-    model_vocab: int = 0
-    """Rows of the embedding and output layers, if more than the tokenizer has (7B shapes: 156032)."""
 
 
 def train_tokenizer(corpus: list[str], vocab_size: int):

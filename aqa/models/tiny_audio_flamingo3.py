@@ -19,7 +19,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aqa.models.tiny_builder import BASE_CORPUS, TinyDecoderSpec, train_byte_level_bpe
+from aqa.models.tiny_builder import BASE_CORPUS, TinyAudioEncoderSpec, train_byte_level_bpe
 
 log = logging.getLogger(__name__)
 
@@ -36,23 +36,13 @@ CHAT_TEMPLATE = (
 
 
 @dataclass
-class TinyAudioFlamingo3Spec(TinyDecoderSpec):
+class TinyAudioFlamingo3Spec(TinyAudioEncoderSpec):
     """Sizes of a tiny Audio Flamingo 3; the fields Qwen2-Audio's tiny spec has keep its defaults."""
 
     audio_seconds: int = 5
     """The encoder's window (30 in AF3): a clip is cut into windows of this length."""
     max_windows: int = 3
     """Windows one prompt carries (20 in AF3); longer clips are cut."""
-    num_mel_bins: int = 64
-    """Mel bins of the feature extractor and the encoder's input channels (128 in AF3)."""
-    encoder_layers: int = 2
-    """Transformer layers in the audio encoder."""
-    encoder_dim: int = 64
-    """Width of the audio encoder."""
-    encoder_heads: int = 4
-    """Attention heads in the audio encoder."""
-    model_vocab: int = 0
-    """Rows of the embedding and output layers, if more than the tokenizer has."""
 
 
 def build_tiny_audio_flamingo3(out_dir: str | Path, spec: TinyAudioFlamingo3Spec | None = None,

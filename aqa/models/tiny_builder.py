@@ -42,6 +42,23 @@ class TinyDecoderSpec:
     """Seed of the random weights."""
 
 
+@dataclass
+class TinyAudioEncoderSpec(TinyDecoderSpec):
+    """The sizes of a Whisper-style audio encoder (Qwen2-Audio, Audio Flamingo 3, the Qwen
+    Omni thinkers) on top of the decoder's; one `aqa model tiny` flag means the same in each."""
+
+    num_mel_bins: int = 64
+    """Mel bins of the feature extractor and the encoder's input channels (128 in the real models)."""
+    encoder_layers: int = 2
+    """Transformer layers in the audio encoder."""
+    encoder_dim: int = 64
+    """Width of the audio encoder."""
+    encoder_heads: int = 4
+    """Attention heads in the audio encoder."""
+    model_vocab: int = 0
+    """Rows of the embedding and output layers, if more than the tokenizer has (7B shapes: 156032)."""
+
+
 def corpus_from_records(path: str | Path) -> list[str]:
     """Questions and option texts of an AQA JSONL, so the tiny tokenizer fits the data."""
     from aqa.io import iter_jsonl

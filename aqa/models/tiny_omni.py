@@ -23,26 +23,15 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aqa.models.tiny_builder import BASE_CORPUS, TinyDecoderSpec, train_byte_level_bpe
+from aqa.models.tiny_builder import BASE_CORPUS, TinyAudioEncoderSpec, train_byte_level_bpe
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class TinyOmniSpec(TinyDecoderSpec):
+class TinyOmniSpec(TinyAudioEncoderSpec):
     """Sizes every tiny Qwen-Omni thinker has; defaults fit a CPU test in seconds. The fields
     Qwen2-Audio's tiny spec also has keep its defaults (one `aqa model tiny` command line)."""
-
-    num_mel_bins: int = 64
-    """Mel bins of the feature extractor and the encoder's input channels (128 in the real models)."""
-    encoder_layers: int = 2
-    """Transformer layers in the audio encoder."""
-    encoder_dim: int = 64
-    """Width of the audio encoder."""
-    encoder_heads: int = 4
-    """Attention heads in the audio encoder."""
-    model_vocab: int = 0
-    """Rows of the embedding and output layers, if more than the tokenizer has."""
 
 
 @dataclass
