@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
                                     n_choices=args.choices, ontology=ontology, llm=llm,
                                     split=args.split, progress=True)
     out = Path(args.output)
-    write_records(out, records, relative_to=out.parent.resolve())
+    write_records(out, records, relative_to=out.parent.resolve(), dataset_root=args.audio_root)
     print(f"aqa data audioset-strong: {len(records)} questions from {stats.clips_used} of "
           f"{stats.clips} clips")
     for line in stats.lines()[1:]:

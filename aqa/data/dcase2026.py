@@ -210,7 +210,7 @@ def _convert_jsonl(path: str | os.PathLike, convert: ItemConverter, *, source: s
         raise FileNotFoundError(f"no such file: {path}")
     # abspath, so that a relative root and the paths resolved against it agree.
     root = Path(os.path.abspath(audio_root if audio_root is not None else path.parent))
-    report = ConversionReport(source=source, split=split)
+    report = ConversionReport(source=source, split=split, dataset_root=root)
     converted: list[tuple[str, int, AQARecord]] = []
 
     for lineno, obj in progress(iter_jsonl(path, yield_bad=True), desc=f"{source} {split}",

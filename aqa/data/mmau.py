@@ -149,7 +149,8 @@ def convert_mmau(json_path: str | os.PathLike, audio_root: str | os.PathLike | N
     if not isinstance(data, list):
         raise ValueError(f"{json_path}: expected a JSON list of items, got {type(data).__name__}")
     splits = sorted({str(x.get("split")) for x in data if isinstance(x, dict) and x.get("split")})
-    report = ConversionReport(source=SOURCE, split="+".join(splits) or "test-mini", inputs=len(data))
+    report = ConversionReport(source=SOURCE, split="+".join(splits) or "test-mini", inputs=len(data),
+                              dataset_root=root)
     converted: list[tuple[str, int, tuple[AQARecord, bool]]] = []
     for n, item in enumerate(progress(data, desc="mmau", enabled=show_progress)):
         try:
