@@ -62,6 +62,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, fsync: bool = Tr
     return path
 
 
+def ordinary_modes(*paths: str | os.PathLike) -> None:
+    """Give files that a library wrote private (0600: safetensors and transformers save through
+    a temporary file) the mode an ordinary write gets under the umask, so that a model folder
+    can be shared like any other. Folders are walked; other modes are left alone."""
+    for p in map(Path, paths):
+        files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file() and not f.is_symlink()]
+        for f in files:
+            if f.stat().st_mode & 0o777 == 0o600:
+                f.chmod(0o666 & ~_UMASK)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
