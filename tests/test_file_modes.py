@@ -4,8 +4,6 @@ the private 0600 that safetensors' and transformers' temporary files leave (issu
 import os
 import stat
 
-
-
 from aqa.io import ordinary_modes
 
 
