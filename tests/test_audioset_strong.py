@@ -409,3 +409,15 @@ def test_suggested_durations_longer_than_the_clip_are_rejected():
     (r,) = make_questions("c", events, LABELS, clip_rng(0, "c"), ["duration"], "x.wav", llm=Suggests(), length=6.0)
     assert "about 9 seconds" not in r.choices and "about 7 seconds" not in r.choices
     assert "about 4 seconds" in r.choices
+
+
+def test_cli_writes_nothing_when_no_question_is_made(strong, tmp_path, capsys):
+    from aqa.cli import main
+
+    tsv, lab, _ = strong
+    empty = tmp_path / "no-audio"
+    empty.mkdir()
+    out = tmp_path / "as.jsonl"
+    assert main(["data", "audioset-strong", str(tsv), "--labels", str(lab), "--audio-root", str(empty),
+                 "-o", str(out)]) == 1
+    assert not out.exists() and "no questions made" in capsys.readouterr().err

@@ -336,7 +336,8 @@ def run(args: argparse.Namespace) -> int:
                                     n_choices=args.choices, ontology=ontology, llm=llm,
                                     split=args.split, progress=True, per_clip=args.per_clip)
     out = Path(args.output)
-    write_records(out, records, relative_to=out.parent.resolve(), dataset_root=args.audio_root)
+    if records:
+        write_records(out, records, relative_to=out.parent.resolve(), dataset_root=args.audio_root)
     print(f"aqa data audioset-strong: {len(records)} questions from {stats.clips_used} of "
           f"{stats.clips} clips")
     for line in stats.lines()[1:]:
@@ -346,5 +347,9 @@ def run(args: argparse.Namespace) -> int:
     if llm is not None:
         print(f"LLM: {llm.requests} requests, {llm.errors} failed, {stats.llm_distractors} "
               f"questions use its distractors")
+    if not records:
+        # An empty output would reach training as a file of nothing; the summary above says why.
+        print(f"error: no questions made; {out} not written", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
-    return 0 if records else 1
+    return 0
