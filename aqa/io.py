@@ -90,11 +90,16 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     """Append rows and fsync: used for resumable outputs whose every finished line counts."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r, ensure_ascii=False) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as e:
+        if e.filename is None:  # as in atomic_write_bytes: say which file a full disk stopped
+            raise type(e)(e.errno, e.strerror or str(e), str(path)) from e
+        raise
 
 
 def drop_partial_last_line(path: str | os.PathLike) -> bool:

@@ -194,3 +194,36 @@ def test_a_byte_order_mark_and_crlf_are_read(tmp_path):
     p = tmp_path / "bom.jsonl"
     p.write_bytes(b'\xef\xbb\xbf{"a": 1}\r\n{"a": 2}\r\n')
     assert list(iter_jsonl(p)) == [(1, {"a": 1}), (2, {"a": 2})]
+
+
+def test_a_subset_written_elsewhere_stays_readable(tmp_path, work):
+    """`aqa data filter data/train.jsonl ... -o other/strong.jsonl` writes the records it read:
+    the root they were read with goes with them."""
+    from aqa.data.records import write_records
+
+    out = converted(tmp_path)
+    recs = load_records(out)
+    subset = tmp_path / "elsewhere" / "deep" / "strong.jsonl"
+    write_records(subset, recs[:1], relative_to=subset.parent)
+    assert [r.id for r in load_records(subset)] == [recs[0].id]
+    # Records read with --allow-outside-root carry no root: nothing is vouched for.
+    loose = load_records(out, allow_outside_root=True)
+    write_records(subset, loose, relative_to=subset.parent)
+    assert not root_file(subset).exists()
+    assert read_records(subset)[0] == []
+
+
+def test_readme_audioset_strong_command_evaluates_every_clip(tmp_path, work):
+    audio = tmp_path / "as-audio"
+    tsv = tmp_path / "strong.tsv"
+    rows = ["segment_id\tstart_time_seconds\tend_time_seconds\tlabel"]
+    for i in range(3):
+        write_audio(audio / f"y{i}_0.wav", sr=8000)
+        rows += [f"y{i}_0\t0.1\t0.5\t/m/dog", f"y{i}_0\t0.7\t0.9\t/m/cat"]
+    tsv.write_text("\n".join(rows) + "\n")
+    labels = tmp_path / "mid_to_display_name.tsv"
+    labels.write_text("/m/dog\tDog\n/m/cat\tCat\n/m/bird\tBird\n/m/horn\tHorn\n/m/rain\tRain\n")
+    # README: aqa data audioset-strong TSV --labels mid_to_display_name.tsv --audio-root DIR -o data/as_temporal.jsonl
+    assert main(["data", "audioset-strong", str(tsv), "--labels", str(labels), "--audio-root", str(audio),
+                 "-o", "data/as_temporal.jsonl"]) == 0
+    all_found("data/as_temporal.jsonl", 3)

@@ -64,6 +64,9 @@ class AQARecord:
     meta: dict[str, Any] = field(default_factory=dict)
     #: The audio file resolved against the dataset root when the record was read; not serialised.
     audio_path: Path | None = field(default=None, compare=False, repr=False)
+    #: The root `audio_path` was checked against when the record was read (None: not checked,
+    #: --allow-outside-root); not serialised. Writing the record elsewhere records it again.
+    root: Path | None = field(default=None, compare=False, repr=False)
 
     _FIELDS = ("id", "audio", "question", "choices", "answer", "subset", "question_type",
                "source", "split", "meta")
@@ -238,10 +241,12 @@ def read_records(path: str | os.PathLike, *, root: str | os.PathLike | None = No
             try:
                 rec.audio_path = resolve_audio_path(rec.audio, path.parent, root,
                                                     allow_outside_root=allow_outside_root)
+                rec.root = None if allow_outside_root else Path(os.path.realpath(root or path.parent))
             except PathOutsideRoot:
                 if also is None:
                     raise
                 rec.audio_path = resolve_audio_path(rec.audio, path.parent, also)
+                rec.root = also
         except PathOutsideRoot as e:
             raise RecordError(path, lineno, "audio", str(e), obj.get("id")) from None
         return rec
@@ -294,8 +299,11 @@ def write_records(path: str | os.PathLike, records, *, relative_to: str | os.Pat
                   dataset_root: str | os.PathLike | None = None) -> Path:
     """Write records atomically. With `relative_to`, each record's resolved audio path is
     rewritten relative to that folder (the folder the JSONL will live in). `dataset_root`
-    is the root the records' audio was checked against; when some audio lies outside the
-    file's folder it is recorded beside the file (`write_root`), so readers accept it."""
+    is the root the records' audio was checked against (default: the one root they were all
+    read with, if they share one); when some audio lies outside the file's folder it is
+    recorded beside the file (`write_root`), so readers accept it: a subset written elsewhere
+    (`aqa data filter -o`) stays as readable as the file it came from."""
+    records = list(records)
     rows = []
     outside = False
     folder = Path(os.path.realpath(Path(path).parent))
@@ -306,6 +314,9 @@ def write_records(path: str | os.PathLike, records, *, relative_to: str | os.Pat
         if r.audio_path is not None and folder not in Path(os.path.realpath(r.audio_path)).parents:
             outside = True
         rows.append(d)
+    if dataset_root is None:
+        roots = {r.root for r in records}
+        dataset_root = roots.pop() if len(roots) == 1 and None not in roots else None
     out = write_jsonl(path, rows)
     write_root(out, dataset_root if outside else None)
     return out
