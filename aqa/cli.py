@@ -9,6 +9,7 @@ import importlib
 import logging
 import sys
 import warnings
+from pathlib import Path
 
 #: Modules that add a subcommand under `aqa data`.
 DATA_COMMANDS = (
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="aqa", description="Adapt audio-language models to multiple-choice audio question answering: "
                                 "data, LoRA SFT, GRPO, evaluation, ensembles, reports.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an error (by default: one line naming the file and the problem)")
     sub = parser.add_subparsers(dest="command", required=True)
     data = sub.add_parser("data", help="convert, synthesise, check and export AQA data")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -61,6 +64,101 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit code of an input the user can fix (a missing or malformed file, a bad key).
+EXIT_USER = 2
+#: Exit code of a failure of the machine (a full disk, an I/O error).
+EXIT_FAILURE = 1
+#: OSErrors that mean a path the user gave is wrong, not that the machine failed.
+_USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _os_message(e: OSError) -> str:
+    where = e.filename if e.filename is not None else None
+    problem = e.strerror or str(e)
+    return f"{where}: {problem}" if where is not None else problem
+
+
+def _named_folders(args: argparse.Namespace) -> list[Path]:
+    """The existing folders a command was given: its arguments, `key=value` overrides and the
+    values of the YAML config it names (a recipe's model and adapters live there)."""
+    values: list = []
+    for v in vars(args).values():
+        values.extend(v if isinstance(v, list) else [v])
+    config = getattr(args, "config", None)
+    if isinstance(config, str) and Path(config).is_file():
+        try:
+            import yaml
+
+            loaded = yaml.safe_load(Path(config).read_text(encoding="utf-8"))
+            values.extend(loaded.values() if isinstance(loaded, dict) else [])
+        except Exception:  # a broken config is reported by its own error, not here
+            pass
+    values += [v.split("=", 1)[1] for v in values if isinstance(v, str) and "=" in v]
+    return [Path(v) for v in dict.fromkeys(v for v in values if isinstance(v, (str, Path)) and v)
+            if Path(v).is_dir()]
+
+
+def _damaged_file(args: argparse.Namespace, suffix: str) -> tuple[Path, str] | None:
+    """The first `suffix` file (.safetensors, .json) in the folders the command was given that
+    does not open, and why: safetensors' and json's errors name no file."""
+    for folder in _named_folders(args):
+        for f in sorted(folder.glob(f"*{suffix}")):
+            try:
+                if suffix == ".json":
+                    import json
+
+                    json.loads(f.read_text(encoding="utf-8"))
+                else:
+                    from safetensors import safe_open
+
+                    with safe_open(str(f), framework="numpy"):
+                        pass
+            except Exception as e:  # whatever the library raises, it is this file that is bad
+                return f, str(e)
+    return None
+
+
+def classify_error(e: BaseException, args: argparse.Namespace) -> tuple[int, str] | None:
+    """(exit code, one-line message) for an error the user can act on, None for a bug (whose
+    traceback must be seen). Input errors exit 2, failures of the machine exit 1."""
+    from aqa.config import ConfigError
+    from aqa.io import UserError
+
+    if isinstance(e, (UserError, ConfigError)):
+        return EXIT_USER, str(e)
+    if isinstance(e, _USER_OS_ERRORS):
+        return EXIT_USER, _os_message(e)
+    if isinstance(e, OSError):
+        return EXIT_FAILURE, _os_message(e)
+    # safetensors_rust.SafetensorError (not importable by a stable name) and a JSONDecodeError
+    # of a model's or adapter's config name no file: find the damaged one among the folders given.
+    suffix = {"SafetensorError": ".safetensors", "JSONDecodeError": ".json"}.get(type(e).__name__)
+    damaged = _damaged_file(args, suffix) if suffix else None
+    if damaged is not None:
+        f, why = damaged
+        what = "weights file" if suffix == ".safetensors" else "JSON file"
+        return EXIT_USER, f"{f}: corrupted or truncated {what} ({why})"
+    return None
+
+
+def run_parsed(args: argparse.Namespace) -> int:
+    """Run a parsed command: its exit code, or the code and one line on stderr for an expected
+    error (`classify_error`); `--debug` lets every error through with its traceback."""
+    try:
+        rc = args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        known = None if getattr(args, "debug", False) else classify_error(e, args)
+        if known is None:
+            raise
+        code, message = known
+        print(f"aqa: error: {' '.join(message.split())}", file=sys.stderr)
+        return code
+    return int(rc or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     # peft asks transformers for a deprecated property at every adapter load: noise for users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -68,12 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        rc = args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return int(rc or 0)
+    return run_parsed(args)
 
 
 if __name__ == "__main__":

@@ -102,15 +102,32 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config") -> T:
-    """Build `cls` from a mapping, coercing each value to its field's type."""
+#: How an error names a value given as `key=value` on the command line rather than in a file.
+OVERRIDE = "command-line override"
+
+
+def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config",
+              sources: dict[str, str] | None = None) -> T:
+    """Build `cls` from a mapping, coercing each value to its field's type. An error names
+    where the key came from: `sources[key]` when given, else `source`."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
+    where = sources or {}
     unknown = sorted(set(data) - set(names))
     if unknown:
-        raise ConfigError(f"{source}: unknown config key(s) {', '.join(repr(k) for k in unknown)} "
+        # Grouped by origin, so a key mistyped on the command line does not blame the YAML file.
+        by_origin: dict[str, list[str]] = {}
+        for k in unknown:
+            by_origin.setdefault(where.get(k, source), []).append(repr(k))
+        origin, keys = next(iter(by_origin.items()))
+        raise ConfigError(f"{origin}: unknown config key(s) {', '.join(keys)} "
                           f"for {cls.__name__}; known keys: {', '.join(names)}")
-    kwargs = {k: _coerce(v, hints[k], k) for k, v in data.items()}
+    kwargs = {}
+    for k, v in data.items():
+        try:
+            kwargs[k] = _coerce(v, hints[k], k)
+        except ConfigError as e:
+            raise ConfigError(f"{where.get(k, source)}: {e}") from None
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
@@ -122,7 +139,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     out = {}
     for it in items:
         if "=" not in it:
-            raise ConfigError(f"override {it!r} is not key=value")
+            raise ConfigError(f"{OVERRIDE} {it!r} is not key=value")
         k, v = it.split("=", 1)
         out[k.strip()] = yaml.safe_load(v) if v.strip() else ""
     return out
@@ -131,12 +148,17 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: not a valid YAML file ({' '.join(str(e).split())})") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
         data.update(loaded)
-    data.update(parse_overrides(overrides or []))
-    return from_dict(cls, data, source=str(path) if path else "overrides")
+    cli = parse_overrides(overrides or [])
+    data.update(cli)
+    return from_dict(cls, data, source=str(path) if path else OVERRIDE,
+                     sources={k: OVERRIDE for k in cli})
 
 
 def dump_yaml(cfg: Any) -> str:

@@ -1,12 +1,21 @@
 """Exports for challenge organisers and other scorers (`aqa export ...`).
 
-- `dcase2025`, `dcase2026` (the same shape): a CSV with one row per question of the evaluated file: the question id and the
-  chosen option exactly as the question file writes it (the record's `meta.original_choices`,
-  letter prefix and all). An incomplete set (a question without a prediction, or whose
-  prediction could not be parsed) is refused: a submission must answer every question.
-- `mmau`: the benchmark's own JSON with a `model_prediction` key on every item, holding the
-  chosen option's original text, which is what MMAU's evaluation.py reads (its README: "the
-  original MMAU benchmark file with an additional key named 'model_prediction'").
+- `dcase2025`, `dcase2026` (the same shape): a CSV with one row per question of the evaluated
+  file: the question id and the chosen option exactly as the question file writes it (the
+  record's `meta.original_choices`, letter prefix and all). The header is ``question,answer``
+  by default (`--header` changes it): the organisers' example file could not be read, and a
+  participant's published 2025 system writes that header with the option string of the
+  question file's ``choice`` list as the answer (github.com/HuffmanJoey/dcase25_t5_EchoTwin-QA,
+  evaluate.py, ``csv.DictWriter(..., fieldnames=["question", "answer"])``). No 2026 example
+  was found; 2026 gets the same header. An incomplete set (a question without a prediction,
+  or whose prediction could not be parsed) is refused, and so is a question file with a line
+  that is not a usable record: a submission must answer every question.
+- `mmau`: the benchmark's own JSON with the chosen option's original text on every item under
+  two keys: ``model_output``, the key MMAU's evaluation.py reads (it skips items without it),
+  and ``model_prediction``, the key its README names. Source: github.com/Sakshi113/MMAU at
+  110127f, evaluation.py (``output_key = 'model_output'``) and README.md ("an additional key
+  named 'model_prediction'"). The export also reports the accuracy under MMAU's own matching
+  rule (`mmau_match`) beside aqa's, so that a number can be compared with the leaderboard.
 """
 
 from __future__ import annotations
@@ -16,42 +25,81 @@ import csv
 import io
 import json
 import logging
+import re
 from pathlib import Path
+from typing import NamedTuple
 
-from aqa.io import atomic_write_text, read_json, write_json
+from aqa.io import UserError, atomic_write_text, write_json
 
 log = logging.getLogger(__name__)
 
+#: The DCASE submission header (see the module docstring for its source).
+DEFAULT_HEADER = ("question", "answer")
 
-class IncompleteSubmission(ValueError):
+
+class IncompleteSubmission(UserError):
     pass
 
 
-def _records_for(pred_dir: Path, questions: str | None, allow_outside_root: bool):
-    from aqa.data.records import load_records
+def _eval_dir_file(pred_dir: Path, name: str) -> Path:
+    """A file an `aqa eval` folder holds; a UserError naming the folder when it is not there."""
+    if not pred_dir.is_dir():
+        raise UserError(f"{pred_dir}: no such folder (expected the output folder of `aqa eval`)")
+    path = pred_dir / name
+    if not path.is_file():
+        raise UserError(f"{pred_dir}: not an `aqa eval` output folder (no {name})")
+    return path
 
-    data = questions or json.loads((pred_dir / "eval_config.json").read_text())["data"]
-    return load_records(data, allow_outside_root=allow_outside_root, require_answer=False), data
+
+def _records_for(pred_dir: Path, questions: str | None, allow_outside_root: bool):
+    """The evaluated questions, read strictly: a broken line or a refused record in the
+    question file would otherwise vanish before the completeness check."""
+    from aqa.data.records import load_all_records
+
+    if questions:
+        data = questions
+    else:
+        config = _eval_dir_file(pred_dir, "eval_config.json")
+        try:
+            data = json.loads(config.read_text(encoding="utf-8"))["data"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{config}: cannot read the evaluated data file from it ({e})") from None
+    return load_all_records(data, allow_outside_root=allow_outside_root, require_answer=False), data
+
+
+def _predictions(pred_dir: Path) -> dict:
+    from aqa.eval.metrics import load_predictions
+
+    if not pred_dir.is_file():
+        _eval_dir_file(pred_dir, "predictions.jsonl")
+    return {r["id"]: r for r in load_predictions(pred_dir)}
 
 
 def original_choice(record, index: int) -> str:
-    """The option at `index` of the record's choices, as the source file wrote it."""
+    """The option at `index` of the record's choices, as the source file wrote it. Where the
+    converter merged repeated options ("A. dog" and "C. dog") and the source's answer is one
+    of them, that one: a scorer comparing strings with the answer must see the answer's."""
     original = record.meta.get("original_choices")
     if not original:
         return record.choices[index]
     index_of = record.meta.get("choice_index_of")
-    if index_of:  # converters merge repeated options; take the first original that maps here
-        return next(original[i] for i, j in enumerate(index_of) if j == index)
-    return original[index]
+    if not index_of:
+        return original[index]
+    merged = [original[i] for i, j in enumerate(index_of) if j == index]
+    answer = record.meta.get("original_answer")
+    if len(merged) > 1 and isinstance(answer, str):
+        for same in (lambda c: c == answer, lambda c: c.strip() == answer.strip()):
+            hit = next((c for c in merged if same(c)), None)
+            if hit is not None:
+                return hit
+    return merged[0]
 
 
 def export_dcase2025(pred_dir: str | Path, out: str | Path, *, questions: str | None = None,
-                     allow_outside_root: bool = False) -> Path:
-    from aqa.eval.metrics import load_predictions
-
+                     allow_outside_root: bool = False, header: tuple[str, str] = DEFAULT_HEADER) -> Path:
     pred_dir = Path(pred_dir)
     records, data = _records_for(pred_dir, questions, allow_outside_root)
-    preds = {r["id"]: r for r in load_predictions(pred_dir)}
+    preds = _predictions(pred_dir)
     missing = [r.id for r in records if r.id not in preds]
     unanswered = [r.id for r in records if r.id in preds and preds[r.id].get("pred") is None]
     if missing or unanswered:
@@ -61,37 +109,100 @@ def export_dcase2025(pred_dir: str | Path, out: str | Path, *, questions: str | 
             f"{len(records)}")
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["question_id", "answer"])
+    w.writerow(list(header))
     for r in records:
         pred = preds[r.id]
         if pred["choices"] != r.choices:
-            raise ValueError(f"{pred_dir}: the options of {r.id} differ from {data}'s; was it evaluated on this file?")
+            raise UserError(f"{pred_dir}: the options of {r.id} differ from {data}'s; was it evaluated on this file?")
         w.writerow([r.meta.get("original_id", r.id), original_choice(r, int(pred["pred"]))])
     return atomic_write_text(out, buf.getvalue())
 
 
-def export_mmau(pred_dir: str | Path, questions_json: str | Path, out: str | Path, *,
-                data: str | None = None, allow_outside_root: bool = False) -> tuple[Path, int]:
-    """Returns the file and how many items got no prediction (written as an empty string)."""
-    from aqa.eval.metrics import load_predictions
+# ---------------------------------------------------------------------------------------------
+# MMAU
 
+
+_WORD = re.compile(r"\b\w+\b")
+
+
+def _words(text: str) -> set[str]:
+    return set(_WORD.findall(text.lower()))
+
+
+def mmau_match(answer: str, prediction: str, choices: list[str]) -> bool:
+    """Whether MMAU's evaluation.py counts `prediction` right (github.com/Sakshi113/MMAU at
+    110127f, `string_match`): its word set (lower-cased ``\\b\\w+\\b`` tokens) is not empty,
+    holds every word of the answer, and holds no word of a wrong option, where a wrong option
+    is one whose word set differs from the answer's and its words shared with the answer
+    do not count. So an option whose words equal the answer's ("dog, barking" for "Dog
+    barking") is credited as the answer, which aqa's exact option index does not do."""
+    said, right = _words(prediction), _words(answer)
+    if not said:
+        return False
+    wrong: set[str] = set()
+    for c in choices:
+        words = _words(c)
+        if words != right:
+            wrong |= words - right
+    return right <= said and not (said & wrong)
+
+
+class MMAUExport(NamedTuple):
+    path: Path
+    empty: int  # items written without a prediction (scored wrong)
+    scored: int  # items with an answer to score against
+    aqa_correct: int  # the chosen option is the answer's option (aqa's accuracy)
+    mmau_correct: int  # MMAU's evaluation.py would count it right (`mmau_match`)
+
+
+def _read_mmau_items(path: str | Path) -> list:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            items = json.load(fh)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a valid JSON file ({e})") from None
+    if not isinstance(items, list) or not all(isinstance(it, dict) and "id" in it for it in items):
+        raise UserError(f"{path}: expected MMAU's JSON list of items, each with an 'id'")
+    return items
+
+
+def export_mmau(pred_dir: str | Path, questions_json: str | Path, out: str | Path, *,
+                data: str | None = None, allow_outside_root: bool = False) -> MMAUExport:
+    """Write MMAU's JSON with the predictions; returns the file, how many items got no
+    prediction (written as an empty string) and both accuracies' counts."""
     pred_dir = Path(pred_dir)
     records, _ = _records_for(pred_dir, data, allow_outside_root)
     by_id = {r.meta.get("original_id", r.id): r for r in records}
-    preds = {r["id"]: r for r in load_predictions(pred_dir)}
-    items = read_json(questions_json)
-    empty = 0
+    preds = _predictions(pred_dir)
+    items = _read_mmau_items(questions_json)
+    empty = scored = aqa_correct = mmau_correct = 0
     for item in items:
         rec = by_id.get(item["id"])
         pred = preds.get(rec.id) if rec else None
         if pred is None or pred.get("pred") is None:
-            item["model_prediction"] = ""
+            text = ""
             empty += 1
         else:
-            item["model_prediction"] = original_choice(rec, int(pred["pred"]))
+            text = original_choice(rec, int(pred["pred"]))
+        item["model_output"] = item["model_prediction"] = text
+        if isinstance(item.get("answer"), str) and isinstance(item.get("choices"), list):
+            scored += 1
+            aqa_correct += bool(text) and rec is not None and int(pred["pred"]) == rec.answer
+            mmau_correct += mmau_match(item["answer"], text, [str(c) for c in item["choices"]])
     if empty:
         log.warning("%d of %d MMAU items have no prediction; written as empty strings (scored wrong)", empty, len(items))
-    return write_json(out, items), empty
+    return MMAUExport(write_json(out, items), empty, scored, aqa_correct, mmau_correct)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _header(text: str) -> tuple[str, str]:
+    cols = tuple(c.strip() for c in text.split(","))
+    if len(cols) != 2 or not all(cols):
+        raise argparse.ArgumentTypeError(f"expected two column names such as question,answer; got {text!r}")
+    return cols  # type: ignore[return-value]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -102,9 +213,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         d.add_argument("pred_dir")
         d.add_argument("-o", "--output", required=True)
         d.add_argument("--questions", help="the AQA JSONL evaluated (default: the one in PRED_DIR/eval_config.json)")
+        d.add_argument("--header", type=_header, default=DEFAULT_HEADER,
+                       help="the CSV's two column names (default question,answer, as a participant's "
+                            "published 2025 submission writes; the organisers' example could not be read)")
         d.add_argument("--allow-outside-root", action="store_true")
         d.set_defaults(func=_run_dcase)
-    m = esub.add_parser("mmau", help="MMAU JSON with model_prediction, for MMAU's evaluation.py")
+    m = esub.add_parser("mmau", help="MMAU JSON with model_output (and model_prediction), for MMAU's evaluation.py")
     m.add_argument("pred_dir")
     m.add_argument("--questions", required=True, help="the original mmau-test-mini.json (or test) file")
     m.add_argument("--data", help="the AQA JSONL evaluated (default: the one in PRED_DIR/eval_config.json)")
@@ -116,7 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run_dcase(args) -> int:
     try:
         out = export_dcase2025(args.pred_dir, args.output, questions=args.questions,
-                               allow_outside_root=args.allow_outside_root)
+                               allow_outside_root=args.allow_outside_root, header=args.header)
     except IncompleteSubmission as e:
         print(f"refused: {e}")
         return 1
@@ -125,7 +239,10 @@ def _run_dcase(args) -> int:
 
 
 def _run_mmau(args) -> int:
-    out, empty = export_mmau(args.pred_dir, args.questions, args.output, data=args.data,
-                             allow_outside_root=args.allow_outside_root)
-    print(f"wrote {out}" + (f" ({empty} item(s) without a prediction)" if empty else ""))
+    r = export_mmau(args.pred_dir, args.questions, args.output, data=args.data,
+                    allow_outside_root=args.allow_outside_root)
+    print(f"wrote {r.path}" + (f" ({r.empty} item(s) without a prediction)" if r.empty else ""))
+    if r.scored:
+        print(f"accuracy over {r.scored} items: aqa {100 * r.aqa_correct / r.scored:.2f}% (the option chosen), "
+              f"MMAU's evaluation.py {100 * r.mmau_correct / r.scored:.2f}% (its word-set match)")
     return 0

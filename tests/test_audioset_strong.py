@@ -286,7 +286,7 @@ def test_cli(strong, tmp_path, capsys):
     tsv, lab, audio = strong
     out = tmp_path / "as.jsonl"
     rc = main(["data", "audioset-strong", str(tsv), "--labels", str(lab), "--audio-root", str(audio),
-               "-o", str(out), "--seed", "3", "--types", "counting,identification"])
+               "-o", str(out), "--seed", "3", "--types", "counting,identification", "--per-clip", "0"])
     assert rc == 0
     text = capsys.readouterr().out
     assert str(out) in text and "skipped (no audio file): 1" in text
@@ -319,3 +319,105 @@ def test_question_type_registry():
     assert [(d.qtype, d.answer, d.fallback) for d in out] == [("identification", "dog", ["cat"])]
     with pytest.raises(ValueError, match="unknown question type 'bogus'"):
         drafts([Event("/m/dog", 1.0, 1.2)], names, [], [], random.Random(0), ["counting", "bogus"], 4)
+
+
+# --------------------------------------------------------------------------- issue 15.1
+
+
+def many_clips(tmp_path, n=40, seconds=4.0):
+    """n clips of `seconds` each, every one able to support every default type."""
+    audio = tmp_path / "many"
+    clips = {}
+    for i in range(n):
+        seg = f"m{i}"
+        write_audio(audio / f"{seg}.wav", tone(seconds, sr=8000), sr=8000)
+        clips[seg] = [Event("/m/dog", 0.2, 1.2), Event("/m/cat", 1.6, 1.9), Event("/m/cat", 2.4, 2.7),
+                      Event("/m/bird", 3.0, 3.3)]
+    return clips, audio
+
+
+def test_one_question_per_clip_by_default_its_type_drawn_at_random(tmp_path):
+    clips, audio = many_clips(tmp_path)
+    recs, stats = convert_strong(clips, LABELS, audio, seed=0)
+    per_clip = Counter(r.meta["segment_id"] for r in recs)
+    assert set(per_clip.values()) == {1} and len(per_clip) == 40
+    assert set(stats.questions) == set(DEFAULT_TYPES)  # every type drawn somewhere
+    again, _ = convert_strong(clips, LABELS, audio, seed=0)
+    assert [r.to_dict() for r in again] == [r.to_dict() for r in recs]
+    other, _ = convert_strong(clips, LABELS, audio, seed=1)
+    assert [r.question_type for r in other] != [r.question_type for r in recs]
+
+
+def test_per_clip_n_and_cli_default(tmp_path):
+    from aqa.cli import main
+
+    clips, audio = many_clips(tmp_path, n=6)
+    two, _ = convert_strong(clips, LABELS, audio, seed=0, per_clip=2)
+    assert set(Counter(r.meta["segment_id"] for r in two).values()) == {2}
+    every, _ = convert_strong(clips, LABELS, audio, seed=0, per_clip=None)
+    assert set(Counter(r.meta["segment_id"] for r in every).values()) == {4}
+    tsv = tmp_path / "s.tsv"
+    tsv.write_text("segment_id\tstart_time_seconds\tend_time_seconds\tlabel\n" + "".join(
+        f"{seg}\t{e.onset}\t{e.offset}\t{e.label}\n" for seg, evs in clips.items() for e in evs))
+    lab = tmp_path / "labels.tsv"
+    lab.write_text("".join(f"{m}\t{n}\n" for m, n in LABELS.items()))
+    for extra, each in (([], 1), (["--per-clip", "3"], 3)):
+        out = tmp_path / f"out{each}.jsonl"
+        assert main(["data", "audioset-strong", str(tsv), "--labels", str(lab), "--audio-root", str(audio),
+                     "-o", str(out), *extra]) == 0
+        rows = [json.loads(x) for x in out.read_text().splitlines()]
+        assert set(Counter(r["meta"]["segment_id"] for r in rows).values()) == {each}
+
+
+def test_duration_options_never_exceed_the_clip(tmp_path):
+    seconds = 3.0
+    clips, audio = many_clips(tmp_path, n=30, seconds=seconds)
+    recs, _ = convert_strong(clips, LABELS, audio, seed=0, types=("duration",))
+    assert len(recs) == 30
+    for r in recs:
+        values = [float(c.split()[1]) if c[6].isdigit() else 0.5 for c in r.choices]
+        assert max(values) <= seconds, r.choices
+    # A 2-second clip leaves too few options for a 1-second sound: no question rather than a wrong one.
+    short, _ = convert_strong(many_clips(tmp_path / "short", n=5, seconds=2.0)[0], LABELS,
+                              tmp_path / "short" / "many", seed=0, types=("duration",))
+    assert all(max(float(c.split()[1]) if c[6].isdigit() else 0.5 for c in r.choices) <= 2.0 for r in short)
+
+
+def test_synthetic_files_are_unchanged(tmp_path):
+    """synthesize() goes through convert_strong: its files must stay byte for byte what they were
+    before the per-clip default (the demo's numbers depend on them). The digest was taken from
+    the code before that change."""
+    import hashlib
+
+    from aqa.data.synth import synthesize
+
+    synthesize(tmp_path, n=12, seed=11, duration=6.0, dev_fraction=0.25, workers=1)
+    h = hashlib.sha256()
+    for f in sorted(tmp_path.rglob("*")):
+        if f.is_file():
+            h.update(str(f.relative_to(tmp_path)).encode())
+            h.update(f.read_bytes())
+    assert h.hexdigest() == "f8870604b190e94e2dba6b1ab33c107f5ad163a42939cdd17c649874011752ba"
+
+
+def test_suggested_durations_longer_than_the_clip_are_rejected():
+    class Suggests:
+        def suggest(self, question, answer, k, hint=""):
+            return ["about 9 seconds", "about 7 seconds", "about 4 seconds"]
+
+    events = [Event("/m/dog", 1.0, 3.0)]
+    (r,) = make_questions("c", events, LABELS, clip_rng(0, "c"), ["duration"], "x.wav", llm=Suggests(), length=6.0)
+    assert "about 9 seconds" not in r.choices and "about 7 seconds" not in r.choices
+    assert "about 4 seconds" in r.choices
+
+
+def test_cli_writes_nothing_when_no_question_is_made(strong, tmp_path, capsys):
+    from aqa.cli import main
+
+    tsv, lab, _ = strong
+    empty = tmp_path / "no-audio"
+    empty.mkdir()
+    out = tmp_path / "as.jsonl"
+    assert main(["data", "audioset-strong", str(tsv), "--labels", str(lab), "--audio-root", str(empty),
+                 "-o", str(out)]) == 1
+    assert not out.exists() and "no questions made" in capsys.readouterr().err

@@ -128,3 +128,13 @@ def test_no_audio_hashes_but_does_not_decode(dataset):
     assert not rep.decoded_audio and rep.long_clips == []
     assert [e["kind"] for e in rep.audio_errors] == ["missing"]  # notes.wav is only hashed
     assert len(rep.duplicate_audio) == 1  # hashing still finds the copy
+
+
+def test_an_empty_file_is_not_ok(tmp_path, capsys):
+    from aqa.cli import main
+
+    p = tmp_path / "empty.jsonl"
+    p.write_text("\n")
+    assert main(["data", "check", str(p)]) == 1
+    out = capsys.readouterr().out
+    assert "no usable record in the file" in out and "FAILED: 1 hard error(s)" in out

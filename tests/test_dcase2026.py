@@ -180,9 +180,9 @@ def test_export_round_trip(tmp_path):
     d, recs, preds = eval_predictions(tmp_path)
     # The 2026 CSV has the 2025 shape: `aqa export dcase2026` runs export_dcase2025.
     out = export_dcase2025(d, tmp_path / "submission.csv")
-    assert out.read_text().splitlines()[0] == "question_id,answer"
+    assert out.read_text().splitlines()[0] == "question,answer"
     rows = list(csv.DictReader(out.open(newline="")))
-    assert [r["question_id"] for r in rows] == ["q0", "q1", "q2", "q3"]
+    assert [r["question"] for r in rows] == ["q0", "q1", "q2", "q3"]
     for row, rec, pred in zip(rows, recs, preds):
         # The text the question file wrote (stray period, trailing space and all).
         assert row["answer"] == rec.meta["original_choices"][pred["pred"]]

@@ -149,3 +149,160 @@ def test_llamafactory_info_matches_rows(records_file):
     cols, tags = LLAMAFACTORY_DATASET_INFO["columns"], LLAMAFACTORY_DATASET_INFO["tags"]
     assert cols["messages"] in row and cols["audios"] in row
     assert {m["role"] for m in row["messages"]} == {tags["user_tag"], tags["assistant_tag"]}
+
+
+# --------------------------------------------------------------------------- issue 16, items 12-14
+# Each client example below is written by hand in the shape the client documents (the source
+# is named beside it), with multiple-choice content so that it becomes a record.
+
+MC_USER = "<audio>Which sound is heard?\nA. dog barking\nB. car horn\nC. rain"
+
+
+def audio_folder(tmp_path):
+    d = tmp_path / "client"
+    write_audio(d / "clips" / "1.wav")
+    write_audio(d / "clips" / "2.wav")
+    return d
+
+
+def client_examples(d):
+    """(name, file name, content) per documented shape."""
+    return [
+        # ms-swift Custom-dataset.md, "Multimodal", Supervised Fine-tuning: messages + audios list.
+        ("swift-messages", "swift.jsonl", [
+            {"messages": [{"role": "user", "content": MC_USER}, {"role": "assistant", "content": "B"}],
+             "audios": [str(d / "clips" / "1.wav")]},
+            {"messages": [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": MC_USER},
+                          {"role": "assistant", "content": "C"}], "audios": [str(d / "clips" / "2.wav")]}]),
+        # ms-swift: "audio" is accepted for "audios", and a lone string for a list.
+        ("swift-audio-key", "swift_audio.jsonl", [
+            {"messages": [{"role": "user", "content": MC_USER}, {"role": "assistant", "content": "A"}],
+             "audio": "clips/1.wav"}]),
+        # ms-swift Custom-dataset.md, "ShareGPT format": system + conversation of human/assistant pairs.
+        ("swift-sharegpt", "swift_sharegpt.jsonl", [
+            {"system": "You are helpful.", "conversation": [{"human": MC_USER, "assistant": "B"}],
+             "audios": ["clips/2.wav"]}]),
+        # LLaMA-Factory data/mllm_audio_demo.json: one JSON array, OpenAI-style role/content tags.
+        ("llamafactory-openai", "mllm_audio.json", [
+            {"messages": [{"content": MC_USER, "role": "user"}, {"content": "A", "role": "assistant"}],
+             "audios": ["clips/1.wav"]},
+            {"messages": [{"content": MC_USER, "role": "user"}, {"content": "C", "role": "assistant"}],
+             "audios": ["clips/2.wav"]}]),
+        # LLaMA-Factory data/README.md, "Sharegpt Format": conversations with from/value, human/gpt.
+        ("llamafactory-sharegpt", "sharegpt.json", [
+            {"conversations": [{"from": "human", "value": MC_USER}, {"from": "gpt", "value": "B"}],
+             "system": "system prompt (optional)", "audios": ["clips/2.wav"]}]),
+    ]
+
+
+def write_example(d, fname, rows):
+    p = d / fname
+    if fname.endswith(".json"):
+        p.write_text(json.dumps(rows, indent=2))  # a JSON array, as LLaMA-Factory's demo files are
+    else:
+        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+@pytest.mark.parametrize("name", [c[0] for c in client_examples(__import__("pathlib").Path("/x"))])
+def test_client_example_round_trips(tmp_path, name):
+    d = audio_folder(tmp_path)
+    _, fname, rows = next(c for c in client_examples(d) if c[0] == name)
+    p = write_example(d, fname, rows)
+    recs, errors = import_file(p)
+    assert not errors and len(recs) == len(rows)
+    letters = {"A": 0, "B": 1, "C": 2}
+    for r, row in zip(recs, rows):
+        assert r.question == "Which sound is heard?" and r.choices == ["dog barking", "car horn", "rain"]
+        turns = row.get("messages") or row.get("conversations") or row["conversation"]
+        last = turns[-1]
+        reply = last.get("content", last.get("value", last.get("assistant")))
+        assert r.answer == letters[reply]
+        assert r.audio_path.is_file()
+    for fmt in ("swift", "llamafactory"):
+        out, n = export_records(recs, tmp_path / f"{name}.{fmt}.jsonl", fmt)
+        again, errors = import_file(out)
+        assert not errors and [essentials(x)[1:] for x in again] == [essentials(x)[1:] for x in recs]
+
+
+def test_import_cli_reads_a_json_array(tmp_path, capsys):
+    d = audio_folder(tmp_path)
+    _, fname, rows = next(c for c in client_examples(d) if c[0] == "llamafactory-openai")
+    p = write_example(d, fname, rows)
+    assert main(["data", "import", str(p), "-o", str(tmp_path / "out.jsonl")]) == 0
+    assert "2 records" in capsys.readouterr().out
+
+
+def test_import_errors_name_the_item_of_an_array(tmp_path):
+    d = audio_folder(tmp_path)
+    p = write_example(d, "x.json", [{"messages": [{"role": "user", "content": "<audio>no options"}],
+                                     "audios": ["clips/1.wav"]}])
+    recs, errors = import_file(p)
+    assert not recs and str(errors[0]).startswith(f"{p}[0]: field 'messages'")
+
+
+@pytest.mark.parametrize("content", ["", "\n", "not json\n", '{"messages": []}\n', "[]"])
+def test_import_of_nothing_is_never_exit_0(tmp_path, capsys, content):
+    p = tmp_path / "in.jsonl"
+    p.write_text(content)
+    assert main(["data", "import", str(p), "-o", str(tmp_path / "out.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"aqa: error: {p}: no records") and not (tmp_path / "out.jsonl").exists()
+
+
+def test_export_of_nothing_is_an_error(tmp_path, capsys):
+    p = tmp_path / "in.jsonl"
+    p.write_text("")
+    assert main(["data", "export", str(p), "-o", str(tmp_path / "out.jsonl")]) == 2
+    assert capsys.readouterr().err.strip() == f"aqa: error: {p}: no records: the file is empty"
+
+
+def swift_resolves(path: str, cwd, env: dict) -> str | None:
+    """ms-swift's rule (swift/template/vision_utils.py, _check_path): the path as given against
+    the working directory, else joined to ROOT_IMAGE_DIR."""
+    if os.path.exists(os.path.join(cwd, path)):
+        return os.path.join(cwd, path)
+    root = env.get("ROOT_IMAGE_DIR")
+    full = os.path.join(cwd, os.path.join(root, path)) if root else None
+    return full if full and os.path.exists(full) else None
+
+
+def llamafactory_resolves(path: str, cwd, media_dir: str) -> str | None:
+    """LLaMA-Factory's rule (src/llamafactory/data/converter.py, _find_medias): joined to
+    media_dir when that is a file, else the path as given."""
+    joined = os.path.join(cwd, media_dir, path)
+    if os.path.isfile(joined):
+        return joined
+    return os.path.join(cwd, path) if os.path.isfile(os.path.join(cwd, path)) else None
+
+
+@pytest.mark.parametrize("fmt", ["swift", "llamafactory"])
+def test_relative_paths_resolve_from_another_folder_with_the_printed_setting(records_file, tmp_path, capsys,
+                                                                            monkeypatch, fmt):
+    out = tmp_path / "export" / "train.jsonl"
+    assert main(["data", "export", str(records_file), "--format", fmt, "-o", str(out), "--relative-paths"]) == 0
+    printed = capsys.readouterr().out
+    line = next(x for x in printed.splitlines() if x.startswith("relative audio paths: set "))
+    setting = line.removeprefix("relative audio paths: set ").split()[0]
+    elsewhere = tmp_path / "a" / "b" / "elsewhere"  # not the export's sibling: "../" must not find the data
+    elsewhere.mkdir(parents=True)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    paths = [r["audios"][0] for r in rows]
+    assert all(not os.path.isabs(p) for p in paths)
+    if fmt == "swift":
+        name, value = setting.split("=", 1)
+        assert name == "ROOT_IMAGE_DIR"
+        assert all(swift_resolves(p, elsewhere, {}) is None for p in paths)  # the flaw the setting fixes
+        assert all(swift_resolves(p, elsewhere, {name: value}) for p in paths)
+    else:
+        assert setting == "media_dir:"
+        value = line.split("media_dir: ", 1)[1].split()[0]
+        assert all(llamafactory_resolves(p, elsewhere, "data") is None for p in paths)
+        assert all(llamafactory_resolves(p, elsewhere, value) for p in paths)
+
+
+def test_relative_paths_help_names_both_settings(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "export", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "ROOT_IMAGE_DIR" in text and "media_dir" in text

@@ -50,3 +50,18 @@ def test_iter_jsonl_yields_bad_lines_in_place(jsonl):
     assert all(b.problem.startswith("not valid JSON (") for b in bad)
     with pytest.raises(ValueError):
         list(iter_jsonl(jsonl, skip_bad=True, yield_bad=True))
+
+
+def test_a_failed_append_names_its_file(tmp_path, monkeypatch):
+    import errno
+
+    import aqa.io
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(aqa.io.os, "fsync", full)
+    p = tmp_path / "predictions.jsonl"
+    with pytest.raises(OSError) as e:
+        aqa.io.append_jsonl(p, [{"a": 1}])
+    assert e.value.filename == str(p) and e.value.errno == errno.ENOSPC

@@ -185,7 +185,9 @@ def test_cli_with_llm(server, key_env, tmp_path, capsys, caplog):
                    "y1_0\t1.0\t3.0\t/m/dog\ny1_0\t4.0\t5.0\t/m/horn\n")
     lab = tmp_path / "labels.tsv"
     lab.write_text("".join(f"{m}\t{n}\n" for m, n in LABELS.items()))
-    write_audio(tmp_path / "audio" / "y1_0.wav", tone(6.0))
+    # 10 s, as AudioSet clips are: the suggested 9 and 7 seconds fit in the clip (a longer
+    # option than the clip is rejected, like an ambiguous one).
+    write_audio(tmp_path / "audio" / "y1_0.wav", tone(10.0))
     out = tmp_path / "q.jsonl"
     rc = main(["data", "audioset-strong", str(tsv), "--labels", str(lab), "--audio-root",
                str(tmp_path / "audio"), "-o", str(out), "--types", "duration",

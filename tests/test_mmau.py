@@ -130,3 +130,11 @@ def test_cli(tmp_path, capsys):
     report = json.loads((out.parent / "mmau.report.json").read_text())
     assert report["records"] == 1000 and report["missing_audio"] == 1000
     assert main(["data", "mmau", str(tmp_path / "none.json"), "-o", str(out)]) == 2
+
+
+def test_a_non_utf8_byte_names_the_file_and_offset(tmp_path, capsys):
+    p = tmp_path / "mini.json"
+    p.write_bytes(json.dumps([ITEM]).encode().replace(b"What?", b"Wh\xe9t?"))
+    assert main(["data", "mmau", str(p), "-o", str(tmp_path / "o.jsonl")]) == 2
+    out = capsys.readouterr().out
+    assert f"{p}: not valid UTF-8 (byte 0xe9 at offset" in out

@@ -119,7 +119,7 @@ def make_questions(segment_id: str, events: Sequence[Event], labels: Mapping[str
                    ontology: Mapping[str, frozenset[str]] | None = None,
                    generic_names: Iterable[str] = GENERIC_NAMES, llm: LLMDistractors | None = None,
                    source: str = "audioset-strong", id_prefix: str = "as-", split: str = "train",
-                   ) -> list[AQARecord]:
+                   limit: int | None = None, length: float | None = None) -> list[AQARecord]:
     """The questions for one clip: at most one per type in `types`, each with `n_choices`
     unique options and the answer at a random position. `events` may be raw (they are
     cleaned here). `pool` is the MIDs that label distractors come from (default: every
@@ -127,7 +127,9 @@ def make_questions(segment_id: str, events: Sequence[Event], labels: Mapping[str
     precomputed when calling per clip on a large label set). A question type the clip cannot
     support (see the module's rules), or that cannot get enough distinct distractors, is
     left out. `audio` becomes the record's audio (and its resolved `audio_path`).
-    `extra_pool` (default: every usable label) is drawn from only when `pool` runs short."""
+    `extra_pool` (default: every usable label) is drawn from only when `pool` runs short.
+    With `limit`, the types are tried in the order given until `limit` questions are made.
+    `length` (the clip's seconds) keeps duration options within the clip."""
     names = spoken_names(labels) if names is None else names
     clean = clean_events(events, labels, generic_names=generic_names, ontology=ontology)
     if not clean:
@@ -138,7 +140,24 @@ def make_questions(segment_id: str, events: Sequence[Event], labels: Mapping[str
         extra_pool = usable if extra_pool is None else extra_pool
     audio_path = Path(audio).resolve() if str(audio) else None
     records: list[AQARecord] = []
-    for d in drafts(clean, names, pool, extra_pool, rng, types, n_choices):
+    # One drafts() call for every type unless limited, so that an unlimited call draws from
+    # `rng` exactly as it always has (the synthetic data's bytes depend on it).
+    groups = [list(types)] if limit is None else [[t] for t in types]
+    for group in groups:
+        if limit is not None and len(records) >= limit:
+            break
+        records += _finish(segment_id, drafts(clean, names, pool, extra_pool, rng, group, n_choices, length),
+                           rng, audio, audio_path, n_choices=n_choices, llm=llm, source=source,
+                           id_prefix=id_prefix, split=split)
+    return records
+
+
+def _finish(segment_id, clip_drafts, rng, audio, audio_path, *, n_choices, llm, source, id_prefix,
+            split) -> list[AQARecord]:
+    """Records from drafts: LLM suggestions merged with the rules' distractors, options shuffled;
+    a draft left without enough distractors is dropped."""
+    records: list[AQARecord] = []
+    for d in clip_drafts:
         suggested = None
         if llm is not None:
             suggested = llm.suggest(d.question, d.answer, n_choices - 1, hint=d.hint)
@@ -192,13 +211,22 @@ def convert_strong(clips: Mapping[str, Sequence[Event]], labels: Mapping[str, st
                    generic_names: Iterable[str] = GENERIC_NAMES, llm: LLMDistractors | None = None,
                    source: str = "audioset-strong", id_prefix: str = "as-", split: str = "train",
                    max_per_clip: int | None = None, require_audio: bool = True,
-                   progress: bool = False) -> tuple[list[AQARecord], ConvertStats]:
+                   progress: bool = False, per_clip: int | None = 1,
+                   durations_within_clip: bool = True) -> tuple[list[AQARecord], ConvertStats]:
     """Questions for every clip, in the order of `clips`. Label distractors are drawn from the
     usable labels that occur in `clips` (sounds the dataset really has), then from the rest
-    of `labels` when those run short. `max_per_clip` keeps
-    a random subset of each clip's questions. Clips without an audio file (unless
-    `require_audio` is False), without usable labels, or without any possible question are
-    skipped and counted in the stats."""
+    of `labels` when those run short.
+
+    `per_clip` questions per clip (default 1, as the reference generates: "for each audio
+    sample ... randomly generated a type of question", Cai et al., USTC technical report for
+    DCASE 2025 Task 5, section 2.2): the clip's generator (`clip_rng(seed, clip)`) shuffles
+    `types` and they are tried in that order until `per_clip` questions are made. None makes
+    one question per type. `max_per_clip` then keeps a random subset of those (the synthetic
+    data's `--questions-per-clip`). `durations_within_clip` keeps duration options within the
+    clip's length, read from its audio file's header. `aqa data synth` passes
+    ``per_clip=None, durations_within_clip=False``, the behaviour its files were made with.
+    Clips without an audio file (unless `require_audio` is False), without usable labels, or
+    without any possible question are skipped and counted in the stats."""
     from tqdm import tqdm
 
     stats = ConvertStats()
@@ -223,10 +251,12 @@ def convert_strong(clips: Mapping[str, Sequence[Event]], labels: Mapping[str, st
             stats.skipped["no usable label"] += 1
             continue
         rng = clip_rng(seed, seg)
-        recs = make_questions(seg, clean, labels, rng, types, audio, pool=pool,
+        order = rng.sample(list(types), len(types)) if per_clip is not None else types
+        length = _clip_seconds(audio) if durations_within_clip else None
+        recs = make_questions(seg, clean, labels, rng, order, audio, pool=pool,
                               extra_pool=extra_pool, names=names,
                               n_choices=n_choices, generic_names=generic, llm=llm, source=source,
-                              id_prefix=id_prefix, split=split)
+                              id_prefix=id_prefix, split=split, limit=per_clip, length=length)
         if max_per_clip is not None and len(recs) > max_per_clip:
             keep = set(rng.sample(range(len(recs)), max_per_clip))
             recs = [r for i, r in enumerate(recs) if i in keep]
@@ -241,6 +271,21 @@ def convert_strong(clips: Mapping[str, Sequence[Event]], labels: Mapping[str, st
     return records, stats
 
 
+def _clip_seconds(audio: Path) -> float | None:
+    """The clip's length from its audio header; None when the header cannot tell (no cap then)."""
+    from aqa.data.audio import header_duration
+
+    seconds = header_duration(audio) if Path(audio).is_file() else 0.0
+    return seconds or None
+
+
+def _per_clip(text: str) -> int | None:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError("--per-clip must be 0 (one per type) or more")
+    return n or None
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "audioset-strong", help="AudioSet-Strong TSV -> temporal QA (counting, sequencing, ...)",
@@ -251,7 +296,11 @@ def register(subparsers) -> None:
     p.add_argument("--audio-root", type=Path, required=True,
                    help="folder holding <segment_id>.wav (or .flac/.mp3/.ogg)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output JSONL")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of every random choice, question types included (default 0)")
+    p.add_argument("--per-clip", type=_per_clip, default=1, metavar="N",
+                   help="questions per clip, their types drawn at random (default 1, as the USTC "
+                        "reference; 0: one per type the clip supports)")
     p.add_argument("--types", type=parse_types, default=DEFAULT_TYPES,
                    help=f"comma-separated, from {','.join(QUESTION_TYPES)} "
                         f"(default {','.join(DEFAULT_TYPES)})")
@@ -285,9 +334,10 @@ def run(args: argparse.Namespace) -> int:
     ontology = read_ontology(args.ontology) if args.ontology else None
     records, stats = convert_strong(clips, labels, args.audio_root, seed=args.seed, types=args.types,
                                     n_choices=args.choices, ontology=ontology, llm=llm,
-                                    split=args.split, progress=True)
+                                    split=args.split, progress=True, per_clip=args.per_clip)
     out = Path(args.output)
-    write_records(out, records, relative_to=out.parent.resolve())
+    if records:
+        write_records(out, records, relative_to=out.parent.resolve(), dataset_root=args.audio_root)
     print(f"aqa data audioset-strong: {len(records)} questions from {stats.clips_used} of "
           f"{stats.clips} clips")
     for line in stats.lines()[1:]:
@@ -297,5 +347,9 @@ def run(args: argparse.Namespace) -> int:
     if llm is not None:
         print(f"LLM: {llm.requests} requests, {llm.errors} failed, {stats.llm_distractors} "
               f"questions use its distractors")
+    if not records:
+        # An empty output would reach training as a file of nothing; the summary above says why.
+        print(f"error: no questions made; {out} not written", file=sys.stderr)
+        return 1
     print(f"wrote {out}")
-    return 0 if records else 1
+    return 0

@@ -99,7 +99,9 @@ class CheckReport:
 
     @property
     def hard_errors(self) -> int:
-        return len(self.invalid) + len(self.duplicate_ids)
+        # A file without a single usable record is an error in itself: "ok" would send an
+        # empty file on to evaluation or training.
+        return len(self.invalid) + len(self.duplicate_ids) + (self.n_records == 0)
 
     @property
     def warnings(self) -> int:
@@ -355,6 +357,8 @@ def format_report(rep: CheckReport, *, limit: int = 20) -> str:
 
     w("")
     w(f"HARD ERRORS: {rep.hard_errors}")
+    if rep.n_records == 0:
+        w("  no usable record in the file")
     if rep.invalid:
         section(f"  invalid records ({len(rep.invalid)}):", rep.invalid, invalid_line)
     if rep.duplicate_ids:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aqa.data.records import AQARecord, PathOutsideRoot, RecordError, resolve_audio_path, write_records
+from aqa.data.records import (AQARecord, PathOutsideRoot, RecordError, resolve_audio_path, root_file,
+                              write_records)
 from aqa.data.text import Options, normalise_options
 from aqa.io import write_json
 
@@ -54,6 +55,9 @@ class ConversionReport:
     dropped: list[str] = field(default_factory=list)
     missing_audio: list[str] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
+    #: The folder the audio paths were checked against; recorded beside an output that lies
+    #: outside it, so that readers of the output accept the paths (`records.write_root`).
+    dataset_root: Path | None = None
 
     def error(self, kind: str, problem: str, *, file: str | os.PathLike | None = None,
               id: str | None = None, line: int | None = None) -> None:
@@ -133,12 +137,16 @@ def _count_meta_lists(records: list[AQARecord], key: str) -> dict[str, int]:
 
 def write_conversion(report: ConversionReport, out: str | os.PathLike) -> list[Path]:
     """Write the records to `out` (audio paths relative to its folder) and the report to
-    ``<out without .jsonl>.report.json``, both atomically. Returns the two paths."""
+    ``<out without .jsonl>.report.json``, both atomically, and, when the audio lies outside
+    `out`'s folder, the dataset root to ``<out without .jsonl>.root.json``. Returns the paths."""
     out = Path(out)
     # Resolved, because ".." in a relative path climbs the physical folder, not a symlink.
-    jsonl = write_records(out, report.records, relative_to=out.parent.resolve())
+    jsonl = write_records(out, report.records, relative_to=out.parent.resolve(),
+                          dataset_root=report.dataset_root)
     report_path = out.with_name(out.name.removesuffix(".jsonl") + ".report.json")
     report.outputs = [jsonl, report_path]
+    if root_file(jsonl).is_file():
+        report.outputs.append(root_file(jsonl))
     write_json(report_path, report.to_dict())
     return report.outputs
 

@@ -155,7 +155,7 @@ def convert_dcase2025(root: str | os.PathLike, split: str, *, drop_flagged: bool
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     qdir, droot = locate_questions(root, split)
-    report = ConversionReport(source=SOURCE, split=split)
+    report = ConversionReport(source=SOURCE, split=split, dataset_root=droot)
     files = sorted(qdir.glob("*.json"))
     converted: list[tuple[str, str, AQARecord]] = []
     for path in progress(files, desc=f"dcase2025 {split}", enabled=show_progress):

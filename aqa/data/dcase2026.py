@@ -39,9 +39,10 @@ What each record holds and how defects are handled:
   skipped after the first (in line order). Output is sorted by id, so reruns are
   byte-identical; the report goes to ``OUT.report.json`` (`aqa.data.convert.write_conversion`).
 
-The 2026 submission CSV (``question_id,answer``, the chosen option as the question file
-wrote it) has the 2025 shape, so ``aqa export dcase2026`` writes it with the 2025 code
-(`aqa.export.export_dcase2025`): one code path, one set of refusals.
+The 2026 submission CSV (question id and the chosen option as the question file wrote it,
+header ``question,answer`` unless ``--header`` says otherwise) has the 2025 shape, so
+``aqa export dcase2026`` writes it with the 2025 code (`aqa.export.export_dcase2025`): one
+code path, one set of refusals.
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def _convert_jsonl(path: str | os.PathLike, convert: ItemConverter, *, source: s
         raise FileNotFoundError(f"no such file: {path}")
     # abspath, so that a relative root and the paths resolved against it agree.
     root = Path(os.path.abspath(audio_root if audio_root is not None else path.parent))
-    report = ConversionReport(source=source, split=split)
+    report = ConversionReport(source=source, split=split, dataset_root=root)
     converted: list[tuple[str, int, AQARecord]] = []
 
     for lineno, obj in progress(iter_jsonl(path, yield_bad=True), desc=f"{source} {split}",

@@ -31,11 +31,31 @@ What export writes, one JSON object per line::
   let import restore the record. ``meta`` is not exported: its nested, per-source shape
   would break the Arrow schema inference both tools load JSONL with.
 
-Import reads the same layout back (also the ``conversations`` / ``from`` / ``value``
-spelling with human/gpt roles): the options from the "A. text" lines of the user text, the
-answer from the assistant text with :func:`aqa.prompts.parse_answer`, the audio from
-``audios`` (relative paths against the input file's folder, or ``--audio-root``). A line
-it cannot use is reported with file and line and skipped.
+Import reads the same layout back, and the other shapes the two tools document:
+
+- a JSON array of rows instead of JSON Lines (LLaMA-Factory's own ``data/mllm_audio_demo.json``);
+- ``conversations`` / ``conversation`` with ``from`` / ``value`` and human/gpt/bot roles
+  (LLaMA-Factory's sharegpt tags; ms-swift's MessagesPreprocessor, which also takes ``bot``);
+- ms-swift's ShareGPT pairs, ``{"system": ..., "conversation": [{"human": Q, "assistant": A}]}``
+  (Custom-dataset.md, "ShareGPT format");
+- the audio under ``audios`` or ``audio``, as a list or a single string (ms-swift maps
+  ``audio`` to ``audios`` and a lone string to a list: swift/dataset/preprocessor/core.py;
+  LLaMA-Factory's converter wraps a lone path too: src/llamafactory/data/converter.py).
+
+The options come from the "A. text" lines of the user text, the answer from the assistant
+text with :func:`aqa.prompts.parse_answer`, the audio path is resolved against the input
+file's folder (or ``--audio-root``). A row it cannot use is reported with its file and line
+(or item, in an array) and skipped; a file that yields no record at all is an error.
+
+Relative audio paths (``aqa data export --relative-paths``) are written relative to the
+output file's folder, which neither tool resolves against by itself; the export prints what
+makes each resolve them (:data:`RELATIVE_PATH_SETTINGS`):
+
+- ms-swift opens a relative path as given (against the working directory) and, when that
+  does not exist, joined to the environment variable ``ROOT_IMAGE_DIR`` (swift/template/
+  vision_utils.py, ``_check_path``; the same variable for images, videos and audio);
+- LLaMA-Factory joins it to ``media_dir``, which defaults to ``dataset_dir`` (src/llamafactory/
+  data/converter.py ``_find_medias``; hparams/data_args.py), and falls back to the path as given.
 """
 
 from __future__ import annotations
@@ -49,7 +69,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from aqa.data.records import AQARecord, RecordError, parse_lines, read_records, write_records
+from aqa.data.records import (AQARecord, NoRecords, RecordError, parse_lines, read_records, why_no_records,
+                              write_records)
+from aqa.io import UserError
 from aqa.prompts import INSTRUCTION, LETTERS, parse_answer, question_text, target_text
 
 FORMATS = ("swift", "llamafactory")
@@ -66,7 +88,15 @@ LLAMAFACTORY_DATASET_INFO: dict[str, Any] = {
 
 _OPTION = re.compile(r"^\s*\(?([A-Z])[.)]\s*(.*?)\s*$")
 _OPTIONS_HEADER = re.compile(r"^\s*(options|choices)\s*:?\s*$", re.I)
-_USER_ROLES, _ASSISTANT_ROLES = {"user", "human"}, {"assistant", "gpt"}
+_USER_ROLES, _ASSISTANT_ROLES = ("user", "human"), ("assistant", "gpt", "bot")
+#: Where a conversation may sit in a row, first present wins (ms-swift's message_keys).
+_MESSAGE_KEYS = ("messages", "conversations", "conversation")
+#: What makes each tool find audio paths written relative to the output's folder: the
+#: setting, where it goes, and the source that says so (the module docstring).
+RELATIVE_PATH_SETTINGS = {
+    "swift": ("ROOT_IMAGE_DIR", "environment variable of the ms-swift command"),
+    "llamafactory": ("media_dir", "key of the LLaMA-Factory training config (YAML) or --media_dir"),
+}
 
 
 # --------------------------------------------------------------------------- export
@@ -92,7 +122,8 @@ def to_interchange(record: AQARecord, fmt: str = "swift", *, audio: str | None =
 def export_records(records: Iterable[AQARecord], out: str | os.PathLike, fmt: str = "swift", *,
                    relative_paths: bool = False) -> tuple[Path, int]:
     """Write records as interchange JSONL (atomically). Audio paths are absolute, or with
-    `relative_paths` relative to the output file's folder. Returns (path, rows written)."""
+    `relative_paths` relative to the output file's folder, which the tool must be told
+    (`relative_path_setting`). Returns (path, rows written)."""
     from aqa.io import write_jsonl
 
     out = Path(out)
@@ -103,6 +134,14 @@ def export_records(records: Iterable[AQARecord], out: str | os.PathLike, fmt: st
             audio = os.path.relpath(audio, Path(os.path.realpath(out.parent)))
         rows.append(to_interchange(r, fmt, audio=audio))
     return write_jsonl(out, rows), len(rows)
+
+
+def relative_path_setting(fmt: str, out: str | os.PathLike) -> str:
+    """The line that makes `fmt`'s tool resolve paths written relative to `out`'s folder."""
+    name, where = RELATIVE_PATH_SETTINGS[fmt]
+    folder = os.path.realpath(Path(out).parent)
+    value = f"{name}={folder}" if fmt == "swift" else f"{name}: {folder}"
+    return f"{value}   ({where}; without it the relative paths resolve against the working directory)"
 
 
 # --------------------------------------------------------------------------- import
@@ -139,13 +178,17 @@ def parse_user_text(text: str) -> tuple[str, list[str], str]:
 
 
 def _turns(row: dict) -> list[tuple[str, str]]:
-    msgs = row.get("messages", row.get("conversations"))
+    key = next((k for k in _MESSAGE_KEYS if k in row), None)
+    msgs = row.get(key) if key else None
     if not isinstance(msgs, list) or not msgs:
-        raise ValueError("no 'messages' (or 'conversations') list")
+        raise ValueError("no 'messages' (or 'conversations', 'conversation') list")
     out = []
     for m in msgs:
         if not isinstance(m, dict):
             raise ValueError("a message is not an object")
+        if not {"role", "content", "from", "value"} & m.keys():
+            out += _pair_turns(m)
+            continue
         role, content = m.get("role", m.get("from")), m.get("content", m.get("value"))
         if not isinstance(role, str) or not isinstance(content, (str, type(None))):
             raise ValueError(f"a message lacks a string role/content: {m!r}")
@@ -153,15 +196,33 @@ def _turns(row: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _pair_turns(m: dict) -> list[tuple[str, str]]:
+    """ms-swift's ShareGPT element, one exchange keyed by role: {"human": Q, "assistant": A}."""
+    user = next((m[k] for k in _USER_ROLES if k in m), None)
+    reply = next((m[k] for k in _ASSISTANT_ROLES if k in m), None)
+    if not isinstance(user, str) or not isinstance(reply, (str, type(None))):
+        raise ValueError(f"a conversation element has neither role/content nor human/assistant text: {m!r}")
+    return [("user", user)] + ([("assistant", reply)] if reply is not None else [])
+
+
+def _audio_paths(row: dict) -> Any:
+    """The row's audio paths as a list: `audios` or `audio`, a list or one string."""
+    value = row.get("audios", row.get("audio"))
+    return [value] if isinstance(value, str) else value
+
+
 def from_interchange(row: Any, *, path: str | os.PathLike | None = None, line: int | None = None,
-                     audio_root: str | os.PathLike | None = None, subset: str | None = None) -> AQARecord:
+                     audio_root: str | os.PathLike | None = None, subset: str | None = None,
+                     item: int | None = None) -> AQARecord:
     """One interchange row back to a record; raises RecordError naming file, line and field.
     `subset` overrides the row's own; relative audio paths resolve against `audio_root`
-    (default: the folder of `path`, else the working directory)."""
+    (default: the folder of `path`, else the working directory). `item` is the row's index
+    in a file that is one JSON array (then `line` is not known)."""
     rid = row.get("id") if isinstance(row, dict) and isinstance(row.get("id"), str) else None
+    where = f"{path}[{item}]" if item is not None else path
 
     def err(fieldname: str | None, problem: str) -> RecordError:
-        return RecordError(path, line, fieldname, problem, rid)
+        return RecordError(where, line, fieldname, problem, rid)
 
     if not isinstance(row, dict):
         raise err(None, f"expected a JSON object, got {type(row).__name__}")
@@ -176,9 +237,9 @@ def from_interchange(row: Any, *, path: str | os.PathLike | None = None, line: i
     if len(turns) == 2 and turns[1][0] not in _ASSISTANT_ROLES:
         raise err("messages", f"the second turn is {turns[1][0]!r}, expected the assistant's")
 
-    audios = row.get("audios")
+    audios = _audio_paths(row)
     if not isinstance(audios, list) or len(audios) != 1 or not isinstance(audios[0], str) or not audios[0]:
-        raise err("audios", f"expected a list of exactly one path, got {audios!r}")
+        raise err("audios", f"expected one audio path (a list of one, or a string), got {audios!r}")
     user = turns[0][1]
     n_tokens = user.count(AUDIO_TOKEN)
     if n_tokens > 1:
@@ -205,26 +266,47 @@ def from_interchange(row: Any, *, path: str | os.PathLike | None = None, line: i
     if answer is None and not split:
         # No split and no answer: an unlabelled set, which records allow only on such splits.
         split = "test-unlabelled"
-    meta: dict[str, Any] = {"interchange": {"file": str(path) if path is not None else None, "line": line}}
+    place = {"item": item} if item is not None else {"line": line}
+    meta: dict[str, Any] = {"interchange": {"file": str(path) if path is not None else None, **place}}
     if tail and tail != INSTRUCTION:
         meta["instruction"] = tail
-    d = {"id": extra.get("id") or f"{Path(path).stem if path else 'row'}-{line or 0}",
+    number = item + 1 if item is not None else line or 0
+    d = {"id": extra.get("id") or f"{Path(path).stem if path else 'row'}-{number}",
          "audio": str(audio_path), "question": question, "choices": choices, "answer": answer,
          "subset": subset or extra.get("subset") or "imported",
          "question_type": extra.get("question_type", ""), "source": extra.get("source", ""),
          "split": split, "meta": meta}
-    rec = AQARecord.from_dict(d, path=path, line=line)
+    rec = AQARecord.from_dict(d, path=where, line=line)
     rec.audio_path = audio_path
     return rec
 
 
+def _is_json_array(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"[")
+
+
 def import_file(path: str | os.PathLike, *, subset: str | None = None,
                 audio_root: str | os.PathLike | None = None) -> tuple[list[AQARecord], list[RecordError]]:
-    """Read an interchange JSONL. Returns the records and one RecordError per skipped line;
-    never raises for a bad line (only when the file itself cannot be read)."""
+    """Read an interchange file: JSON Lines, or one JSON array of rows (as LLaMA-Factory's own
+    demo files are). Returns the records and one RecordError per skipped row; never raises
+    for a bad row, only when the file itself cannot be read (OSError, UserError)."""
     path = Path(path)
-    return parse_lines(path, lambda row, lineno: from_interchange(row, path=path, line=lineno,
-                                                                  audio_root=audio_root, subset=subset))
+    if not _is_json_array(path):
+        return parse_lines(path, lambda row, lineno: from_interchange(row, path=path, line=lineno,
+                                                                      audio_root=audio_root, subset=subset))
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: starts like a JSON array but is not valid JSON ({e})") from None
+    records: list[AQARecord] = []
+    errors: list[RecordError] = []
+    for i, row in enumerate(rows):
+        try:
+            records.append(from_interchange(row, path=path, item=i, audio_root=audio_root, subset=subset))
+        except RecordError as e:
+            errors.append(e)
+    return records, errors
 
 
 def write_imported(records: list[AQARecord], out: str | os.PathLike) -> tuple[Path, int]:
@@ -251,15 +333,20 @@ def register(subparsers) -> None:
     e.add_argument("--format", choices=FORMATS, default="swift", dest="fmt")
     e.add_argument("-o", "--output", type=Path, required=True, help="output JSONL")
     e.add_argument("--relative-paths", action="store_true",
-                   help="write audio paths relative to the output's folder (default: absolute)")
+                   help="write audio paths relative to the output's folder (default: absolute). Neither "
+                        "tool resolves them there by itself: the export prints the setting that makes it "
+                        "(ms-swift: the ROOT_IMAGE_DIR environment variable; LLaMA-Factory: media_dir)")
     e.add_argument("--root", type=Path, help="dataset root audio paths must stay under (default: the file's folder)")
     e.add_argument("--allow-outside-root", action="store_true", help="accept audio paths outside the root")
     e.add_argument("--strict", action="store_true", help="exit 1 when any input line was skipped")
     e.set_defaults(func=run_export)
 
-    i = subparsers.add_parser("import", help="read ms-swift / LLaMA-Factory multimodal JSONL back into records",
-                              description="Read 'messages' + 'audios' JSONL (as `aqa data export` writes) into records.")
-    i.add_argument("file", type=Path, help="interchange JSONL")
+    i = subparsers.add_parser("import", help="read ms-swift / LLaMA-Factory multimodal data back into records",
+                              description="Read 'messages' + 'audios' rows (as `aqa data export` writes, or "
+                                          "ms-swift's and LLaMA-Factory's documented shapes: JSON Lines or one JSON "
+                                          "array; messages, conversations or ShareGPT pairs; audios or audio) into "
+                                          "records. A file that yields no record is an error.")
+    i.add_argument("file", type=Path, help="interchange JSONL or JSON array")
     i.add_argument("-o", "--output", type=Path, required=True, help="records JSONL to write")
     i.add_argument("--subset", help="subset for every record (default: the row's 'subset', else 'imported')")
     i.add_argument("--audio-root", type=Path, help="folder relative audio paths start from (default: the file's folder)")
@@ -280,18 +367,28 @@ def _read(command: str, read: Callable[[], tuple[list[AQARecord], list[RecordErr
     return records, errors
 
 
+def _no_records(path: Path, errors: list[RecordError]) -> NoRecords:
+    if not errors:
+        return NoRecords(f"{path}: no records: the file is empty")
+    return NoRecords(f"{path}: no records: all {len(errors)} row(s) were skipped; the first: {errors[0]}")
+
+
 def run_export(args: argparse.Namespace) -> int:
     read = _read("export", lambda: read_records(args.file, root=args.root,
                                                 allow_outside_root=args.allow_outside_root))
     if read is None:
         return 2
     records, errors = read
+    if not records:
+        raise NoRecords(why_no_records(args.file, errors))
     out, n = export_records(records, args.output, args.fmt, relative_paths=args.relative_paths)
     print(f"wrote {out}: {n} rows ({args.fmt}), {sum(r.answer is None for r in records)} unlabelled, "
           f"{len(errors)} input line(s) skipped")
     if args.fmt == "llamafactory":
         entry = {args.output.stem: {"file_name": str(out.resolve()), **LLAMAFACTORY_DATASET_INFO}}
         print("LLaMA-Factory dataset_info.json entry:\n" + json.dumps(entry, indent=2))
+    if args.relative_paths:
+        print("relative audio paths: set " + relative_path_setting(args.fmt, out))
     return 1 if args.strict and errors else 0
 
 
@@ -300,6 +397,8 @@ def run_import(args: argparse.Namespace) -> int:
     if read is None:
         return 2
     records, errors = read
+    if not records:
+        raise _no_records(args.file, errors)
     out, outside = write_imported(records, args.output)
     unlabelled = sum(r.answer is None for r in records)
     print(f"wrote {out}: {len(records)} records ({unlabelled} unlabelled), {len(errors)} line(s) skipped")
@@ -309,5 +408,6 @@ def run_import(args: argparse.Namespace) -> int:
     return 1 if args.strict and errors else 0
 
 
-__all__ = ["FORMATS", "AUDIO_TOKEN", "LLAMAFACTORY_DATASET_INFO", "to_interchange", "export_records",
-           "parse_user_text", "from_interchange", "import_file", "write_imported"]
+__all__ = ["FORMATS", "AUDIO_TOKEN", "LLAMAFACTORY_DATASET_INFO", "RELATIVE_PATH_SETTINGS", "to_interchange",
+           "export_records", "relative_path_setting", "parse_user_text", "from_interchange", "import_file",
+           "write_imported"]

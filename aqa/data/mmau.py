@@ -146,10 +146,15 @@ def convert_mmau(json_path: str | os.PathLike, audio_root: str | os.PathLike | N
             data = json.load(fh)
         except json.JSONDecodeError as e:
             raise ValueError(f"{json_path}: not valid JSON ({e})") from None
+        except UnicodeDecodeError as e:
+            # One JSON document: a bad byte spoils all of it, so say where it is.
+            raise ValueError(f"{json_path}: not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset "
+                             f"{e.start})") from None
     if not isinstance(data, list):
         raise ValueError(f"{json_path}: expected a JSON list of items, got {type(data).__name__}")
     splits = sorted({str(x.get("split")) for x in data if isinstance(x, dict) and x.get("split")})
-    report = ConversionReport(source=SOURCE, split="+".join(splits) or "test-mini", inputs=len(data))
+    report = ConversionReport(source=SOURCE, split="+".join(splits) or "test-mini", inputs=len(data),
+                              dataset_root=root)
     converted: list[tuple[str, int, tuple[AQARecord, bool]]] = []
     for n, item in enumerate(progress(data, desc="mmau", enabled=show_progress)):
         try:

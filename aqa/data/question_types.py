@@ -98,6 +98,7 @@ class Clip:
     pool: Sequence[str]  # labels distractors are drawn from first
     extra_pool: Sequence[str]  # drawn from only when `pool` runs short
     n_choices: int
+    length: float | None = None  # the clip's seconds, when known: no duration option exceeds it
 
     def __post_init__(self) -> None:
         self.by_label: dict[str, list[Event]] = {}
@@ -147,10 +148,14 @@ def _nearby(n: int, rng: random.Random, k: int = 3, lo: int = 1, hi: int = MAX_T
     return [int(c) for c in _spread(n, range(lo, hi + 1), k, rng)]
 
 
-def _duration_distractors(q: float, rng: random.Random, k: int = 3) -> list[float]:
-    """Half-second values far enough from `q` that rounding cannot make them right too."""
+def _duration_distractors(q: float, rng: random.Random, k: int = 3, longest: float | None = None) -> list[float]:
+    """Half-second values far enough from `q` that rounding cannot make them right too, and,
+    with `longest` (the clip's length), none longer than the clip: "about 12 seconds" in a
+    10-second clip is an option a listener can rule out without hearing the sound."""
     gap = max(1.0, 0.3 * q)
     grid = [h / 2 for h in range(1, int(max(20.0, 3 * q) * 2) + 1)]
+    if longest is not None:
+        grid = [c for c in grid if c <= longest]
     return _spread(q, [c for c in grid if abs(c - q) >= gap], k, rng)
 
 
@@ -161,12 +166,14 @@ def _count_canon(lo: int, answer: int, fmt: Callable[[int], str], parse: Callabl
     return canon
 
 
-def _duration_canon(q: float):
+def _duration_canon(q: float, longest: float | None = None):
     def canon(text: str) -> str | None:
         v = parse_duration(text)
         if v is None or v <= 0:
             return None
         c = quantize_duration(v)
+        if longest is not None and c > longest:
+            return None
         return format_duration(c) if abs(c - q) >= max(1.0, 0.3 * q) else None
     return canon
 
@@ -234,8 +241,8 @@ def duration(clip: Clip, rng: random.Random) -> Draft | None:
     q = quantize_duration(d)
     return Draft(
         rng.choice(DURATION_QUESTIONS).format(x=clip.names[lab]), format_duration(d),
-        [format_duration(c) for c in _duration_distractors(q, rng, clip.n_choices - 1)[:clip.keep]],
-        canon=_duration_canon(q),
+        [format_duration(c) for c in _duration_distractors(q, rng, clip.n_choices - 1, clip.length)[:clip.keep]],
+        canon=_duration_canon(q, clip.length),
         hint="Options are durations such as 'about 1.5 seconds'.",
         meta={"value": round(d, 3), "label": lab})
 
@@ -286,10 +293,11 @@ QUESTION_TYPES = tuple(GENERATORS)
 
 
 def drafts(events: list[Event], names: Mapping[str, str], pool: Sequence[str], extra_pool: Sequence[str],
-           rng: random.Random, types: Sequence[str], n_choices: int) -> list[Draft]:
+           rng: random.Random, types: Sequence[str], n_choices: int, length: float | None = None) -> list[Draft]:
     """At most one draft per type in `types`, in that order, for one clip's cleaned events.
-    Raises ValueError for a type the registry does not know."""
-    clip = Clip(events, names, pool, extra_pool, n_choices)
+    `length` (the clip's seconds) bounds the duration options. Raises ValueError for a type
+    the registry does not know."""
+    clip = Clip(events, names, pool, extra_pool, n_choices, length)
     out: list[Draft] = []
     for qtype in types:
         make = GENERATORS.get(qtype)

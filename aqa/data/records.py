@@ -7,6 +7,8 @@ caller decides whether any error is fatal.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aqa.io import BadJSONLine, iter_jsonl, write_jsonl
+from aqa.io import BadJSONLine, UserError, iter_jsonl, write_json, write_jsonl
 from aqa.prompts import LETTERS
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,10 @@ class PathOutsideRoot(ValueError):
     """An audio path that resolves outside the dataset root."""
 
 
+class NoRecords(UserError):
+    """A data file that yields no usable record (empty, every line skipped, or not JSON Lines)."""
+
+
 @dataclass
 class AQARecord:
     id: str
@@ -58,6 +64,9 @@ class AQARecord:
     meta: dict[str, Any] = field(default_factory=dict)
     #: The audio file resolved against the dataset root when the record was read; not serialised.
     audio_path: Path | None = field(default=None, compare=False, repr=False)
+    #: The root `audio_path` was checked against when the record was read (None: not checked,
+    #: --allow-outside-root); not serialised. Writing the record elsewhere records it again.
+    root: Path | None = field(default=None, compare=False, repr=False)
 
     _FIELDS = ("id", "audio", "question", "choices", "answer", "subset", "question_type",
                "source", "split", "meta")
@@ -153,18 +162,91 @@ def parse_lines(path: str | os.PathLike, parse: Callable[[Any, int], AQARecord],
     return records, errors
 
 
+# ---------------------------------------------------------------------------------------------
+# The dataset root a converter recorded
+#
+# A converter given `--audio-root DIR -o data/x.jsonl` writes audio paths relative to data/,
+# which climb out of it ("../../DIR/clip.wav"); a reader that allowed only the data file's own
+# folder would refuse every record. So the writer records the root it checked the paths
+# against in a sidecar, ``x.root.json``, with the SHA-256 of the exact bytes it wrote. A
+# reader trusts that root only while the data file is unchanged: a line added or edited by
+# hand (or a data file shipped by someone else with a forged path) is checked against the
+# file's own folder again, and a path that escapes both is refused as before.
+
+
+def root_file(path: str | os.PathLike) -> Path:
+    """The sidecar that records `path`'s dataset root: ``x.jsonl`` -> ``x.root.json``."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".jsonl") + ".root.json")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_root(path: str | os.PathLike, dataset_root: str | os.PathLike | None) -> Path | None:
+    """Record `dataset_root` for the data file `path` as it is now (see above); with None,
+    remove a sidecar left by an earlier write. Returns the sidecar written, if any."""
+    path = Path(path)
+    side = root_file(path)
+    if dataset_root is None:
+        side.unlink(missing_ok=True)
+        return None
+    return write_json(side, {"data_file": path.name, "dataset_root": os.path.realpath(dataset_root),
+                             "sha256": _sha256(path)})
+
+
+def recorded_root(path: str | os.PathLike) -> Path | None:
+    """The dataset root recorded for `path` by the writer, or None when there is none or it no
+    longer holds (the file changed, the folder is gone); a sidecar that does not hold is
+    logged, since the refusals that follow would otherwise be a puzzle."""
+    path = Path(path)
+    side = root_file(path)
+    if not side.is_file():
+        return None
+    try:
+        info = json.loads(side.read_text(encoding="utf-8"))
+        root = Path(info["dataset_root"])
+        ok = info["data_file"] == path.name and info["sha256"] == _sha256(path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: ignored (%s)", side, e)
+        return None
+    if not ok:
+        log.warning("%s: ignored: %s changed since it was written; its audio paths must stay in its own "
+                    "folder", side, path.name)
+        return None
+    if not root.is_absolute() or not root.is_dir() or root == Path(root.anchor):
+        log.warning("%s: ignored: dataset root %s is not a folder aqa trusts", side, root)
+        return None
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and writing
+
+
 def read_records(path: str | os.PathLike, *, root: str | os.PathLike | None = None,
                  allow_outside_root: bool = False, require_answer: bool | None = None,
                  ) -> tuple[list[AQARecord], list[RecordError]]:
     """Read a JSONL file of records. Returns the valid records (with `audio_path` resolved)
-    and one RecordError per line that was skipped; never raises for a bad line."""
+    and one RecordError per line that was skipped; never raises for a bad line. Without
+    `root`, audio paths must stay in the file's folder or in the dataset root its writer
+    recorded (`recorded_root`)."""
     path = Path(path)
+    also = recorded_root(path) if root is None and not allow_outside_root else None
 
     def parse(obj: Any, lineno: int) -> AQARecord:
         rec = AQARecord.from_dict(obj, path=path, line=lineno, require_answer=require_answer)
         try:
-            rec.audio_path = resolve_audio_path(rec.audio, path.parent, root,
-                                                allow_outside_root=allow_outside_root)
+            try:
+                rec.audio_path = resolve_audio_path(rec.audio, path.parent, root,
+                                                    allow_outside_root=allow_outside_root)
+                rec.root = None if allow_outside_root else Path(os.path.realpath(root or path.parent))
+            except PathOutsideRoot:
+                if also is None:
+                    raise
+                rec.audio_path = resolve_audio_path(rec.audio, path.parent, also)
+                rec.root = also
         except PathOutsideRoot as e:
             raise RecordError(path, lineno, "audio", str(e), obj.get("id")) from None
         return rec
@@ -175,21 +257,66 @@ def read_records(path: str | os.PathLike, *, root: str | os.PathLike | None = No
     return records, errors
 
 
+def why_no_records(path: str | os.PathLike, errors: list[RecordError]) -> str:
+    """Why a file yielded no record, in one line: empty, one JSON array, or its first error."""
+    path = Path(path)
+    if not errors:
+        return f"{path}: no records: the file is empty"
+    with open(path, "rb") as fh:
+        head = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if head.startswith(b"["):
+        return (f"{path}: no records: the file is one JSON array, not JSON Lines (one record object "
+                f"per line); all {len(errors)} line(s) were skipped")
+    return f"{path}: no records: all {len(errors)} line(s) were skipped; the first: {errors[0]}"
+
+
 def load_records(path: str | os.PathLike, **kw) -> list[AQARecord]:
-    """read_records, logging each skipped line; for commands that go on without the bad ones."""
+    """read_records for commands that go on without the bad lines (each is logged). A file
+    with no usable record is `NoRecords`, naming the file and why: evaluating or training on
+    nothing would end with "0 items" and exit 0."""
     records, errors = read_records(path, **kw)
+    if not records:
+        raise NoRecords(why_no_records(path, errors))
     if errors:
         log.warning("%s: %d record(s) skipped, %d kept", path, len(errors), len(records))
     return records
 
 
-def write_records(path: str | os.PathLike, records, *, relative_to: str | os.PathLike | None = None) -> Path:
+def load_all_records(path: str | os.PathLike, **kw) -> list[AQARecord]:
+    """read_records where every line must be a record: the first bad line is a `UserError`
+    naming the file, the line and the problem (and how many more there are). For outputs
+    that must cover the whole file, such as a challenge submission."""
+    records, errors = read_records(path, **kw)
+    if errors:
+        more = f" (and {len(errors) - 1} more bad line(s))" if len(errors) > 1 else ""
+        raise UserError(f"{errors[0]}{more}")
+    if not records:
+        raise NoRecords(why_no_records(path, errors))
+    return records
+
+
+def write_records(path: str | os.PathLike, records, *, relative_to: str | os.PathLike | None = None,
+                  dataset_root: str | os.PathLike | None = None) -> Path:
     """Write records atomically. With `relative_to`, each record's resolved audio path is
-    rewritten relative to that folder (the folder the JSONL will live in)."""
+    rewritten relative to that folder (the folder the JSONL will live in). `dataset_root`
+    is the root the records' audio was checked against (default: the one root they were all
+    read with, if they share one); when some audio lies outside the file's folder it is
+    recorded beside the file (`write_root`), so readers accept it: a subset written elsewhere
+    (`aqa data filter -o`) stays as readable as the file it came from."""
+    records = list(records)
     rows = []
+    outside = False
+    folder = Path(os.path.realpath(Path(path).parent))
     for r in records:
         d = r.to_dict()
         if relative_to is not None and r.audio_path is not None:
             d["audio"] = os.path.relpath(r.audio_path, relative_to)
+        if r.audio_path is not None and folder not in Path(os.path.realpath(r.audio_path)).parents:
+            outside = True
         rows.append(d)
-    return write_jsonl(path, rows)
+    if dataset_root is None:
+        roots = {r.root for r in records}
+        dataset_root = roots.pop() if len(roots) == 1 and None not in roots else None
+    out = write_jsonl(path, rows)
+    write_root(out, dataset_root if outside else None)
+    return out

@@ -334,7 +334,7 @@ def synthesize(out_dir: str | os.PathLike, n: int = 2000, seed: int = 0, duratio
     records, stats = convert_strong(clips, labels, wav_dir, seed=seed, types=types,
                                     n_choices=n_choices, generic_names=(), llm=llm, source="synth",
                                     id_prefix="", max_per_clip=questions_per_clip,
-                                    progress=progress)
+                                    progress=progress, per_clip=None, durations_within_clip=False)
     for r in records:
         r.split = "dev" if r.meta["segment_id"] in dev else "train"
     root = out.resolve()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,14 +24,33 @@ BACKENDS = {
 }
 
 
+#: What the Hugging Face Hub accepts as a repository id: "name" or "owner/name" of letters,
+#: digits, "-", "_" and "." (huggingface_hub's validate_repo_id; 96 characters at most).
+_HUB_ID = re.compile(r"^(?:[\w.-]+/)?[\w.-]+$")
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    return (bool(_HUB_ID.match(path)) and len(path) <= 96 and ".." not in path and "--" not in path
+            and not path.startswith((".", "-")) and not path.endswith((".", "-")))
+
+
 def model_family(path: str) -> str:
-    """The `model_type` of a local folder or hub id."""
+    """The `model_type` of a local folder or hub id. A folder that does not exist is a
+    FileNotFoundError saying so, never a hub error about how ids are spelled."""
     cfg = Path(path) / "config.json"
     if not cfg.is_file() and not Path(path).exists():
+        if not _looks_like_hub_id(path):
+            raise FileNotFoundError(f"{path}: no such model folder (and not a Hugging Face id, "
+                                    f"which is 'name' or 'owner/name')")
         # A hub id: its config.json names the family without running any of its code.
         from huggingface_hub import hf_hub_download
 
-        cfg = Path(hf_hub_download(path, "config.json"))
+        try:
+            cfg = Path(hf_hub_download(path, "config.json"))
+        except Exception as e:  # offline, unknown repository, gated: one message for all
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FileNotFoundError(f"{path}: no such model folder, and as a Hugging Face id its "
+                                    f"config.json could not be fetched ({first})") from e
     if not cfg.is_file():
         raise FileNotFoundError(f"{path}: no config.json (expected a model folder or a Hugging Face id)")
     try:

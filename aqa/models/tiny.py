@@ -19,6 +19,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aqa.io import ordinary_modes
 from aqa.models.tiny_builder import BASE_CORPUS, TinyAudioEncoderSpec, add_builder_command, train_byte_level_bpe
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def build_tiny(out_dir: str | Path, spec: TinySpec | None = None, corpus: list[s
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
     (out / "aqa_tiny.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    ordinary_modes(out)  # save_pretrained leaves model.safetensors 0600
     n = sum(p.numel() for p in model.parameters())
     log.info("tiny Qwen2-Audio: %.2f M parameters, vocabulary %d, window %d s", n / 1e6, vocab, spec.audio_seconds)
     return out

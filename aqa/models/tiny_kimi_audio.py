@@ -16,6 +16,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aqa.io import ordinary_modes
 from aqa.models.tiny_builder import BASE_CORPUS, TinyDecoderSpec, add_builder_command, train_byte_level_bpe
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ def build_tiny_kimi(out_dir: str | Path, spec: TinyKimiSpec | None = None, corpu
     WhisperFeatureExtractor(feature_size=128).save_pretrained(tdir)
 
     (out / "aqa_tiny.json").write_text(json.dumps(asdict(spec), indent=2) + "\n")
+    ordinary_modes(out)  # safetensors' save_file and save_pretrained leave their files 0600
     n = sum(v.numel() for v in state.values())
     log.info("tiny Kimi-Audio: %.2f M decoder parameters, text vocabulary %d + %d special, %d speech codes",
              n / 1e6, base, len(specials), spec.speech_codes)
