@@ -19,6 +19,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aqa.io import ordinary_modes
 from aqa.models.tiny_builder import BASE_CORPUS, TinyAudioEncoderSpec, train_byte_level_bpe
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ def build_tiny_audio_flamingo3(out_dir: str | Path, spec: TinyAudioFlamingo3Spec
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
+    ordinary_modes(out)  # save_pretrained leaves model.safetensors 0600
     (out / "aqa_tiny.json").write_text(json.dumps({"family": "audio-flamingo3", **asdict(spec)}, indent=2) + "\n")
     log.info("tiny Audio Flamingo 3: %.2f M parameters, vocabulary %d, %d windows of %d s",
              sum(p.numel() for p in model.parameters()) / 1e6, config.text_config.vocab_size, spec.max_windows,

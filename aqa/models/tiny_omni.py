@@ -23,6 +23,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aqa.io import ordinary_modes
 from aqa.models.tiny_builder import BASE_CORPUS, TinyAudioEncoderSpec, train_byte_level_bpe
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,7 @@ def build_tiny_omni(family: Family, out_dir: str | Path, spec: TinyOmniSpec, cor
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
+    ordinary_modes(out)  # save_pretrained leaves model.safetensors 0600
     (out / "aqa_tiny.json").write_text(json.dumps({"family": family.name, **asdict(spec)}, indent=2) + "\n")
     n = sum(p.numel() for p in model.parameters())
     log.info("tiny %s thinker: %.2f M parameters, vocabulary %d", family.name, n / 1e6, config.text_config.vocab_size)

@@ -99,6 +99,7 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     from aqa.data.audio import AudioError, load_audio
     from aqa.data.events import find_audio, merge_occurrences, read_labels, read_strong_tsv
     from aqa.data.spoken import format_times
+    from aqa.io import ordinary_modes
     from aqa.models.base import Example
     from aqa.models.registry import load_backend
     from aqa.train.recipe import lr_lambda
@@ -184,6 +185,7 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     model.eval()
     model.save_pretrained(tmp, safe_serialization=True)
     backend.processor.save_pretrained(tmp)
+    ordinary_modes(tmp)  # save_pretrained leaves model.safetensors 0600
     if (Path(model_dir) / "aqa_tiny.json").is_file():
         shutil.copy(Path(model_dir) / "aqa_tiny.json", tmp / "aqa_tiny.json")
     shutil.rmtree(out, ignore_errors=True)
