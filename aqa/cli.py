@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import sys
 import warnings
@@ -73,9 +74,8 @@ _USER_OS_ERRORS = (FileNotFoundError, NotADirectoryError, IsADirectoryError, Per
 
 
 def _os_message(e: OSError) -> str:
-    where = e.filename if e.filename is not None else None
     problem = e.strerror or str(e)
-    return f"{where}: {problem}" if where is not None else problem
+    return f"{e.filename}: {problem}" if e.filename is not None else problem
 
 
 def _named_folders(args: argparse.Namespace) -> list[Path]:
@@ -105,8 +105,6 @@ def _damaged_file(args: argparse.Namespace, suffix: str) -> tuple[Path, str] | N
         for f in sorted(folder.glob(f"*{suffix}")):
             try:
                 if suffix == ".json":
-                    import json
-
                     json.loads(f.read_text(encoding="utf-8"))
                 else:
                     from safetensors import safe_open
