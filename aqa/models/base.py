@@ -211,6 +211,12 @@ class Backend:
             with torch.no_grad():
                 set_peft_model_state_dict(self.model, now)
 
+    def compile_decoder(self, **options) -> None:
+        """Run the language model's decoder through `torch.compile` (`options`: its keyword
+        arguments). In place (`nn.Module.compile`): module names and state-dict keys stay, so
+        LoRA, checkpoints and saved adapters are those of the eager model."""
+        self.base_model().get_decoder().compile(**options)
+
     def enable_gradient_checkpointing(self) -> None:
         self.base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
