@@ -164,7 +164,8 @@ def step_rates(backend, data: Path, *, batch: int, steps: int, workers: int, dev
     held = [ds[j].batch for j in range(len(ds))]  # collated before timing
     rates: dict[str, float] = {}
     for _ in range(repeats):
-        for mode, batches in [("memory", iter(held)), ("workers=0", through(0)), (f"workers={workers}", through(workers))]:
+        modes = [("memory", iter(held)), ("workers=0", through(0)), (f"workers={workers}", through(workers))]
+        for mode, batches in modes:
             rates[mode] = max(rates.get(mode, 0.0), timed_steps(batches))
     return rates
 

@@ -125,7 +125,8 @@ def tiny_kimi(tmp_path_factory, synth_data):
     from aqa.models.tiny_builder import corpus_from_records
     from aqa.models.tiny_kimi_audio import build_tiny_kimi
 
-    return build_tiny_kimi(tmp_path_factory.mktemp("kimi") / "model", corpus=corpus_from_records(synth_data / "qa.jsonl"))
+    return build_tiny_kimi(tmp_path_factory.mktemp("kimi") / "model",
+                           corpus=corpus_from_records(synth_data / "qa.jsonl"))
 
 
 @pytest.fixture

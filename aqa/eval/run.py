@@ -127,7 +127,8 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
         # The batches one process makes of every item; this shard takes every n-th. Dealt from
         # all items, not those left, so that every shard deals alike whatever it finds done.
         order = _length_order(records, header_duration) if group_by_length else records
-        mine = [r for lo in range(index * per_batch, len(order), n_shards * per_batch) for r in order[lo:lo + per_batch]]
+        mine = [r for lo in range(index * per_batch, len(order), n_shards * per_batch)
+                for r in order[lo:lo + per_batch]]
         todo = [r for r in mine if r.id not in done and r.id not in skipped]
     else:
         todo = [r for r in records if r.id not in done and r.id not in skipped]

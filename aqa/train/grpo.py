@@ -88,8 +88,8 @@ def train(cfg: GRPOConfig) -> dict:
 
     # ---- setup -----------------------------------------------------------------------------
     continued = cfg.policy == "sft"
-    run = setup(cfg, name=f"grpo ({cfg.rollout})", adapter=cfg.sft_adapter if continued else "", merge="" if continued else cfg.sft_adapter,
-                steps_factor=cfg.ppo_epochs)
+    run = setup(cfg, name=f"grpo ({cfg.rollout})", adapter=cfg.sft_adapter if continued else "",
+                merge="" if continued else cfg.sft_adapter, steps_factor=cfg.ppo_epochs)
     module, backend = run.module, run.backend
     # The reference is the SFT model: the new adapter switched off, or the SFT adapter's saved weights.
     reference = ((lambda: backend.adapter_weights_from(cfg.sft_adapter)) if continued

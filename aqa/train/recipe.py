@@ -9,11 +9,11 @@
   way: the step's micro-batches (`batches`, prepared by DataLoader workers), the optimizer
   step inside gradient accumulation, and the step tail (log, progress bar, checkpoint,
   `stop_after`), then `finish` (the adapter).
+- `add_recipe_command`: `aqa NAME CONFIG.yaml [key=value ...]`.
 
 One meaning of batch size in every recipe: `batch_size` items (GRPO: questions) per optimizer
 step, all processes together, = micro_batch_size x accumulation x processes; the accumulation
 follows from the other three (`TrainConfig.accumulation`).
-- `add_recipe_command`: `aqa NAME CONFIG.yaml [key=value ...]`.
 """
 
 from __future__ import annotations
@@ -271,9 +271,9 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
           steps_factor: int = 1) -> TrainRun:
     """Everything before a recipe's loop.
 
-    `adapter`: continue training this adapter instead of adding a new one; `merge`: merge this adapter (and those it was
-    trained on) into the weights first, then add a new one. The schedule spans
-    `steps_factor` optimizer steps per loop step (GRPO's ppo_epochs)."""
+    `adapter`: continue training this adapter instead of adding a new one; `merge`: merge this
+    adapter (and those it was trained on) into the weights first, then add a new one. The
+    schedule spans `steps_factor` optimizer steps per loop step (GRPO's ppo_epochs)."""
     import torch
     from tqdm.auto import tqdm
 
