@@ -208,7 +208,8 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
         grpo_run = out / "runs" / "grpo"
         grpo_cfg = GRPOConfig(model=str(base), sft_adapter=str(sft_run / "adapter"),
                               train_data=[str(data / "train.jsonl")], output_dir=str(grpo_run), rollout="choice",
-                              group_size=cfg.grpo_group, lr=cfg.grpo_lr, batch_size=cfg.grpo_batch, grad_accum=1,
+                              group_size=cfg.grpo_group, lr=cfg.grpo_lr, batch_size=cfg.grpo_batch,
+                              micro_batch_size=cfg.grpo_batch,
                               max_steps=cfg.grpo_steps, lora_r=cfg.lora_r, lora_alpha=2 * cfg.lora_r,
                               save_every=20, seed=cfg.seed, shuffle_options=False)
         stage("GRPO", (grpo_run / "adapter" / "adapter_config.json").is_file(), lambda: grpo_train(grpo_cfg))

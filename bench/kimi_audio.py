@@ -8,7 +8,10 @@ Upstream's `KimiAudio.generate` takes one conversation at a time and its forward
 text logits over the whole vocabulary at every position (and the audio branch's, which this
 baseline leaves out, so it flatters upstream). The baseline here does the same with aqa's
 modules: one prompt per forward, full logits. aqa's path scores a batch, left-padded, with the
-option letters' logits only. The two must give the same answer-letter logits (checked).
+option letters' logits only. The two must give the same answer-letter logits (checked). The
+backend keeps each clip's GLM-4-Voice tokens after the first collate (as every epoch after the
+first and every repeated evaluation does), so the rows after the first time the tokenizer only
+in their warm-up call; the first row times the tokenizer itself.
 
 Prints a table and appends it to bench/RESULTS.md with the machine, the date and the command.
 """

@@ -1,5 +1,6 @@
-"""The benchmark script still runs (on a tiny model; its numbers are not checked)."""
+"""The benchmark scripts still run (on tiny models; their numbers are not checked)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,21 +8,83 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--shapes", "tiny", "--repeats", "1", "--batch", "2"]
 
 
-@pytest.mark.parametrize("script, rows, check", [
-    ("speed.py", ["LoRA SFT step", "scoring eval", "generate eval", "GRPO step, G=6"], "scoring paths agree to"),
-    ("kimi_audio.py", ["GLM-4-Voice tokens", "Whisper features", "one prompt at a time", "aqa batched",
-                       "greedy generation"], "answer logits agree to"),
+@pytest.mark.parametrize("script, args, rows, check", [
+    ("speed.py", ["--clip-seconds", "2", "--new-tokens", "2"],
+     ["LoRA SFT step", "scoring eval", "generate eval", "GRPO step, G=6"], "scoring paths agree to"),
+    ("kimi_audio.py", ["--clip-seconds", "2", "--new-tokens", "2"],
+     ["GLM-4-Voice tokens", "Whisper features", "one prompt at a time", "aqa batched", "greedy generation"],
+     "answer logits agree to"),
+    ("pipeline.py", ["--clip-seconds", "2", "3", "--clips", "4", "--steps", "1", "--workers", "1"],
+     ["Qwen2-Audio: decode, resample, shuffle, collate (one worker) | 2 s", "| 3 s |",
+      "Kimi-Audio: GLM-4-Voice tokens (training process, first epoch only)", "batches from memory",
+      "| Kimi-Audio |"], "44.1 kHz stereo FLAC"),
 ])
-def test_bench_runs_and_appends_a_table(tmp_path, script, rows, check):
+def test_bench_runs_and_appends_a_table(tmp_path, script, args, rows, check):
     results = tmp_path / "RESULTS.md"
     results.write_text("# results\n")
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), "--shapes", "tiny", "--repeats", "1",
-                        "--clip-seconds", "2", "--batch", "2", "--new-tokens", "2", "--results", str(results)],
-                       capture_output=True, text=True, timeout=300)
+    # This checkout's aqa, whatever an installed one points at.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), *TINY, *args, "--results", str(results)],
+                       capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     text = results.read_text()
     for row in rows:
         assert row in text
     assert check in text and "Command:" in text
+
+
+def gpu_check(tmp_path, *flags, timeout=60):
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--out", str(tmp_path / "gc"), *flags],
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_gpu_check_commands_parse(tmp_path):
+    """No GPU here: the script's syntax, and every aqa command it runs parses (recipe keys, eval
+    flags); the helpers' arguments are those gpu_check.py takes."""
+    import shlex
+
+    from aqa.cli import build_parser
+    from aqa.config import load_config
+    from aqa.train.grpo import GRPOConfig
+    from aqa.train.sft import SFTConfig
+
+    assert subprocess.run(["bash", "-n", str(ROOT / "bench" / "gpu_check.sh")]).returncode == 0
+    r = gpu_check(tmp_path, "--dry-run")
+    assert r.returncode == 0, r.stderr
+    cmds = [shlex.split(line[2:]) for line in r.stdout.splitlines() if line.startswith("+ ")]
+    seen = set()
+    for cmd in cmds:
+        if "aqa" in cmd and cmd[cmd.index("aqa") - 1] == "-m":
+            args = cmd[cmd.index("aqa") + 1:]
+            if args[0] in ("sft", "grpo"):
+                cfg = load_config({"sft": SFTConfig, "grpo": GRPOConfig}[args[0]], None, args[1:])
+                assert cfg.device == "cuda" and cfg.bf16
+                cfg.accumulation(1)
+            else:
+                build_parser().parse_args(args)
+            seen.add(args[0])
+        elif cmd[1] == "bench/gpu_check.py":
+            seen.add(cmd[2])
+            assert "--device" in cmd and cmd[cmd.index("--device") + 1] == "cuda"
+        elif cmd[1] == "bench/speed.py":
+            seen.add("speed")
+            assert cmd[cmd.index("--shapes") + 1] == "7b" and cmd[cmd.index("--device") + 1] == "cuda"
+    assert {"sft", "grpo", "eval", "speed", "kimi-forward"} <= seen, seen
+    assert sum("accelerate.commands.launch" in c for c in cmds) == 2  # ZeRO-2: stopped, then resumed
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_every_stage_on_the_cpu(tmp_path):
+    """--cpu: every stage at tiny shapes, one table with every check passed."""
+    r = gpu_check(tmp_path, "--cpu", timeout=1800)
+    assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
+    table = (tmp_path / "gc" / "gpu_check.md").read_text()
+    assert "| check | result | seconds | details |" in table and "FAILED" not in table
+    for row in ("bf16 LoRA SFT", "GRPO, choice", "GRPO, generate", "bf16 eval", "ZeRO-2, 1 process, resumed",
+                "speed, Qwen2-Audio", "Kimi-Audio tiny forward"):
+        assert row in table, row
+    assert "ZeRO optimizer shard(s)" in table and "logits finite: True" in table

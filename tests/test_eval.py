@@ -132,3 +132,83 @@ def test_grouping_by_length_changes_no_prediction(tiny_model, synth_data, tmp_pa
     by_id = {r["id"]: r for r in u}
     for r in g:  # ... the answers did not
         assert np.allclose(r["probs"], by_id[r["id"]]["probs"], atol=1e-5) and r["pred"] == by_id[r["id"]]["pred"]
+
+
+@pytest.fixture
+def mixed_lengths(synth_data, tmp_path):
+    """Dev items with clips of many lengths (so grouping by length reorders them) and one bad clip."""
+    from aqa.data.audio import write_wav
+
+    d = tmp_path / "ds"
+    recs = [json.loads(x) for x in (synth_data / "dev.jsonl").read_text().splitlines()][:14]
+    for i, r in enumerate(recs):
+        a = load_audio(synth_data / r["audio"]).samples
+        write_wav(d / f"c{i}.wav", a[: int((0.3 + (i * 7 % 10) / 6) * 16000)] + np.float32(0))
+        r["audio"] = f"c{i}.wav"
+    (d / "bad.wav").write_bytes(b"RIFF....not audio")
+    recs[5]["audio"] = "bad.wav"
+    write_jsonl(d / "dev.jsonl", recs)
+    return d / "dev.jsonl"
+
+
+def same_eval(a, b):
+    """The same predictions file, skipped items and metrics (the row name aside)."""
+    assert (a / "predictions.jsonl").read_text() == (b / "predictions.jsonl").read_text()
+    assert (a / "skipped.jsonl").read_text() == (b / "skipped.jsonl").read_text()
+    ma, mb = (json.loads((d / "metrics.json").read_text()) for d in (a, b))
+    assert {k: v for k, v in ma.items() if k != "name"} == {k: v for k, v in mb.items() if k != "name"}
+
+
+def test_shards_resume_on_their_own_and_merge_to_the_one_process_run(tiny_model, mixed_lengths, tmp_path, backend):
+    s = EvalSettings(str(tiny_model), None, str(mixed_lengths), shuffles=2)
+    evaluate(s, tmp_path / "one", backend=backend, progress=False, batch_size=4)
+    out = tmp_path / "sharded"
+    for i in range(3):
+        r = evaluate(s, out, backend=backend, progress=False, batch_size=4, shard=(i, 3))
+        assert r["shard"] == [i, 3] and not (out / "predictions.jsonl").exists()
+    # Shard 1 was killed mid-write after its first batch: it redoes only what it lacks.
+    f = out / "shards" / "predictions-1-of-3.jsonl"
+    first, *rest = f.read_text().splitlines(keepends=True)
+    assert rest
+    f.write_text(first + rest[0][:20])
+    r = evaluate(s, out, backend=backend, progress=False, batch_size=4, shard=(1, 3))
+    assert r["answered"] == 1 + len(rest)
+    assert sum(len(_lines(p)) for p in (out / "shards").glob("predictions-*")) == len(rows(tmp_path / "one"))
+    evaluate(s, out, backend=backend, progress=False, batch_size=4)  # nothing left: merges
+    same_eval(tmp_path / "one", out)
+    with pytest.raises(ValueError, match="other settings"):
+        evaluate(EvalSettings(str(tiny_model), None, str(mixed_lengths), shuffles=3), out, backend=backend,
+                 progress=False, shard=(0, 3))
+
+
+def _lines(p):
+    return [x for x in p.read_text().splitlines() if x.strip()]
+
+
+def test_two_processes_shard_and_merge_like_one(tiny_model, mixed_lengths, tmp_path):
+    """torchrun with 2 CPU processes: each answers its shard, shard 0 merges; predictions and
+    metrics equal one process's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    args = ["-m", "aqa", "eval", "--model", str(tiny_model), "--data", str(mixed_lengths), "--shuffles", "2",
+            "--batch-size", "4", "--device", "cpu"]
+    r = subprocess.run([sys.executable, *args, "-o", str(tmp_path / "one")], env=env, cwd=root, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        str(port), *args, "-o", str(tmp_path / "two")], env=env, cwd=root, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    shards = sorted(p.name for p in (tmp_path / "two" / "shards").iterdir())
+    # The bad clip's header reads as 0 s: the first batch, shard 0's.
+    assert shards == ["predictions-0-of-2.jsonl", "predictions-1-of-2.jsonl", "skipped-0-of-2.jsonl"], shards
+    same_eval(tmp_path / "one", tmp_path / "two")

@@ -53,7 +53,7 @@ def example(row, root):
 
 def cfg(tiny_model, sft_adapter, data, out, **kw):
     base = dict(model=str(tiny_model), sft_adapter=str(sft_adapter), train_data=[str(data)], output_dir=str(out),
-                batch_size=4, grad_accum=2, max_steps=3, lr=1e-3, device="cpu", seed=2, lora_r=4)
+                batch_size=8, micro_batch_size=4, max_steps=3, lr=1e-3, device="cpu", seed=2, lora_r=4)
     base.update(kw)
     return GRPOConfig(**base)
 
@@ -65,7 +65,7 @@ def log(run):
 def test_choice_rollouts_raise_the_reward(tiny_model, sft_adapter, always_same, tmp_path):
     run = tmp_path / "g"
     grpo_train(cfg(tiny_model, sft_adapter, always_same, run, max_steps=12, lr=2e-2, shuffle_options=False,
-                   beta=0.0, batch_size=8, grad_accum=1))
+                   beta=0.0, batch_size=8, micro_batch_size=8))
     rows = log(run)
     first, last = sum(r["reward"] for r in rows[:3]) / 3, sum(r["reward"] for r in rows[-3:]) / 3
     assert last > first + 0.3, (first, last)

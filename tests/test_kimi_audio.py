@@ -209,7 +209,7 @@ def test_recipes_run_unchanged_on_kimi_audio(tiny_kimi, synth_data, tmp_path):
     cfg = json.loads((tmp_path / "sft" / "adapter" / "adapter_config.json").read_text())
     assert cfg["r"] == 16
     assert main(["grpo", "configs/kimi_audio/grpo.yaml", *common, f"output_dir={tmp_path / 'grpo'}",
-                 f"sft_adapter={tmp_path / 'sft' / 'adapter'}", "batch_size=2", "grad_accum=1", "group_size=2",
+                 f"sft_adapter={tmp_path / 'sft' / 'adapter'}", "batch_size=2", "micro_batch_size=2", "group_size=2",
                  "max_steps=1", "rollout=generate", "max_new_tokens=3"]) == 0
     for name, extra in [("base", []), ("sft", ["--adapter", str(tmp_path / "sft" / "adapter")]),
                         ("grpo", ["--adapter", str(tmp_path / "grpo" / "adapter")])]:

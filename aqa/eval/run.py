@@ -4,6 +4,14 @@
 Resumable: predictions are appended batch by batch, and a rerun with the same settings
 skips the ids already written. Items whose audio cannot be decoded are skipped, listed in
 `skipped.jsonl` and counted in the metrics.
+
+Sharded: under `torchrun` or `accelerate launch` (or with `--shard I/N` on machines that do
+not talk to each other) the batches a single process would make are dealt round the N
+processes; each writes OUT/shards/predictions-I-of-N.jsonl (and skipped-...), resumable by
+itself. Shard 0 of a launch waits for the others and merges the shards into
+predictions.jsonl, in the order one process writes it; after `--shard` runs, a run without
+it (nothing left to do) merges. The batches are those of one process, so the merged
+predictions equal a 1-process run's.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
@@ -35,20 +45,32 @@ class EvalSettings:
     audio: str = "normal"
 
 
+SHARDS = "shards"
+
+
 def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch_size: int = 8,
              device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False,
              allow_outside_root: bool = False, limit: int = 0, name: str | None = None,
              overwrite: bool = False, n_boot: int = 1000, progress: bool = True,
-             reference: str | Path | None = None, group_by_length: bool = True) -> dict:
+             reference: str | Path | None = None, group_by_length: bool = True,
+             shard: tuple[int, int] | None = None, barrier: Callable[[], None] | None = None,
+             compile: bool = False, cache_dir: str | Path | None = None) -> dict:
     """Evaluate and return the metrics dict. `backend` may be passed to reuse a loaded model.
     With `reference` (an eval dir of the same model with the audio), a silent or audio-free
-    evaluation also reports each item's audio contribution."""
+    evaluation also reports each item's audio contribution.
+
+    `shard=(i, n)`: answer only every n-th batch from the i-th, into shard i's files.
+    `barrier`: a barrier of the n processes of one launch; then shard 0 merges the shards and
+    writes the metrics, and every process returns them. Without it a shard returns a summary of
+    its own work, and a later run without `shard` merges. `compile`: the decoder runs through
+    torch.compile. `cache_dir`: where the backend keeps per-clip work (Kimi-Audio's speech
+    tokens) for later evaluations of the same clips."""
     import numpy as np
     from tqdm.auto import tqdm
 
     from aqa.data.audio import AudioError, header_duration, load_audio
     from aqa.data.records import load_records
-    from aqa.eval.metrics import format_summary, load_predictions, write_metrics
+    from aqa.eval.metrics import format_summary
     from aqa.eval.score import combine, generate_queries, make_queries, score_queries
 
     if settings.mode not in ("score", "generate"):
@@ -57,13 +79,28 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
         raise ValueError("shuffles must be >= 1")
     if settings.audio not in ("normal", "silence", "none"):
         raise ValueError(f"audio must be normal, silence or none, got {settings.audio!r}")
+    index, n_shards = shard or (0, 1)
+    if not 0 <= index < n_shards:
+        raise ValueError(f"shard {index} of {n_shards} does not exist (0 <= I < N)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pred_file, skip_file, settings_file = out / "predictions.jsonl", out / "skipped.jsonl", out / "eval_config.json"
+    # Where this process appends: the eval dir's own files, or its shard's.
+    my_pred, my_skip = ((out / SHARDS / f"predictions-{index}-of-{n_shards}.jsonl",
+                         out / SHARDS / f"skipped-{index}-of-{n_shards}.jsonl") if shard else (pred_file, skip_file))
     if overwrite:
-        for f in (pred_file, skip_file, out / "metrics.json"):
+        if index == 0:
+            for f in (pred_file, skip_file, out / "metrics.json"):
+                f.unlink(missing_ok=True)
+            if barrier or not shard:
+                for f in (out / SHARDS).glob("*.jsonl"):
+                    f.unlink()
+        for f in (my_pred, my_skip):
             f.unlink(missing_ok=True)
-    if settings_file.is_file() and pred_file.is_file():
+    if barrier:
+        barrier()  # nobody reads what shard 0 is deleting
+    done_files = [f for f in (pred_file, *sorted((out / SHARDS).glob("predictions-*.jsonl"))) if f.is_file()]
+    if settings_file.is_file() and done_files:
         old = json.loads(settings_file.read_text())
         # A key an older aqa did not write had its default then.
         defaults = {f.name: f.default for f in fields(EvalSettings) if f.default is not MISSING}
@@ -73,31 +110,48 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
             raise ValueError(f"{out} holds predictions made with other settings {diff}; "
                              f"use another -o folder or --overwrite")
     write_json(settings_file, asdict(settings))
-    drop_partial_last_line(pred_file)
-    drop_partial_last_line(skip_file)
+    drop_partial_last_line(my_pred)
+    drop_partial_last_line(my_skip)
 
     records = load_records(settings.data, allow_outside_root=allow_outside_root, require_answer=False)
     if limit:
         records = records[:limit]
-    done = {r["id"] for r in load_predictions(out)} if pred_file.is_file() else set()
-    skipped = {r["id"]: r for _, r in iter_jsonl(skip_file, skip_bad=True)} if skip_file.is_file() else {}
-    todo = [r for r in records if r.id not in done and r.id not in skipped]
+    # Done anywhere: in the eval dir's files or any shard's (another process may be appending
+    # to its own; a half-written last line there is skipped).
+    done = {r["id"] for f in done_files for r in _rows(f)}
+    skipped = {r["id"]: r for f in (skip_file, *(out / SHARDS).glob("skipped-*.jsonl")) if f.is_file()
+               for r in _rows(f)}
+    # Items per forward: each item puts K queries to the model.
+    per_batch = max(1, batch_size // settings.shuffles)
+    if shard:
+        # The batches one process makes of every item; this shard takes every n-th. Dealt from
+        # all items, not those left, so that every shard deals alike whatever it finds done.
+        order = _length_order(records, header_duration) if group_by_length else records
+        mine = [r for lo in range(index * per_batch, len(order), n_shards * per_batch)
+                for r in order[lo:lo + per_batch]]
+        todo = [r for r in mine if r.id not in done and r.id not in skipped]
+    else:
+        todo = [r for r in records if r.id not in done and r.id not in skipped]
+        if group_by_length and len(todo) > 1:
+            # Clips of like length share a batch, so the trimmed encoder pads little; the header
+            # read is cheap, and predictions do not depend on the batch an item lands in.
+            todo = _length_order(todo, header_duration)
     if done:
-        log.info("%s: %d item(s) already done, %d to go", out, len(done), len(todo))
+        log.info("%s: %d item(s) already done, %d to go%s", out, len(done), len(todo),
+                 f" in shard {index} of {n_shards}" if shard else "")
     if todo and backend is None:
         from aqa.models.registry import load_backend
 
         backend = load_backend(settings.model, adapter=settings.adapter, device=device, dtype=dtype,
                                trust_remote_code=trust_remote_code)
+        if compile:
+            backend.compile_decoder()
     if backend is not None:
         backend.model.eval()
-    if group_by_length and len(todo) > 1:
-        # Clips of like length share a batch, so the trimmed encoder pads little; the header
-        # read is cheap, and predictions do not depend on the batch an item lands in.
-        todo.sort(key=lambda r: header_duration(r.audio_path or r.audio))
-    # Items per forward: each item puts K queries to the model.
-    per_batch = max(1, batch_size // settings.shuffles)
-    bar = tqdm(total=len(todo), desc=f"eval {settings.mode}", disable=not progress)
+        if cache_dir:
+            backend.set_cache_dir(cache_dir)
+    bar = tqdm(total=len(todo), desc=f"eval {settings.mode}" + (f" {index}/{n_shards}" if shard else ""),
+               disable=not progress or index > 0)
     for lo in range(0, len(todo), per_batch):
         chunk = todo[lo:lo + per_batch]
         ok, audios = [], []
@@ -106,7 +160,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
                 a = load_audio(r.audio_path or r.audio, max_seconds=backend.audio_seconds, long_policy="truncate")
             except AudioError as e:
                 log.warning("skipping %s: %s", r.id, e)
-                append_jsonl(skip_file, [{"id": r.id, "subset": r.subset, "problem": str(e), "kind": e.kind}])
+                append_jsonl(my_skip, [{"id": r.id, "subset": r.subset, "problem": str(e), "kind": e.kind}])
                 skipped[r.id] = e
                 continue
             if a.too_long:
@@ -124,23 +178,73 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
             per_item: list[list] = [[] for _ in ok]
             for q, a in zip(queries, answers):
                 per_item[q.item].append(a)
-            append_jsonl(pred_file, [combine(r, per_item[i], settings.mode, settings.vote) for i, r in enumerate(ok)])
+            append_jsonl(my_pred, [combine(r, per_item[i], settings.mode, settings.vote) for i, r in enumerate(ok)])
         bar.update(len(chunk))
     bar.close()
 
+    if shard and not barrier:
+        log.info("%s: shard %d of %d done; a run without --shard merges the shards", out, index, n_shards)
+        return {"shard": [index, n_shards], "answered": len(_rows(my_pred)) if my_pred.is_file() else 0}
+    if barrier:
+        barrier()  # every shard has written its last line
+        if index > 0:
+            barrier()  # shard 0 has merged and written the metrics
+            return json.loads((out / "metrics.json").read_text())
+    if (out / SHARDS).is_dir():
+        order = _length_order(records, header_duration) if group_by_length else records
+        _merge_shards(out, pred_file, skip_file, {r.id: i for i, r in enumerate(order)})
+    metrics = _finish(out, settings, records, name, n_boot, reference)
+    if barrier:
+        barrier()
+    if progress:
+        print(format_summary(metrics))
+    return metrics
+
+
+def _rows(path: Path) -> list[dict]:
+    from aqa.eval.metrics import load_predictions
+
+    return load_predictions(path)
+
+
+def _length_order(records: list, duration) -> list:
+    """Records shortest clip first (stable: like lengths keep the data file's order)."""
+    return sorted(records, key=lambda r: duration(r.audio_path or r.audio))
+
+
+def _merge_shards(out: Path, pred_file: Path, skip_file: Path, position: dict) -> None:
+    """predictions.jsonl and skipped.jsonl from the eval dir's own lines and every shard's,
+    each id once, in `position` order (the order one process answers them in); ids outside it
+    (an earlier, longer --limit) after them. The shards stay: a resumed run reads them."""
+    for target, pattern in ((pred_file, "predictions-*.jsonl"), (skip_file, "skipped-*.jsonl")):
+        rows: dict = {}
+        for f in (target, *sorted((out / SHARDS).glob(pattern))):
+            if f.is_file():
+                for r in _rows(f):
+                    rows.setdefault(r["id"], r)
+        if rows or target.is_file():
+            end = len(position)
+            write_jsonl(target, sorted(rows.values(), key=lambda r: position.get(r["id"], end)))
+
+
+def _finish(out: Path, settings: EvalSettings, records: list, name: str | None, n_boot: int, reference) -> dict:
+    """metrics.json (and unparsed.jsonl, contribution.jsonl) from predictions.jsonl and
+    skipped.jsonl."""
+    from aqa.eval.metrics import load_predictions, write_metrics
+
+    pred_file, skip_file = out / "predictions.jsonl", out / "skipped.jsonl"
     rows = load_predictions(out) if pred_file.is_file() else []
+    n_skipped = len(_rows(skip_file)) if skip_file.is_file() else 0
     keep = {r.id for r in records}
     rows = [r for r in rows if r["id"] in keep]
     extra = {"name": name or out.name, "mode": settings.mode, "model": settings.model,
-             "adapter": settings.adapter, "data": settings.data, "n_skipped": len(skipped)}
+             "adapter": settings.adapter, "data": settings.data, "n_skipped": n_skipped}
     if reference:
         extra["audio_contribution"] = audio_contribution(load_predictions(reference), rows, out)
     metrics = write_metrics(out, rows, n_boot=n_boot, seed=settings.seed, extra=extra)
     if settings.mode == "generate":
         unparsed = [r for r in rows if r.get("pred") is None]
         write_jsonl(out / "unparsed.jsonl", [{"id": r["id"], "raw": r.get("raw")} for r in unparsed])
-    if progress:
-        print(format_summary(metrics))
     return metrics
 
 
@@ -192,15 +296,58 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="silence: each clip replaced by silence of the same length; none: no audio in the prompt")
     p.add_argument("--reference", help="with --audio silence/none: the eval dir made with the audio, to report "
                                        "each item's audio contribution")
+    p.add_argument("--compile", action="store_true", help="run the decoder through torch.compile")
+    p.add_argument("--cache-dir", help="keep per-clip work here for later evaluations of the same clips "
+                                       "(Kimi-Audio's speech tokens)")
+    p.add_argument("--shard", help="I/N: answer shard I of N (0-based) only, for machines that do not talk to "
+                                   "each other; a run without --shard merges. Under torchrun or accelerate launch "
+                                   "the processes shard by themselves")
     p.set_defaults(func=_run)
 
 
+def launched_processes() -> tuple[int, int, int] | None:
+    """(rank, processes, local rank) when started by torchrun or `accelerate launch`, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
 def _run(args) -> int:
+    import datetime
+
     s = EvalSettings(model=args.model, adapter=args.adapter, data=args.data, mode=args.mode,
                      shuffles=args.shuffles, vote=args.vote, max_new_tokens=args.max_new_tokens, seed=args.seed,
                      audio=args.audio)
-    evaluate(s, args.output, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-             trust_remote_code=args.trust_remote_code, allow_outside_root=args.allow_outside_root,
-             limit=args.limit, name=args.name, overwrite=args.overwrite, reference=args.reference)
-    print(f"wrote {args.output}/ (predictions.jsonl, metrics.json)")
+    shard, barrier, device = None, None, args.device
+    launched = launched_processes()
+    if args.shard:
+        try:
+            i, n = (int(x) for x in args.shard.split("/"))
+        except ValueError:
+            raise SystemExit(f"--shard {args.shard!r}: expected I/N, e.g. 0/4") from None
+        shard = (i, n)
+    elif launched:
+        import torch
+        import torch.distributed as dist
+
+        rank, world, local = launched
+        # Only barriers cross the processes: gloo over TCP with a timeout no shard of a long
+        # evaluation outlasts (NCCL's default would give up on a straggler after minutes).
+        dist.init_process_group("gloo", timeout=datetime.timedelta(days=7))
+        shard, barrier = (rank, world), dist.barrier
+        if not device and torch.cuda.is_available():
+            device = f"cuda:{local}"
+    try:
+        evaluate(s, args.output, batch_size=args.batch_size, device=device, dtype=args.dtype,
+                 trust_remote_code=args.trust_remote_code, allow_outside_root=args.allow_outside_root,
+                 limit=args.limit, name=args.name, overwrite=args.overwrite, reference=args.reference,
+                 shard=shard, barrier=barrier, compile=args.compile, cache_dir=args.cache_dir)
+    finally:
+        if barrier:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if not shard or (barrier and shard[0] == 0):
+        print(f"wrote {args.output}/ (predictions.jsonl, metrics.json)")
     return 0

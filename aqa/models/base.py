@@ -91,6 +91,28 @@ class Backend:
         token. With targets, `labels` holds the target ids and -100 elsewhere."""
         raise NotImplementedError
 
+    def host_collate(self):
+        """`collate` for DataLoader workers: a callable `(examples, with_target=...)` that runs
+        no model and makes a host batch on the CPU, which `to_device` finishes in the training
+        process; `to_device(host_collate()(x))` is `collate(x)` on a CPU. The default runs
+        `collate` on a copy of this backend without the model whose device is the CPU: right
+        for a family whose collate runs no model (a family that does overrides both)."""
+        import copy
+
+        clone = copy.copy(self)
+        clone.model, clone.device = None, torch.device("cpu")
+        return clone.collate
+
+    def to_device(self, host) -> dict[str, torch.Tensor]:
+        """The batch of a `host_collate` result on `self.device` (non-blocking: a DataLoader
+        pins host batches on GPU machines)."""
+        return {k: v.to(self.device, non_blocking=True) for k, v in host.items()}
+
+    def set_cache_dir(self, folder: str | Path | None) -> None:
+        """A folder in which the family may keep work that depends only on a clip, never on
+        the weights being trained, to do it once per clip (None: keep it in memory only).
+        Families with no such work ignore it."""
+
     def hidden_states(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, T, H) last hidden states of the decoder."""
         raise NotImplementedError
@@ -227,6 +249,12 @@ class Backend:
         finally:
             with torch.no_grad():
                 set_peft_model_state_dict(self.model, now)
+
+    def compile_decoder(self, **options) -> None:
+        """Run the language model's decoder through `torch.compile` (`options`: its keyword
+        arguments). In place (`nn.Module.compile`): module names and state-dict keys stay, so
+        LoRA, checkpoints and saved adapters are those of the eager model."""
+        self.base_model().get_decoder().compile(**options)
 
     def enable_gradient_checkpointing(self) -> None:
         self.base_model().gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

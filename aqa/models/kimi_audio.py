@@ -36,6 +36,7 @@ The answer goes in the text stream with blanks beside it in the audio stream and
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
@@ -275,6 +276,66 @@ class KimiAudioProcessor:
         return self.tokenizer.convert_tokens_to_ids(name)
 
 
+class SpeechTokenCache:
+    """GLM-4-Voice tokens of clips, keyed by the clip's content (a hash of its 16 kHz float32
+    samples) under the tokenizer's identity: a clip's tokens do not change between epochs (they
+    are computed from the clean audio), so they are computed once and reused exactly. The last
+    `memo` clips stay in memory; with a `folder`, every clip's tokens are also kept on disk,
+    one .npy file each, for DataLoader workers, later epochs and later runs."""
+
+    def __init__(self, identity, folder: Path | None = None, memo: int = 4096):
+        from collections import OrderedDict
+
+        self._identity = identity  # the hash, or a function computing it when first needed
+        self.folder = folder
+        self.memo_size = memo
+        self.memo: OrderedDict[str, list[int]] = OrderedDict()
+
+    @property
+    def identity(self) -> str:
+        if callable(self._identity):
+            self._identity = self._identity()
+        return self._identity
+
+    @staticmethod
+    def key(audio: np.ndarray) -> str:
+        return hashlib.blake2b(np.ascontiguousarray(audio, dtype=np.float32), digest_size=20).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"glm4-voice-tokens-{self.identity[:16]}" / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> list[int] | None:
+        if key in self.memo:
+            self.memo.move_to_end(key)
+            return self.memo[key]
+        if self.folder is None or not self.path(key).is_file():
+            return None
+        tokens = np.load(self.path(key)).tolist()
+        self._remember(key, tokens)
+        return tokens
+
+    def put(self, key: str, tokens: list[int]) -> None:
+        import io
+
+        from aqa.io import atomic_write_bytes
+
+        self._remember(key, tokens)
+        if self.folder is not None:
+            buf = io.BytesIO()
+            np.save(buf, np.asarray(tokens, dtype=np.int32))
+            atomic_write_bytes(self.path(key), buf.getvalue())  # processes may write the same clip at once
+
+    def _remember(self, key: str, tokens: list[int]) -> None:
+        self.memo[key] = tokens
+        while len(self.memo) > self.memo_size:
+            self.memo.popitem(last=False)
+
+    def for_worker(self) -> SpeechTokenCache:
+        """The same cache for a DataLoader worker: the identity computed here, where the
+        tokenizer is; a memory of its own."""
+        return SpeechTokenCache(self.identity, self.folder, self.memo_size)
+
+
 class KimiAudioBackend(Backend):
     family = "moonshot_kimia"
 
@@ -323,6 +384,21 @@ class KimiAudioBackend(Backend):
             user="<|im_kimia_user_msg_start|>", assistant="<|im_kimia_assistant_msg_start|>",
             media_begin="<|im_media_begin|>", media_end="<|im_media_end|>",
             ct="<|im_kimia_speech_ct_id|>", msg_end="<|im_msg_end|>").items()}
+        self.speech_cache = SpeechTokenCache(self._speech_tokenizer_identity)
+
+    def _speech_tokenizer_identity(self) -> str:
+        """A hash of everything the speech tokens depend on besides the clip: the tokenizer's
+        config and weights, its feature extractor, and the kind of device it runs on (float
+        rounding differs between kinds, and a nearest-codebook tie can flip with it)."""
+        p = self.processor
+        h = hashlib.blake2b(digest_size=20)
+        h.update(p.speech_tokenizer.config.to_json_string(use_diff=False).encode())
+        h.update(p.tokenizer_features.to_json_string().encode())
+        h.update(self.device.type.encode())
+        for name, t in p.speech_tokenizer.state_dict().items():
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+        return h.hexdigest()
 
     @property
     def audio_seconds(self) -> None:
@@ -346,27 +422,76 @@ class KimiAudioBackend(Backend):
         return audio, text, cont
 
     def collate(self, examples: list[Example], *, with_target: bool = False) -> dict[str, torch.Tensor]:
+        return self.to_device(self._host_batch(examples, with_target=with_target))
+
+    def host_collate(self):
+        # The speech tokenizer is a model: it stays in the training process, on the model's
+        # device (`to_device`); workers read the tokens of clips it has seen from the cache.
+        import copy
+        import dataclasses
+
+        clone = copy.copy(self)
+        clone.model, clone.device = None, torch.device("cpu")
+        clone.processor = dataclasses.replace(self.processor, speech_tokenizer=None)
+        clone.speech_cache = self.speech_cache.for_worker()
+        return clone._host_batch
+
+    def set_cache_dir(self, folder) -> None:
+        self.speech_cache.folder = Path(folder) if folder else None
+
+    def speech_tokens(self, audio: np.ndarray, key: str | None = None) -> list[int]:
+        """GLM-4-Voice tokens of a 16 kHz clip: the cached ones if this tokenizer made them
+        before, else computed on the model's device and kept. `key`: the clip's cache key."""
+        key = key or self.speech_cache.key(audio)
+        tokens = self.speech_cache.get(key)
+        if tokens is None:
+            p = self.processor
+            tokens = p.speech_tokenizer.tokenize(audio, p.tokenizer_features, device=self.device)
+            self.speech_cache.put(key, tokens)
+        return tokens
+
+    def _host_batch(self, examples: list[Example], *, with_target: bool = False) -> dict:
+        """What `collate` computes without running a model: question and target ids, Whisper
+        log-mels (on `self.device`: the CPU in a DataLoader worker), the cached speech tokens of
+        each clip, or the clip itself where the cache has none."""
         if any(e.audio is None for e in examples) and not all(e.audio is None for e in examples):
             raise ValueError("a batch mixes examples with and without audio")
         p = self.processor
-        rows, mels, seg_tokens = [], [], []
+        questions, targets, speech, mels, seg_tokens = [], [], [], [], []
         for e in examples:
-            q = self.tokenizer.encode(e.text, add_special_tokens=False)
-            speech = None
-            if e.audio is not None:
-                audio = np.asarray(e.audio, dtype=np.float32)
-                speech = p.speech_tokenizer.tokenize(audio, p.tokenizer_features, device=self.device)
-                segs = segments(audio)
-                mels.append(p.feature_extractor(segs, sampling_rate=SAMPLE_RATE, return_tensors="pt",
-                                                padding="max_length", device=str(self.device))["input_features"])
-                seg_tokens += [tokens_for(len(s)) for s in segs]
-            a, t, c = self.streams(q, speech)
-            labels = [-100] * len(t)
+            questions.append(self.tokenizer.encode(e.text, add_special_tokens=False))
             if with_target:
                 if e.target is None and e.target_ids is None:
                     raise ValueError("with_target=True needs a target on every example")
-                tgt = (list(e.target_ids) if e.target_ids is not None
-                       else self.tokenizer.encode(e.target, add_special_tokens=False) + self.end_ids)
+                targets.append(list(e.target_ids) if e.target_ids is not None
+                               else self.tokenizer.encode(e.target, add_special_tokens=False) + self.end_ids)
+            if e.audio is None:
+                speech.append(None)
+                continue
+            audio = np.asarray(e.audio, dtype=np.float32)
+            key = self.speech_cache.key(audio)
+            tokens = self.speech_cache.get(key)
+            speech.append((key, tokens, audio if tokens is None else None))
+            segs = segments(audio)
+            mels.append(p.feature_extractor(segs, sampling_rate=SAMPLE_RATE, return_tensors="pt",
+                                            padding="max_length", device=str(self.device))["input_features"])
+            seg_tokens += [tokens_for(len(s)) for s in segs]
+        host = {"questions": questions, "targets": targets if with_target else None, "speech": speech}
+        if mels:
+            host["input_features"] = torch.cat(mels)  # (segments, 128, 3000)
+            host["segment_tokens"] = torch.tensor(seg_tokens)
+        return host
+
+    def to_device(self, host: dict) -> dict[str, torch.Tensor]:
+        """The two streams of a host batch, its missing speech tokens computed, on `self.device`."""
+        rows = []
+        for i, q in enumerate(host["questions"]):
+            clip = host["speech"][i]
+            speech = None if clip is None else clip[1] if clip[1] is not None else self.speech_tokens(clip[2], clip[0])
+            a, t, c = self.streams(q, speech)
+            labels = [-100] * len(t)
+            if host["targets"] is not None:
+                tgt = host["targets"][i]
                 a, t, c, labels = a + [self.blank] * len(tgt), t + tgt, c + [False] * len(tgt), labels + tgt
             rows.append((a, t, c, labels))
         T = max(len(r[0]) for r in rows)
@@ -380,14 +505,14 @@ class KimiAudioBackend(Backend):
             "continuous": torch.tensor(left([r[2] for r in rows], False)),
             "attention_mask": torch.tensor(left([[1] * len(r[0]) for r in rows], 0)),
         }
-        if with_target:
+        if host["targets"] is not None:
             batch["labels"] = torch.tensor(left([r[3] for r in rows], -100))
         # Explicit positions make a left-padded row compute exactly what it would alone.
         batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
-        if mels:
-            batch["input_features"] = torch.cat(mels)  # (segments, 128, 3000)
-            batch["segment_tokens"] = torch.tensor(seg_tokens)
-        return {k: v.to(self.device) for k, v in batch.items()}
+        if "input_features" in host:
+            batch["input_features"] = host["input_features"]
+            batch["segment_tokens"] = host["segment_tokens"]
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     # --- forward -----------------------------------------------------------------------------
     def whisper_features(self, mel: torch.Tensor, seg_tokens: torch.Tensor) -> torch.Tensor:

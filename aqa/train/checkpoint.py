@@ -82,8 +82,8 @@ def save_checkpoint(run: RunDir, accelerator, model, optimizer, scheduler, step:
                tmp / f"rng-{rank}.pt")
     if _sharded(accelerator):
         # ZeRO partitions the optimizer state over the processes: every process saves its part
-        # through accelerate (which also writes the module's weights, frozen ones included).
-        accelerator.save_state(str(tmp / "accelerate"))
+        # through accelerate; the module's frozen weights stay out (a 7B base is 15 GB).
+        accelerator.save_state(str(tmp / "accelerate"), exclude_frozen_parameters=True)
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         weights = {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(unwrapped.model).items()}
@@ -110,7 +110,8 @@ def load_checkpoint(ckpt: Path, accelerator, model, optimizer, scheduler) -> dic
     from safetensors.torch import load_file
 
     if (ckpt / "accelerate").is_dir():
-        accelerator.load_state(str(ckpt / "accelerate"))
+        # Not strict: the checkpoint holds the trainable weights only; the frozen ones are loaded.
+        accelerator.load_state(str(ckpt / "accelerate"), load_module_strict=False)
     else:
         unwrapped = accelerator.unwrap_model(model)
         set_peft_model_state_dict(unwrapped.model, load_file(ckpt / "adapter.safetensors"))

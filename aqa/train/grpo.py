@@ -48,6 +48,9 @@ class GRPOConfig(TrainConfig):
     warmup_ratio: float = recipe_default(0.0)
     schedule: str = recipe_default("constant")
     save_every: int = recipe_default(50)
+    # The reference report's 8 questions per micro-batch x 5 accumulated = 40 per step.
+    batch_size: int = recipe_default(40)
+    micro_batch_size: int = recipe_default(8)
     sft_adapter: str = doc("", help="the SFT adapter: the reference policy, and where the policy starts")
     policy: str = doc("new", help="new: a fresh LoRA adapter (B = 0) on the SFT weights merged in memory; "
                                   "sft: keep training the SFT adapter itself")
@@ -59,8 +62,6 @@ class GRPOConfig(TrainConfig):
     eps: float = doc(0.2, help="ratio clipping threshold (reference report: 0.2)")
     beta: float = doc(0.1, help="weight of the KL penalty to the reference (reference report: 0.1)")
     ppo_epochs: int = doc(1, help="optimizer steps per batch of rollouts (1: pi_old = pi_theta)")
-    batch_size: int = doc(8, help="questions per micro-batch on one process (reference report: 8)")
-    grad_accum: int = doc(5, help="micro-batches per optimizer step (reference report: 5)")
 
     def __post_init__(self):
         from aqa.train.rewards import REWARDS
@@ -81,17 +82,14 @@ class GRPOConfig(TrainConfig):
 
 def train(cfg: GRPOConfig) -> dict:
     """Run GRPO; returns a summary dict."""
-    from aqa.train.data import micro_seed
     from aqa.train.grpo_loss import grpo_loss
     from aqa.train.recipe import setup
     from aqa.train.rollouts import policy_logprobs, rollout_choice, rollout_generate
 
     # ---- setup -----------------------------------------------------------------------------
     continued = cfg.policy == "sft"
-    run = setup(cfg, name=f"grpo ({cfg.rollout})", accumulation=lambda world: cfg.grad_accum,
-                per_step=lambda world: cfg.batch_size * cfg.grad_accum * world,
-                adapter=cfg.sft_adapter if continued else "", merge="" if continued else cfg.sft_adapter,
-                steps_factor=cfg.ppo_epochs)
+    run = setup(cfg, name=f"grpo ({cfg.rollout})", adapter=cfg.sft_adapter if continued else "",
+                merge="" if continued else cfg.sft_adapter, steps_factor=cfg.ppo_epochs)
     module, backend = run.module, run.backend
     # The reference is the SFT model: the new adapter switched off, or the SFT adapter's saved weights.
     reference = ((lambda: backend.adapter_weights_from(cfg.sft_adapter)) if continued
@@ -100,13 +98,12 @@ def train(cfg: GRPOConfig) -> dict:
     extra = {"max_new_tokens": cfg.max_new_tokens} if cfg.rollout == "generate" else {}
 
     # ---- loop ------------------------------------------------------------------------------
-    for step in range(run.start, run.steps):
-        epoch, order = run.step_order(step)
-        # Rollouts for every micro-batch of this step, from pi_old (the policy as it stands).
-        rolls = [sample(module, backend, reference, run.micro_batch(order, k, cfg.batch_size, epoch),
-                        group_size=cfg.group_size, temperature=cfg.temperature, rewards=cfg.rewards,
-                        seed=micro_seed(cfg.seed, step, k, run.rank), **extra)
-                 for k in range(cfg.grad_accum)]
+    for step, micros in run.batches(with_target=False):
+        # Rollouts for every micro-batch of this step, from pi_old (the policy as it stands); the
+        # DataLoader collated their prompts ahead.
+        rolls = [sample(module, backend, reference, mb.items, batch=mb.batch, group_size=cfg.group_size,
+                        temperature=cfg.temperature, rewards=cfg.rewards, seed=mb.seed, **extra)
+                 for mb in micros]
         # ppo_epochs passes over the rollouts, one optimizer step each.
         for ppo_epoch in range(cfg.ppo_epochs):
             stats = {"loss": [], "reward": [], "accuracy": [], "kl": [], "clip_fraction": [], "entropy": []}

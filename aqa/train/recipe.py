@@ -6,9 +6,14 @@
 - `setup(cfg, ...)`: accelerator, run folder, backend with its LoRA adapter, training items,
   optimizer and schedule, resume. Returns a `TrainRun`.
 - `TrainRun`: what the loop works with, and the pieces of a step every recipe makes the same
-  way: the items of a micro-batch, the optimizer step inside gradient accumulation, and the
-  step tail (log, progress bar, checkpoint, `stop_after`), then `finish` (the adapter).
+  way: the step's micro-batches (`batches`, prepared by DataLoader workers), the optimizer
+  step inside gradient accumulation, and the step tail (log, progress bar, checkpoint,
+  `stop_after`), then `finish` (the adapter).
 - `add_recipe_command`: `aqa NAME CONFIG.yaml [key=value ...]`.
+
+One meaning of batch size in every recipe: `batch_size` items (GRPO: questions) per optimizer
+step, all processes together, = micro_batch_size x accumulation x processes; the accumulation
+follows from the other three (`TrainConfig.accumulation`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,6 @@ import argparse
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +36,9 @@ class TrainConfig:
     a recipe changes them with `recipe_default`."""
 
     model: str = doc("", help="Hugging Face id or local folder of the base model")
+    batch_size: int = doc(32, help="items (GRPO: questions) per optimizer step, all processes together; "
+                                   "= micro_batch_size x gradient accumulation x processes")
+    micro_batch_size: int = doc(4, help="items (GRPO: questions) per forward pass on one process")
     train_data: list[str] = doc([], help="AQA JSONL file(s) to train on")
     output_dir: str = doc("runs/train", help="run folder: config.yaml, adapter/, checkpoints/, logs")
     lora_r: int = doc(8, help="LoRA rank (reference report: 8 for Qwen2-Audio, 16 for Kimi-Audio)")
@@ -56,10 +63,31 @@ class TrainConfig:
     allow_outside_root: bool = doc(False, help="accept audio paths outside the data file's folder")
     trust_remote_code: bool = doc(False, help="let transformers run code shipped with the model")
     device: str = doc("", help="torch device; empty picks cuda when available, else cpu")
+    num_workers: int = doc(2, help="DataLoader processes that decode, shuffle and collate the micro-batches "
+                                   "(0: the training process does it); results do not depend on it")
+    prefetch: int = doc(2, help="micro-batches each DataLoader worker prepares ahead")
+    cache_dir: str = doc("", help="folder for work that depends only on a clip (Kimi-Audio's speech tokens), "
+                                  "done once and reused; empty: OUTPUT_DIR/cache")
+    compile: bool = doc(False, help="run the decoder through torch.compile")
 
     def __post_init__(self):
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
+        if self.micro_batch_size < 1 or self.batch_size < self.micro_batch_size:
+            raise ValueError(f"need 1 <= micro_batch_size <= batch_size, got micro_batch_size "
+                             f"{self.micro_batch_size} and batch_size {self.batch_size}")
+        if self.num_workers < 0 or self.prefetch < 1:
+            raise ValueError("need num_workers >= 0 and prefetch >= 1")
+
+    def accumulation(self, world: int) -> int:
+        """Micro-batches per optimizer step on each process, so that batch_size =
+        micro_batch_size x accumulation x `world` processes."""
+        per_round = self.micro_batch_size * world
+        if self.batch_size % per_round:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
+                             f"{self.micro_batch_size} x {world} process(es) = {per_round}; change batch_size "
+                             f"or micro_batch_size")
+        return self.batch_size // per_round
 
 
 def lr_lambda(warmup: int, total: int, schedule: str):
@@ -76,18 +104,43 @@ def lr_lambda(warmup: int, total: int, schedule: str):
     return f
 
 
-def make_accelerator(folder, *, device: str, bf16: bool, accumulation: Callable[[int], int]):
-    """The run's Accelerator: bf16 only on GPU, TensorBoard logs in the run folder.
-    `accumulation(world)` gives the gradient accumulation steps for the number of processes.
+def make_accelerator(folder, cfg: TrainConfig):
+    """The run's Accelerator: bf16 only on GPU, TensorBoard logs in the run folder, the
+    gradient accumulation that `cfg.batch_size` asks for on this many processes, and under
+    DeepSpeed the micro-batch, accumulation and clipping of `cfg`.
     Returns (accelerator, processes, accumulation steps, bf16 in use)."""
+    import os
+
     import torch
     from accelerate import Accelerator, PartialState
 
-    world = PartialState(cpu=device == "cpu").num_processes
-    accum = accumulation(world)
-    use_bf16 = bf16 and torch.cuda.is_available() and device != "cpu"
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    on_cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    if deepspeed and on_cpu:
+        if torch.cuda.is_available():
+            raise ValueError("device=cpu under DeepSpeed on a machine with GPUs: DeepSpeed takes the GPUs; "
+                             "leave device empty, or launch without DeepSpeed")
+        # accelerate starts DeepSpeed only when not told cpu=True, and without a GPU it then finds
+        # no backend and makes every process think it is alone; DeepSpeed's CPU accelerator
+        # speaks gloo, so name it.
+        state = PartialState(cpu=False, backend="gloo")
+    else:
+        state = PartialState(cpu=cfg.device == "cpu")
+    world = state.num_processes
+    accum = cfg.accumulation(world)
+    use_bf16 = cfg.bf16 and torch.cuda.is_available() and cfg.device != "cpu"
+    # The recipe steps the schedule once per optimizer step; accelerate would step it once per
+    # process per optimizer step (it assumes a per-process batch that grows with the processes).
     acc = Accelerator(gradient_accumulation_steps=accum, mixed_precision="bf16" if use_bf16 else "no",
-                      log_with="tensorboard", project_dir=str(folder.path), cpu=device == "cpu")
+                      log_with="tensorboard", project_dir=str(folder.path), cpu=cfg.device == "cpu" and not deepspeed,
+                      step_scheduler_with_optimizer=False)
+    plugin = acc.state.deepspeed_plugin
+    if plugin is not None:
+        # prepare() gets no DataLoader to read the micro-batch from; the launcher's config would
+        # otherwise leave "auto" (refused) or its own accumulation and clipping.
+        plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=cfg.micro_batch_size,
+                                       gradient_accumulation_steps=accum, gradient_clipping=cfg.max_grad_norm,
+                                       train_batch_size=cfg.batch_size)
     return acc, world, accum, use_bf16
 
 
@@ -106,6 +159,7 @@ class TrainRun:
     params: list
     optimizer: Any
     scheduler: Any
+    plan: Any  # aqa.train.data.StepPlan: which items each micro-batch takes
     per_step: int  # items per optimizer step, all processes together
     steps_per_epoch: int
     steps: int  # loop steps
@@ -121,17 +175,25 @@ class TrainRun:
     def rank(self) -> int:
         return self.accelerator.process_index
 
-    def step_order(self, step: int) -> tuple[int, list[int]]:
-        """(epoch, item indices of this optimizer step), the same on every process."""
-        from aqa.train.data import epoch_order
+    def batches(self, *, with_target: bool):
+        """(step, this process's `accum` MicroBatches of the step, each on the device) for every
+        step from `start` on. DataLoader workers (`num_workers`) decode, shuffle and collate
+        them ahead of the loop; which items, option orders and masks a micro-batch gets depends
+        only on (seed, step, micro-batch), never on the workers or the processes."""
+        from aqa.train.data import MicroBatches, micro_batch_loader
 
-        epoch, pos = divmod(step, self.steps_per_epoch)
-        return epoch, epoch_order(len(self.items), self.cfg.seed, epoch)[pos * self.per_step:(pos + 1) * self.per_step]
-
-    def micro_batch(self, order, k: int, size: int, epoch: int) -> list:
-        """The items of micro-batch `k` of this process: micro-batches go round the processes."""
-        lo = (k * self.world + self.rank) * size
-        return [self.items.sample(int(i), epoch) for i in order[lo:lo + size]]
+        cfg = self.cfg
+        dataset = MicroBatches(self.plan, self.items, rank=self.rank, start=self.start, steps=self.steps,
+                               backend=self.backend, with_target=with_target, workers=cfg.num_workers)
+        loader = iter(micro_batch_loader(dataset, num_workers=cfg.num_workers, prefetch=cfg.prefetch,
+                                         pin_memory=self.accelerator.device.type == "cuda"))
+        for step in range(self.start, self.steps):
+            micros = [next(loader) for _ in range(self.accum)]
+            for mb in micros:
+                # A worker found these clips bad and replaced them; the run reports them at the end.
+                self.items.bad.update(mb.bad)
+                mb.batch = self.backend.to_device(mb.batch) if mb.on_host else mb.batch
+            yield step, micros
 
     def accumulate(self):
         """The context of one micro-batch's forward and `optimizer_step`."""
@@ -141,9 +203,9 @@ class TrainRun:
         """Backward; on the last micro-batch of a step also clip, step and advance the
         schedule (accelerate skips the optimizer step until then)."""
         acc = self.accelerator
-        acc.backward(loss)
+        acc.backward(loss)  # under DeepSpeed also the clipping and, on the last micro-batch, the step
         if acc.sync_gradients and self.cfg.max_grad_norm > 0:
-            self.grad_norm = float(acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
+            self.grad_norm = float(acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm) or 0.0)
         self.optimizer.step()
         if acc.sync_gradients:
             self.scheduler.step()
@@ -205,15 +267,13 @@ class TrainRun:
         return out
 
 
-def setup(cfg: TrainConfig, *, name: str, accumulation: Callable[[int], int], per_step: Callable[[int], int],
-          adapter: str = "", merge: str = "", lora_audio_tower: bool = False, steps_factor: int = 1) -> TrainRun:
+def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lora_audio_tower: bool = False,
+          steps_factor: int = 1) -> TrainRun:
     """Everything before a recipe's loop.
 
-    accumulation(world): micro-batches per optimizer step on each process; per_step(world):
-    items per optimizer step, all processes together. `adapter`: continue training this
-    adapter instead of adding a new one; `merge`: merge this adapter (and those it was
-    trained on) into the weights first, then add a new one. The schedule spans
-    `steps_factor` optimizer steps per loop step (GRPO's ppo_epochs)."""
+    `adapter`: continue training this adapter instead of adding a new one; `merge`: merge this
+    adapter (and those it was trained on) into the weights first, then add a new one. The
+    schedule spans `steps_factor` optimizer steps per loop step (GRPO's ppo_epochs)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -221,15 +281,14 @@ def setup(cfg: TrainConfig, *, name: str, accumulation: Callable[[int], int], pe
     from aqa.models.base import BackendModule, adapter_stack
     from aqa.models.registry import load_backend
     from aqa.train.checkpoint import RunDir, resume
-    from aqa.train.data import QAItems
+    from aqa.train.data import QAItems, StepPlan
 
     if not cfg.model:
         raise ValueError("config key 'model' is empty: name a Hugging Face id or a local folder")
     if not cfg.train_data:
         raise ValueError("config key 'train_data' is empty: name at least one AQA JSONL file")
     folder = RunDir(cfg.output_dir)
-    accelerator, world, accum, use_bf16 = make_accelerator(folder, device=cfg.device, bf16=cfg.bf16,
-                                                           accumulation=accumulation)
+    accelerator, world, accum, use_bf16 = make_accelerator(folder, cfg)
     torch.manual_seed(cfg.seed)
     if accelerator.is_main_process:
         folder.path.mkdir(parents=True, exist_ok=True)
@@ -246,13 +305,16 @@ def setup(cfg: TrainConfig, *, name: str, accumulation: Callable[[int], int], pe
         backend.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, audio_tower=lora_audio_tower)
     if cfg.gradient_checkpointing:
         backend.enable_gradient_checkpointing()
+    if cfg.compile:
+        backend.compile_decoder()
+    backend.set_cache_dir(cfg.cache_dir or folder.path / "cache")
     backend.model.train()
     trainable = [p for p in backend.model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in backend.model.parameters())
 
     records = [r for path in cfg.train_data for r in load_records(path, allow_outside_root=cfg.allow_outside_root)]
     items = QAItems(records, seed=cfg.seed, shuffle=cfg.shuffle_options, window_s=backend.audio_seconds)
-    n_step = per_step(world)
+    n_step = cfg.batch_size
     steps_per_epoch = len(items) // n_step
     if steps_per_epoch == 0:
         raise ValueError(f"{len(items)} training items is fewer than one step's {n_step}")
@@ -267,11 +329,13 @@ def setup(cfg: TrainConfig, *, name: str, accumulation: Callable[[int], int], pe
     module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
     start = resume(folder, cfg.resume, accelerator, module, optimizer, scheduler)
     accelerator.init_trackers("tensorboard")
-    log.info("%s: %d items, %d steps (%d per epoch), %d items per step = %d process(es) x %d accumulation; "
-             "%.2f M of %.1f M parameters trainable", name, len(items), steps, steps_per_epoch, n_step, world, accum,
-             n_trainable / 1e6, n_total / 1e6)
+    log.info("%s: %d items, %d steps (%d per epoch), %d items per step = %d process(es) x %d accumulation x %d "
+             "per micro-batch; %.2f M of %.1f M parameters trainable", name, len(items), steps, steps_per_epoch, n_step,
+             world, accum, cfg.micro_batch_size, n_trainable / 1e6, n_total / 1e6)
+    plan = StepPlan(n_items=len(items), seed=cfg.seed, per_step=n_step, steps_per_epoch=steps_per_epoch,
+                    accum=accum, world=world, micro=cfg.micro_batch_size)
     run = TrainRun(cfg=cfg, folder=folder, accelerator=accelerator, world=world, accum=accum, backend=backend,
-                   items=items, module=module, params=params, optimizer=optimizer, scheduler=scheduler,
+                   items=items, module=module, params=params, optimizer=optimizer, scheduler=scheduler, plan=plan,
                    per_step=n_step, steps_per_epoch=steps_per_epoch, steps=steps, start=start,
                    n_trainable=n_trainable, merged=merged)
     run.bar = tqdm(total=steps, initial=start, desc=name, disable=not accelerator.is_main_process)

@@ -80,9 +80,10 @@ def _finish(kind, module, backend, reference, batch, n, samples, completions, it
 
 
 def rollout_choice(module, backend, reference, items, *, group_size: int, temperature: float, rewards: list[str],
-                   seed: int) -> Rollouts:
-    """G option letters per question from one forward pass."""
-    batch = backend.collate([it.example for it in items])
+                   seed: int, batch: dict | None = None) -> Rollouts:
+    """G option letters per question from one forward pass (`batch`: the items' prompts,
+    collated already)."""
+    batch = backend.collate([it.example for it in items]) if batch is None else batch
     n = [len(it.order) for it in items]
     with torch.no_grad():
         logits = module(batch, "option_logits", n_options=n)  # (Q, n_max)
@@ -97,12 +98,13 @@ def rollout_choice(module, backend, reference, items, *, group_size: int, temper
 
 
 def rollout_generate(module, backend, reference, items, *, group_size: int, temperature: float,
-                     rewards: list[str], seed: int, max_new_tokens: int) -> Rollouts:
-    """G sampled completions per question; the policy then scores them as targets."""
+                     rewards: list[str], seed: int, max_new_tokens: int, batch: dict | None = None) -> Rollouts:
+    """G sampled completions per question; the policy then scores them as targets (`batch`:
+    the items' prompts, collated already)."""
     from aqa.models.base import Example
 
     torch.manual_seed(seed)  # generate() samples from the global RNG
-    prompts = backend.collate([it.example for it in items])
+    prompts = backend.collate([it.example for it in items]) if batch is None else batch
     n = [len(it.order) for it in items]
     with torch.no_grad():
         greedy_pick = module(prompts, "option_logits", n_options=n).argmax(-1).cpu()

@@ -28,9 +28,6 @@ from aqa.train.recipe import TrainConfig
 @recipe_config
 class SFTConfig(TrainConfig):
     output_dir: str = recipe_default("runs/sft")
-    batch_size: int = doc(32, help="items per optimizer step, all processes together "
-                                   "(micro_batch_size x accumulation x processes)")
-    micro_batch_size: int = doc(4, help="items per forward pass on one process")
     lora_audio_tower: bool = doc(False, help="also put LoRA on the audio encoder's linear layers")
     spec_augment_masks: int = doc(2, help="SpecAugment frequency masks per clip (0 disables); on Kimi-Audio "
                                           "they reach the Whisper features only, its speech tokens come from "
@@ -38,39 +35,23 @@ class SFTConfig(TrainConfig):
     spec_augment_width: int = doc(12, help="widest frequency mask, in mel bins")
     adapter: str = doc("", help="an existing adapter to continue training (empty: a new one)")
 
-    def __post_init__(self):
-        super().__post_init__()
-        if self.micro_batch_size < 1 or self.batch_size < self.micro_batch_size:
-            raise ValueError("need 1 <= micro_batch_size <= batch_size")
-
-    def accumulation(self, world: int) -> int:
-        if self.batch_size % (self.micro_batch_size * world):
-            raise ValueError(f"batch_size {self.batch_size} is not a multiple of micro_batch_size "
-                             f"{self.micro_batch_size} x {world} process(es)")
-        return self.batch_size // (self.micro_batch_size * world)
-
 
 def train(cfg: SFTConfig) -> dict:
     """Run SFT; returns a summary dict."""
     import torch
 
-    from aqa.train.data import micro_seed
     from aqa.train.recipe import setup
 
     # ---- setup -----------------------------------------------------------------------------
-    run = setup(cfg, name="sft", accumulation=cfg.accumulation, per_step=lambda world: cfg.batch_size,
-                adapter=cfg.adapter, lora_audio_tower=cfg.lora_audio_tower)
+    run = setup(cfg, name="sft", adapter=cfg.adapter, lora_audio_tower=cfg.lora_audio_tower)
     backend, module = run.backend, run.module
 
     # ---- loop ------------------------------------------------------------------------------
-    for step in range(run.start, run.steps):
-        epoch, order = run.step_order(step)
+    for step, micros in run.batches(with_target=True):
         losses = []
-        for k in range(run.accum):
-            micro = run.micro_batch(order, k, cfg.micro_batch_size, epoch)
-            batch = backend.collate([m.example for m in micro], with_target=True)
-            masks = torch.Generator().manual_seed(micro_seed(cfg.seed, step, k, run.rank))
-            batch = backend.spec_augment(batch, cfg.spec_augment_masks, cfg.spec_augment_width, masks)
+        for mb in micros:  # this process's micro-batches of the step, collated ahead by the DataLoader
+            masks = torch.Generator().manual_seed(mb.seed)
+            batch = backend.spec_augment(mb.batch, cfg.spec_augment_masks, cfg.spec_augment_width, masks)
             with run.accumulate():
                 logp, mask = module(batch)
                 loss = -(logp.sum() / mask.sum())
