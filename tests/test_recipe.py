@@ -71,3 +71,37 @@ def test_every_command_registers():
     text = build_parser().format_help()
     for name in ("data", "model", "sft", "grpo", "eval", "report", "ensemble", "export", "demo"):
         assert name in text
+
+
+@pytest.mark.parametrize("override", ["max_steps=-3", "epochs=0", "lora_r=0", "lr=-1", "batch_size=0"])
+def test_out_of_range_settings_are_config_errors(override):
+    from aqa.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="out of range: " + override.split("=")[0]):
+        load_config(SFTConfig, None, [override, "model=m", "train_data=[x.jsonl]"])
+    assert load_config(SFTConfig, None, ["epochs=0", "max_steps=5"]).max_steps == 5  # steps given: epochs unused
+
+
+def test_resume_with_changed_settings_is_refused(tiny_model, synth_data, tmp_path):
+    """A finished (or interrupted) run resumes only with the settings it started with; how it
+    runs (stop_after, device, workers) may change."""
+    from aqa.io import UserError
+    from aqa.train.sft import train
+
+    kw = dict(model=str(tiny_model), train_data=[str(synth_data / "train.jsonl")], output_dir=str(tmp_path / "r"),
+              batch_size=4, micro_batch_size=4, max_steps=2, lr=1e-3, lora_r=2, device="cpu", num_workers=0)
+    train(SFTConfig(**kw, stop_after=1))
+    with pytest.raises(UserError, match=r"config.yaml: this run was started with other settings \(lr: 0.001 -> 0.01"):
+        train(SFTConfig(**{**kw, "lr": 1e-2}))
+    assert train(SFTConfig(**kw))["steps"] == 2  # same settings: resumes
+    assert "lr: 0.001" in (tmp_path / "r" / "config.yaml").read_text()
+    train(SFTConfig(**{**kw, "lr": 1e-2, "resume": "never", "output_dir": str(tmp_path / "r")}))  # asked: start over
+    # The adapter and checkpoint files keep ordinary modes (save_pretrained and save_file write 0600).
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    run = tmp_path / "r"
+    for f in [run / "adapter" / "adapter_model.safetensors", *run.glob("checkpoints/*/adapter.safetensors")]:
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~umask, f

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
-from aqa.io import append_jsonl, drop_partial_last_line, iter_jsonl, write_json, write_jsonl
+from aqa.io import UserError, append_jsonl, drop_partial_last_line, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
              overwrite: bool = False, n_boot: int = 1000, progress: bool = True,
              reference: str | Path | None = None, group_by_length: bool = True,
              shard: tuple[int, int] | None = None, barrier: Callable[[], None] | None = None,
-             compile: bool = False, cache_dir: str | Path | None = None) -> dict:
+             compile: bool = False, cache_dir: str | Path | None = None, allow_pickle: bool = False) -> dict:
     """Evaluate and return the metrics dict. `backend` may be passed to reuse a loaded model.
     With `reference` (an eval dir of the same model with the audio), a silent or audio-free
     evaluation also reports each item's audio contribution.
@@ -74,14 +74,14 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
     from aqa.eval.score import combine, generate_queries, make_queries, score_queries
 
     if settings.mode not in ("score", "generate"):
-        raise ValueError(f"mode must be score or generate, got {settings.mode!r}")
+        raise UserError(f"mode must be score or generate, got {settings.mode!r}")
     if settings.shuffles < 1:
-        raise ValueError("shuffles must be >= 1")
+        raise UserError("shuffles must be >= 1")
     if settings.audio not in ("normal", "silence", "none"):
-        raise ValueError(f"audio must be normal, silence or none, got {settings.audio!r}")
+        raise UserError(f"audio must be normal, silence or none, got {settings.audio!r}")
     index, n_shards = shard or (0, 1)
     if not 0 <= index < n_shards:
-        raise ValueError(f"shard {index} of {n_shards} does not exist (0 <= I < N)")
+        raise UserError(f"shard {index} of {n_shards} does not exist (0 <= I < N)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pred_file, skip_file, settings_file = out / "predictions.jsonl", out / "skipped.jsonl", out / "eval_config.json"
@@ -107,7 +107,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
         diff = {k: (old.get(k, defaults.get(k)), v) for k, v in asdict(settings).items()
                 if old.get(k, defaults.get(k)) != v}
         if diff:
-            raise ValueError(f"{out} holds predictions made with other settings {diff}; "
+            raise UserError(f"{out} holds predictions made with other settings {diff}; "
                              f"use another -o folder or --overwrite")
     write_json(settings_file, asdict(settings))
     drop_partial_last_line(my_pred)
@@ -143,7 +143,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
         from aqa.models.registry import load_backend
 
         backend = load_backend(settings.model, adapter=settings.adapter, device=device, dtype=dtype,
-                               trust_remote_code=trust_remote_code)
+                               trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
         if compile:
             backend.compile_decoder()
     if backend is not None:
@@ -291,6 +291,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["auto", "bf16", "fp16", "fp32"], default="auto")
     p.add_argument("--trust-remote-code", action="store_true")
     p.add_argument("--allow-outside-root", action="store_true")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="load weights saved as pickles (.bin/.pt), which can run code: only files you trust")
     p.add_argument("--overwrite", action="store_true", help="discard predictions already in the folder")
     p.add_argument("--audio", choices=["normal", "silence", "none"], default="normal",
                    help="silence: each clip replaced by silence of the same length; none: no audio in the prompt")
@@ -341,6 +343,7 @@ def _run(args) -> int:
     try:
         evaluate(s, args.output, batch_size=args.batch_size, device=device, dtype=args.dtype,
                  trust_remote_code=args.trust_remote_code, allow_outside_root=args.allow_outside_root,
+                 allow_pickle=args.allow_pickle,
                  limit=args.limit, name=args.name, overwrite=args.overwrite, reference=args.reference,
                  shard=shard, barrier=barrier, compile=args.compile, cache_dir=args.cache_dir)
     finally:

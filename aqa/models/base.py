@@ -234,12 +234,12 @@ class Backend:
         return self.model.disable_adapter()
 
     @contextmanager
-    def adapter_weights_from(self, adapter: str | Path):
+    def adapter_weights_from(self, adapter: str | Path, *, allow_pickle: bool = False):
         """Context in which the active adapter holds the weights saved in `adapter` (the
         weights it had before training moved them); they are put back on exit."""
         from peft import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
 
-        require_safetensors(adapter)
+        require_safetensors(adapter, allow_pickle=allow_pickle)
         saved = load_peft_weights(str(adapter), device=str(self.device))
         now = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
         with torch.no_grad():

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from aqa.config import dump_yaml
-from aqa.io import append_jsonl, atomic_write_text, write_json
+from aqa.io import append_jsonl, atomic_write_text, ordinary_modes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,7 @@ def save_checkpoint(run: RunDir, accelerator, model, optimizer, scheduler, step:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
+        ordinary_modes(tmp)  # safetensors' save_file leaves its file 0600
         tmp.rename(final)
         old = sorted((p for p in run.ckpts.glob(f"{CKPT_PREFIX}*") if p != final),
                      key=lambda p: int(p.name[len(CKPT_PREFIX):]))
@@ -135,6 +136,7 @@ def save_adapter(run: RunDir, accelerator, model, name: str = "adapter") -> Path
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped.model.save_pretrained(tmp, safe_serialization=True)
         shutil.rmtree(out, ignore_errors=True)
+        ordinary_modes(tmp)  # save_pretrained leaves adapter_model.safetensors 0600
         tmp.rename(out)
     accelerator.wait_for_everyone()
     return out

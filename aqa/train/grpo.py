@@ -92,7 +92,7 @@ def train(cfg: GRPOConfig) -> dict:
                 merge="" if continued else cfg.sft_adapter, steps_factor=cfg.ppo_epochs)
     module, backend = run.module, run.backend
     # The reference is the SFT model: the new adapter switched off, or the SFT adapter's saved weights.
-    reference = ((lambda: backend.adapter_weights_from(cfg.sft_adapter)) if continued
+    reference = ((lambda: backend.adapter_weights_from(cfg.sft_adapter, allow_pickle=cfg.allow_pickle)) if continued
                  else backend.without_adapter)
     sample = {"choice": rollout_choice, "generate": rollout_generate}[cfg.rollout]
     extra = {"max_new_tokens": cfg.max_new_tokens} if cfg.rollout == "generate" else {}

@@ -19,6 +19,7 @@ follows from the other three (`TrainConfig.accumulation`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import time
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aqa.config import doc
+from aqa.io import UserError
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,23 @@ class TrainConfig:
     cache_dir: str = doc("", help="folder for work that depends only on a clip (Kimi-Audio's speech tokens), "
                                   "done once and reused; empty: OUTPUT_DIR/cache")
     compile: bool = doc(False, help="run the decoder through torch.compile")
+    allow_pickle: bool = doc(False, help="load model and adapter weights saved as pickles (.bin/.pt), which can "
+                                         "run code: only for files you trust; safetensors otherwise")
+
+    #: Keys a resumed run may change: how it runs, not what it computes.
+    RESUMABLE_CHANGES = ("resume", "stop_after", "device", "num_workers", "prefetch", "cache_dir", "log_every",
+                         "save_every", "keep_checkpoints", "compile", "allow_pickle", "output_dir")
 
     def __post_init__(self):
+        bad = [f"{k}={getattr(self, k)}" for k in ("lora_r", "lora_alpha", "batch_size", "micro_batch_size")
+               if getattr(self, k) < 1]
+        bad += [f"{k}={getattr(self, k)}" for k in ("max_steps", "lora_dropout", "weight_decay", "warmup_ratio",
+                                                     "max_grad_norm", "stop_after") if getattr(self, k) < 0]
+        bad += [f"{k}={getattr(self, k)}" for k in ("lr", "epochs") if not getattr(self, k) > 0
+                and (k == "lr" or self.max_steps == 0)]
+        if bad:
+            raise ValueError(f"out of range: {', '.join(bad)} (ranks and batches >= 1, rates and epochs > 0, "
+                             f"step counts and fractions >= 0)")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
         if self.micro_batch_size < 1 or self.batch_size < self.micro_batch_size:
@@ -267,6 +284,23 @@ class TrainRun:
         return out
 
 
+def check_resume_settings(folder, cfg: TrainConfig) -> None:
+    """A run folder that holds checkpoints resumes only with the settings it was started with
+    (those that change what is computed): anything else would silently mix two runs."""
+    import yaml
+
+    old_file = folder.path / "config.yaml"
+    if cfg.resume == "never" or not old_file.is_file() or folder.latest_checkpoint() is None:
+        return
+    old = yaml.safe_load(old_file.read_text()) or {}
+    changed = {k: (old[k], v) for k, v in dataclasses.asdict(cfg).items()
+               if k in old and k not in cfg.RESUMABLE_CHANGES and old[k] != v}
+    if changed:
+        diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise UserError(f"{old_file}: this run was started with other settings ({diff}); resume with the same "
+                        f"ones, choose another output_dir, or start over with resume=never")
+
+
 def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lora_audio_tower: bool = False,
           steps_factor: int = 1) -> TrainRun:
     """Everything before a recipe's loop.
@@ -284,10 +318,11 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
     from aqa.train.data import QAItems, StepPlan
 
     if not cfg.model:
-        raise ValueError("config key 'model' is empty: name a Hugging Face id or a local folder")
+        raise UserError("config key 'model' is empty: name a Hugging Face id or a local folder")
     if not cfg.train_data:
-        raise ValueError("config key 'train_data' is empty: name at least one AQA JSONL file")
+        raise UserError("config key 'train_data' is empty: name at least one AQA JSONL file")
     folder = RunDir(cfg.output_dir)
+    check_resume_settings(folder, cfg)
     accelerator, world, accum, use_bf16 = make_accelerator(folder, cfg)
     torch.manual_seed(cfg.seed)
     if accelerator.is_main_process:
@@ -296,9 +331,10 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
 
     backend = load_backend(cfg.model, device=str(accelerator.device), dtype="bf16" if use_bf16 else "fp32",
                            trust_remote_code=cfg.trust_remote_code, adapter=adapter or None,
-                           is_trainable=bool(adapter))
+                           is_trainable=bool(adapter), allow_pickle=cfg.allow_pickle)
     # What a trained adapter stands on: the adapters merged into the weights first, in order.
-    merged = backend.merge_adapters(merge) if merge else adapter_stack(adapter) if adapter else []
+    merged = (backend.merge_adapters(merge, allow_pickle=cfg.allow_pickle) if merge
+              else adapter_stack(adapter) if adapter else [])
     if adapter:
         backend.set_lora_dropout(cfg.lora_dropout)
     else:
@@ -317,7 +353,7 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
     n_step = cfg.batch_size
     steps_per_epoch = len(items) // n_step
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(items)} training items is fewer than one step's {n_step}")
+        raise UserError(f"{len(items)} training items is fewer than one step's {n_step}")
     steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     total = steps * steps_factor
 
