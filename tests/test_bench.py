@@ -84,7 +84,30 @@ def test_gpu_check_runs_every_stage_on_the_cpu(tmp_path):
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     table = (tmp_path / "gc" / "gpu_check.md").read_text()
     assert "| check | result | seconds | details |" in table and "FAILED" not in table
-    for row in ("bf16 LoRA SFT", "GRPO, choice", "GRPO, generate", "bf16 eval", "ZeRO-2, 1 process, resumed",
+    for row in ("fp32 LoRA SFT", "GRPO, choice", "GRPO, generate", "fp32 eval", "ZeRO-2, 1 process, resumed",
                 "speed, Qwen2-Audio", "Kimi-Audio tiny forward"):
         assert row in table, row
     assert "ZeRO optimizer shard(s)" in table and "logits finite: True" in table
+
+
+def test_gpu_check_builds_the_kimi_audio_7b_layout_at_small_sizes(monkeypatch, capsys):
+    """The 7B-shape forward of gpu_check, its sizes shrunk to fit a CPU test: the modules it
+    swaps in around the tiny model's tokenizer score a batch."""
+    import argparse
+    import json
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "KIMI_7B", {**gpu_check.KIMI_7B, "hidden_size": 64, "intermediate_size": 128,
+                                               "num_hidden_layers": 2, "num_attention_heads": 4,
+                                               "num_key_value_heads": 2, "kimia_adaptor_input_dim": 4 * 32})
+    small = dict(d_model=32, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=64)
+    monkeypatch.setattr(gpu_check, "WHISPER_LARGE", {**gpu_check.WHISPER_LARGE, **small})
+    monkeypatch.setattr(gpu_check, "GLM4_VOICE", {**gpu_check.GLM4_VOICE, "pooling_position": 1,
+                                                  "quantize_position": 2})
+    args = argparse.Namespace(device="cpu", shapes="7b", batch=2, clip_seconds=2.0)
+    assert gpu_check.kimi_forward(args) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # 2 x 168,448 x 64 parameters: the 7B vocabulary is kept.
+    assert r["finite"] and r["batch"] == 2 and r["params_b"] >= 0.02
