@@ -212,3 +212,34 @@ def test_two_processes_shard_and_merge_like_one(tiny_model, mixed_lengths, tmp_p
     # The bad clip's header reads as 0 s: the first batch, shard 0's.
     assert shards == ["predictions-0-of-2.jsonl", "predictions-1-of-2.jsonl", "skipped-0-of-2.jsonl"], shards
     same_eval(tmp_path / "one", tmp_path / "two")
+
+
+def test_duplicate_ids_are_refused_before_any_folder_is_made(tiny_model, synth_data, tmp_path):
+    from aqa.io import UserError
+
+    rows = [json.loads(x) for x in (synth_data / "dev.jsonl").read_text().splitlines()]
+    data = synth_data / "dup_ids.jsonl"
+    write_jsonl(data, rows + rows[:2])
+    try:
+        with pytest.raises(UserError, match=rf"dup_ids.jsonl: 2 id\(s\) appear more than once \({rows[0]['id']}"):
+            evaluate(EvalSettings(str(tiny_model), None, str(data)), tmp_path / "e", progress=False)
+        assert not (tmp_path / "e").exists()
+    finally:
+        data.unlink()
+
+
+def test_a_second_eval_into_the_same_folder_is_refused_while_one_runs(tiny_model, synth_data, tmp_path, backend):
+    import fcntl
+
+    from aqa.io import UserError
+
+    out = tmp_path / "e"
+    out.mkdir()
+    with open(out / ".lock-0", "w") as held:  # what a running `aqa eval` holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(UserError, match="another aqa eval is writing this folder"):
+            evaluate(EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl")), out, backend=backend,
+                     progress=False)
+    m = evaluate(EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl")), out, backend=backend,
+                 progress=False, n_boot=50)
+    assert m["n"] > 0  # released: the next one runs

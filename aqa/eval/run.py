@@ -20,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
@@ -82,8 +83,18 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
     index, n_shards = shard or (0, 1)
     if not 0 <= index < n_shards:
         raise UserError(f"shard {index} of {n_shards} does not exist (0 <= I < N)")
+    # The data first: a file that cannot be evaluated leaves no half-made eval folder behind.
+    records = load_records(settings.data, allow_outside_root=allow_outside_root, require_answer=False)
+    repeated = sorted(i for i, n in Counter(r.id for r in records).items() if n > 1)
+    if repeated:
+        raise UserError(f"{settings.data}: {len(repeated)} id(s) appear more than once ({', '.join(repeated[:5])}"
+                        f"{', ...' if len(repeated) > 5 else ''}); predictions are kept by id, so each question "
+                        f"needs its own (aqa data check lists them)")
+    if limit:
+        records = records[:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    lock = _lock(out, index)  # held until this function returns
     pred_file, skip_file, settings_file = out / "predictions.jsonl", out / "skipped.jsonl", out / "eval_config.json"
     # Where this process appends: the eval dir's own files, or its shard's.
     my_pred, my_skip = ((out / SHARDS / f"predictions-{index}-of-{n_shards}.jsonl",
@@ -113,9 +124,6 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
     drop_partial_last_line(my_pred)
     drop_partial_last_line(my_skip)
 
-    records = load_records(settings.data, allow_outside_root=allow_outside_root, require_answer=False)
-    if limit:
-        records = records[:limit]
     # Done anywhere: in the eval dir's files or any shard's (another process may be appending
     # to its own; a half-written last line there is skipped).
     done = {r["id"] for f in done_files for r in _rows(f)}
@@ -198,6 +206,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
         barrier()
     if progress:
         print(format_summary(metrics))
+    lock.close()
     return metrics
 
 
@@ -246,6 +255,21 @@ def _finish(out: Path, settings: EvalSettings, records: list, name: str | None, 
         unparsed = [r for r in rows if r.get("pred") is None]
         write_jsonl(out / "unparsed.jsonl", [{"id": r["id"], "raw": r.get("raw")} for r in unparsed])
     return metrics
+
+
+def _lock(out: Path, shard: int):
+    """An exclusive lock on the eval folder (on its shard, for a sharded eval): a second `aqa
+    eval` into the same folder would append every line twice."""
+    import fcntl
+
+    fh = open(out / f".lock-{shard}", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.close()
+        raise UserError(f"{out}: another aqa eval is writing this folder; wait for it to end or use "
+                        f"another -o folder") from None
+    return fh
 
 
 def audio_contribution(with_audio: list[dict], without: list[dict], out: Path) -> dict:
