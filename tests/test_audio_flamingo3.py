@@ -140,7 +140,7 @@ def test_a_grpo_step_runs(tiny_af3, sft_run, synth_data, tmp_path, rollout):
 
     s = grpo_train(GRPOConfig(model=str(tiny_af3), sft_adapter=str(sft_run / "adapter"),
                               train_data=[str(synth_data / "train.jsonl")], output_dir=str(tmp_path / "g"),
-                              rollout=rollout, batch_size=2, grad_accum=1, group_size=4, max_steps=1, lr=5e-2,
+                              rollout=rollout, batch_size=2, micro_batch_size=2, group_size=4, max_steps=1, lr=5e-2,
                               rewards=["accuracy", "format"], max_new_tokens=3, lora_r=4, device="cpu", seed=1))
     assert s["steps"] == 1
     log = [json.loads(x) for x in (tmp_path / "g" / "train_log.jsonl").read_text().splitlines()]

@@ -213,7 +213,7 @@ def test_a_grpo_step_runs(tiny_q3, sft_run, synth_data, tmp_path, rollout):
 
     s = grpo_train(GRPOConfig(model=str(tiny_q3), sft_adapter=str(sft_run / "adapter"),
                               train_data=[str(synth_data / "train.jsonl")], output_dir=str(tmp_path / "g"),
-                              rollout=rollout, batch_size=2, grad_accum=1, group_size=4, max_steps=1, lr=5e-2,
+                              rollout=rollout, batch_size=2, micro_batch_size=2, group_size=4, max_steps=1, lr=5e-2,
                               rewards=["accuracy", "format"], max_new_tokens=3, lora_r=4,
                               lora_dropout=0.0, device="cpu", seed=1))
     assert s["steps"] == 1
@@ -273,7 +273,7 @@ def test_configs_carry_the_reference_values_and_a_dropout_this_lora_takes(tiny_q
     if recipe == "sft_lora":
         assert (c.lr, c.batch_size, c.epochs) == (5e-5, 32, 8.0)
     else:
-        assert (c.lr, c.group_size, c.eps, c.beta, c.batch_size * c.grad_accum) == (5e-6, 6, 0.2, 0.1, 40)
+        assert (c.lr, c.group_size, c.eps, c.beta, c.batch_size) == (5e-6, 6, 0.2, 0.1, 40)
     load_backend(str(tiny_q3), device="cpu").add_lora(r=c.lora_r, alpha=c.lora_alpha, dropout=c.lora_dropout)
 
 

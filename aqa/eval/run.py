@@ -94,7 +94,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
         records = records[:limit]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    lock = _lock(out, index)  # held until this function returns
+    _lock(out, index)  # let go when this evaluation returns (or, failed, when the next one starts)
     pred_file, skip_file, settings_file = out / "predictions.jsonl", out / "skipped.jsonl", out / "eval_config.json"
     # Where this process appends: the eval dir's own files, or its shard's.
     my_pred, my_skip = ((out / SHARDS / f"predictions-{index}-of-{n_shards}.jsonl",
@@ -192,11 +192,13 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
 
     if shard and not barrier:
         log.info("%s: shard %d of %d done; a run without --shard merges the shards", out, index, n_shards)
+        _unlock(out, index)
         return {"shard": [index, n_shards], "answered": len(_rows(my_pred)) if my_pred.is_file() else 0}
     if barrier:
         barrier()  # every shard has written its last line
         if index > 0:
             barrier()  # shard 0 has merged and written the metrics
+            _unlock(out, index)
             return json.loads((out / "metrics.json").read_text())
     if (out / SHARDS).is_dir():
         order = _length_order(records, header_duration) if group_by_length else records
@@ -206,7 +208,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
         barrier()
     if progress:
         print(format_summary(metrics))
-    lock.close()
+    _unlock(out, index)
     return metrics
 
 
@@ -257,19 +259,35 @@ def _finish(out: Path, settings: EvalSettings, records: list, name: str | None, 
     return metrics
 
 
+#: Lock files this process holds, by path.
+_HELD: dict = {}
+
+
 def _lock(out: Path, shard: int):
     """An exclusive lock on the eval folder (on its shard, for a sharded eval): a second `aqa
-    eval` into the same folder would append every line twice."""
+    eval` into the same folder would append every line twice. An earlier evaluation of the same
+    folder in this process has ended (calls do not overlap in one process): its lock, which a
+    traceback may still keep open, is let go first."""
     import fcntl
 
-    fh = open(out / f".lock-{shard}", "w")
+    path = (out / f".lock-{shard}").resolve()
+    if path in _HELD:
+        _HELD.pop(path).close()
+    fh = open(path, "w")
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         fh.close()
         raise UserError(f"{out}: another aqa eval is writing this folder; wait for it to end or use "
                         f"another -o folder") from None
+    _HELD[path] = fh
     return fh
+
+
+def _unlock(out: Path, shard: int) -> None:
+    fh = _HELD.pop((out / f".lock-{shard}").resolve(), None)
+    if fh is not None:
+        fh.close()
 
 
 def audio_contribution(with_audio: list[dict], without: list[dict], out: Path) -> dict:

@@ -67,9 +67,13 @@ class Qwen3OmniBackend(OmniThinkerBackend):
     processor_class_name = "Qwen3OmniMoeProcessor"
     full_model_type = "qwen3_omni_moe"
 
-    @property
-    def audio_config(self):
-        return self.base_model().config.audio_config
+    def __init__(self, model, processor, device):
+        super().__init__(model, processor, device)
+        # Read once and kept beside the model: DataLoader workers collate with a copy of the
+        # backend that holds no model.
+        cfg = self.base_model().config
+        self.audio_config = cfg.audio_config
+        self.context = cfg.text_config.max_position_embeddings
 
     @property
     def tokens_per_second(self) -> int:
@@ -77,8 +81,7 @@ class Qwen3OmniBackend(OmniThinkerBackend):
 
     @property
     def audio_seconds(self) -> float:
-        ctx = self.base_model().config.text_config.max_position_embeddings
-        return (ctx - PROMPT_RESERVE) / self.tokens_per_second
+        return (self.context - PROMPT_RESERVE) / self.tokens_per_second
 
     def audio_tokens(self, frames: torch.Tensor) -> torch.Tensor:
         from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
