@@ -7,7 +7,11 @@
   participant's published 2025 system writes that header with the option string of the
   question file's ``choice`` list as the answer (github.com/HuffmanJoey/dcase25_t5_EchoTwin-QA,
   evaluate.py, ``csv.DictWriter(..., fieldnames=["question", "answer"])``). No 2026 example
-  was found; 2026 gets the same header. An incomplete set (a question without a prediction,
+  was found; 2026 gets the same header. The first column is the question's id by default; that
+  participant's code writes the question file's name without ``.json`` instead (``jp.stem``), and
+  `--question-column file` does the same. The two agree when every file is named after its
+  question's id; where they differ the export says how many differ, since the organisers' own
+  key could not be checked. An incomplete set (a question without a prediction,
   or whose prediction could not be parsed) is refused, and so is a question file with a line
   that is not a usable record: a submission must answer every question.
 - `mmau`: the benchmark's own JSON with the chosen option's original text on every item under
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 
 #: The DCASE submission header (see the module docstring for its source).
 DEFAULT_HEADER = ("question", "answer")
+#: What the first column of a DCASE submission can hold (see the module docstring).
+QUESTION_COLUMNS = ("id", "file")
 
 
 class IncompleteSubmission(UserError):
@@ -95,10 +101,40 @@ def original_choice(record, index: int) -> str:
     return merged[0]
 
 
+def question_keys(records, data, column: str = "id") -> tuple[list[str], int]:
+    """The submission's first column for each record ("id": the source's question id; "file":
+    the question file's name without its suffix, for records converted from one file per
+    question), and how many records' two keys differ."""
+    if column not in QUESTION_COLUMNS:
+        raise ValueError(f"question column must be one of {QUESTION_COLUMNS}, got {column!r}")
+    ids = [str(r.meta.get("original_id", r.id)) for r in records]
+    stems = [Path(r.meta["file"]).stem if r.meta.get("file") else None for r in records]
+    differ = sum(s is not None and s != i for s, i in zip(stems, ids))
+    if column == "id":
+        return ids, differ
+    lacking = [r.id for r, s in zip(records, stems) if s is None]
+    if lacking:
+        raise UserError(f"{data}: --question-column file needs records converted from one JSON file per question "
+                        f"(`aqa data dcase2025`); {len(lacking)} have no source file (e.g. {', '.join(lacking[:3])})")
+    seen: dict[str, str] = {}
+    for r, s in zip(records, stems):
+        if s in seen:
+            raise UserError(f"{data}: {seen[s]} and {r.id} come from the same file {s}.json, so the file name cannot "
+                            f"key the submission; use --question-column id")
+        seen[s] = r.id
+    return stems, differ
+
+
 def export_dcase2025(pred_dir: str | Path, out: str | Path, *, questions: str | None = None,
-                     allow_outside_root: bool = False, header: tuple[str, str] = DEFAULT_HEADER) -> Path:
+                     allow_outside_root: bool = False, header: tuple[str, str] = DEFAULT_HEADER,
+                     question_column: str = "id") -> Path:
     pred_dir = Path(pred_dir)
     records, data = _records_for(pred_dir, questions, allow_outside_root)
+    keys, differ = question_keys(records, data, question_column)
+    if differ:
+        log.warning("%s: %d question id(s) differ from their file's name; the first column holds the %s "
+                    "(--question-column %s for the other)", data, differ,
+                    "id" if question_column == "id" else "file name", "file" if question_column == "id" else "id")
     preds = _predictions(pred_dir)
     missing = [r.id for r in records if r.id not in preds]
     unanswered = [r.id for r in records if r.id in preds and preds[r.id].get("pred") is None]
@@ -110,11 +146,11 @@ def export_dcase2025(pred_dir: str | Path, out: str | Path, *, questions: str | 
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(list(header))
-    for r in records:
+    for r, key in zip(records, keys):
         pred = preds[r.id]
         if pred["choices"] != r.choices:
             raise UserError(f"{pred_dir}: the options of {r.id} differ from {data}'s; was it evaluated on this file?")
-        w.writerow([r.meta.get("original_id", r.id), original_choice(r, int(pred["pred"]))])
+        w.writerow([key, original_choice(r, int(pred["pred"]))])
     return atomic_write_text(out, buf.getvalue())
 
 
@@ -216,6 +252,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         d.add_argument("--header", type=_header, default=DEFAULT_HEADER,
                        help="the CSV's two column names (default question,answer, as a participant's "
                             "published 2025 submission writes; the organisers' example could not be read)")
+        d.add_argument("--question-column", choices=QUESTION_COLUMNS, default="id",
+                       help="first column: the question's id (default) or its question file's name without "
+                            ".json, as a participant's published 2025 code writes; the same when files are "
+                            "named by id")
         d.add_argument("--allow-outside-root", action="store_true")
         d.set_defaults(func=_run_dcase)
     m = esub.add_parser("mmau", help="MMAU JSON with model_output (and model_prediction), for MMAU's evaluation.py")
@@ -230,7 +270,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run_dcase(args) -> int:
     try:
         out = export_dcase2025(args.pred_dir, args.output, questions=args.questions,
-                               allow_outside_root=args.allow_outside_root, header=args.header)
+                               allow_outside_root=args.allow_outside_root, header=args.header,
+                               question_column=args.question_column)
     except IncompleteSubmission as e:
         print(f"refused: {e}")
         return 1

@@ -9,6 +9,7 @@ import pytest
 from aqa.cli import main
 from aqa.data.records import load_records
 from aqa.eval.metrics import compute_metrics
+from aqa.io import UserError
 from aqa.export import IncompleteSubmission, export_dcase2025, export_mmau
 from aqa.io import write_json, write_jsonl
 from conftest import MMAU_JSON
@@ -180,3 +181,29 @@ def test_mmau_export_has_the_key_the_scorer_reads_and_both_accuracies(tmp_path, 
 
     mmau_acc = np.mean([mmau_match(it["answer"], it["model_output"], it["choices"]) for it in items])
     assert f"evaluation.py {100 * mmau_acc:.2f}%" in printed
+
+
+def test_dcase2025_first_column_is_the_id_or_the_question_files_name(tmp_path, caplog):
+    from aqa.data.dcase2025 import convert_question
+    from aqa.data.records import write_records
+    from conftest import write_audio
+
+    write_audio(tmp_path / "a.wav")
+    recs = [convert_question({"id": qid, "question": "What?", "choice": ["A. dog", "B. cat"], "answer": "B. cat",
+                              "audio_url": "a.wav"}, json_path=tmp_path / f"{stem}.json", dataset_root=tmp_path,
+                             split="dev") for qid, stem in (("q1", "q1"), ("q2", "bqa_0002"))]
+    write_records(tmp_path / "dev.jsonl", recs, relative_to=tmp_path)
+    d = tmp_path / "pred"
+    write_jsonl(d / "predictions.jsonl", [{"id": r.id, "choices": r.choices, "pred": 1, "answer": 1} for r in recs])
+    write_json(d / "eval_config.json", {"data": str(tmp_path / "dev.jsonl")})
+    out = tmp_path / "s.csv"
+    assert main(["export", "dcase2025", str(d), "-o", str(out)]) == 0
+    assert out.read_text().splitlines() == ["question,answer", "q1,B. cat", "q2,B. cat"]
+    assert "1 question id(s) differ from their file's name" in caplog.text
+    assert main(["export", "dcase2025", str(d), "-o", str(out), "--question-column", "file"]) == 0
+    assert out.read_text().splitlines() == ["question,answer", "q1,B. cat", "bqa_0002,B. cat"]
+    # Two questions from one file cannot be told apart by the file's name.
+    recs[1].meta["file"] = recs[0].meta["file"]
+    write_records(tmp_path / "dev.jsonl", recs, relative_to=tmp_path)
+    with pytest.raises(UserError, match="same file q1.json"):
+        export_dcase2025(d, out, question_column="file")
