@@ -9,9 +9,11 @@ Stages (each skipped when its output already exists, so an interrupted demo resu
    strong labels (`aqa model pretrain`) so that, like a real base, it can hear and knows the
    answer format, but has never seen a question about audio in that format.
 3. zero-shot evaluation on dev, LoRA SFT on train, evaluation of the tuned model, then GRPO
-   from the SFT adapter (choice rollouts) and its evaluation; a second SFT that differs in
-   seed and LoRA rank, and the learned logit ensemble of the two tuned models (cross-fitted on
-   dev), beside the plain average of their probabilities and their majority vote. The tuned
+   from the SFT adapter (choice rollouts) and its evaluation; a second tuned model of another
+   family (a tiny Qwen2.5-Omni thinker, pretrained the same way, its own seed and LoRA rank),
+   and the learned logit ensemble of the two tuned models (cross-fitted on dev), beside the
+   plain average of their probabilities and their majority vote: the reference report
+   ensembles two families too. The tuned
    model is also evaluated with every clip replaced by silence of the same length, so the
    report shows how much of its accuracy comes from listening.
 4. the report: a Table-2-style table, accuracy per subset, the training loss curve.
@@ -60,6 +62,8 @@ class DemoConfig:
     sft_batch: int = doc(16, help="LoRA SFT batch size")
     sft_lr: float = doc(1e-3, help="LoRA SFT learning rate (tiny models want more than 7B ones)")
     lora_r: int = doc(16, help="LoRA rank")
+    second_family: str = doc("qwen2.5-omni", help="the second tuned model for the ensemble: its family "
+                             "(another one, as the reference report ensembles two; `aqa model tiny --family`)")
     second_lora_r: int = doc(8, help="the second tuned model for the ensemble: its LoRA rank (0 skips it)")
     second_sft_steps: int = doc(150, help="the second tuned model: LoRA SFT optimizer steps")
     grpo_steps: int = doc(40, help="GRPO optimizer steps after SFT (0 skips the stage)")
@@ -116,7 +120,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
     from aqa.data.synth import synthesize
     from aqa.eval.report import build_report
     from aqa.eval.run import EvalSettings, evaluate
-    from aqa.models.tiny import TinySpec, build_tiny
+    from aqa.models.tiny import build_tiny_family
     from aqa.models.tiny_builder import corpus_from_records
     from aqa.train.pretrain import pretrain
     from aqa.ensemble import run_fit
@@ -162,21 +166,27 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
     assert not train_clips & dev_clips, "train and dev share clips"
 
     # ---- 2. models ---------------------------------------------------------------------------
-    tiny, base = models / "tiny", models / "base"
-    spec = TinySpec(audio_seconds=cfg.clip_seconds, num_mel_bins=cfg.num_mel_bins, encoder_dim=cfg.encoder_dim,
-                    encoder_layers=cfg.encoder_layers, decoder_dim=cfg.decoder_dim,
-                    decoder_layers=cfg.decoder_layers, vocab_size=1000, seed=cfg.seed)
-    stage("tiny model", (tiny / "config.json").is_file(),
-          lambda: build_tiny(tiny, spec, corpus_from_records(synth_dir / "qa.jsonl")))
-    stage("pretraining", (base / "config.json").is_file(),
-          lambda: pretrain(tiny, synth_dir / "strong.tsv", synth_dir / "labels.tsv", synth_dir / "wav", base,
-                           encoder_steps=cfg.encoder_steps, steps=cfg.pretrain_steps, seed=cfg.seed,
-                           clip_ids=train_clips, progress=progress))
+    sizes = dict(audio_seconds=cfg.clip_seconds, num_mel_bins=cfg.num_mel_bins, encoder_dim=cfg.encoder_dim,
+                 encoder_layers=cfg.encoder_layers, decoder_dim=cfg.decoder_dim, decoder_layers=cfg.decoder_layers,
+                 vocab_size=1000)
+
+    def base_model(family: str, name: str, seed: int, what: str = "") -> Path:
+        """A tiny random `family` model pretrained on the training clips: models/<name>."""
+        tiny, base = models / f"tiny{name}", models / f"base{name}"
+        stage(f"{what}tiny model", (tiny / "config.json").is_file(),
+              lambda: build_tiny_family(family, tiny, corpus_from_records(synth_dir / "qa.jsonl"), seed=seed, **sizes))
+        stage(f"{what}pretraining", (base / "config.json").is_file(),
+              lambda: pretrain(tiny, synth_dir / "strong.tsv", synth_dir / "labels.tsv", synth_dir / "wav", base,
+                               encoder_steps=cfg.encoder_steps, steps=cfg.pretrain_steps, seed=seed,
+                               clip_ids=train_clips, progress=progress))
+        return base
+
+    base = base_model("qwen2-audio", "", cfg.seed)
 
     # ---- 3. zero-shot, SFT, tuned ------------------------------------------------------------
     def ev(name: str, adapter: Path | None, audio: str = "normal", reference: Path | None = None,
-           mode: str = "score"):
-        evaluate(EvalSettings(str(base), str(adapter) if adapter else None, str(data / "dev.jsonl"),
+           mode: str = "score", model: Path = base):
+        evaluate(EvalSettings(str(model), str(adapter) if adapter else None, str(data / "dev.jsonl"),
                               seed=cfg.seed, audio=audio, mode=mode), evals / name, batch_size=cfg.eval_batch,
                  name=name, progress=progress, reference=reference)
 
@@ -197,12 +207,15 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
           lambda: ev("sft-silence", sft_run / "adapter", audio="silence", reference=evals / "sft"))
     rows, runs = ["zero-shot", "zero-shot-generate", "sft", "sft-silence"], [sft_run]
     if cfg.second_lora_r:
-        # A second tuned model that differs in seed and rank, for the ensemble stage.
+        # A second tuned model, of another family, for the ensemble stage.
+        base_b = base_model(cfg.second_family, "-b", cfg.seed + 1, what="second ")
         sft_b = out / "runs" / "sft-b"
-        b_cfg = dataclasses.replace(sft_cfg, output_dir=str(sft_b), seed=cfg.seed + 1, lora_r=cfg.second_lora_r,
-                                    lora_alpha=2 * cfg.second_lora_r, max_steps=cfg.second_sft_steps)
+        b_cfg = dataclasses.replace(sft_cfg, model=str(base_b), output_dir=str(sft_b), seed=cfg.seed + 1,
+                                    lora_r=cfg.second_lora_r, lora_alpha=2 * cfg.second_lora_r,
+                                    max_steps=cfg.second_sft_steps)
         stage("second LoRA SFT", (sft_b / "adapter" / "adapter_config.json").is_file(), lambda: train(b_cfg))
-        stage("second SFT eval", (evals / "sft-b" / "metrics.json").is_file(), lambda: ev("sft-b", sft_b / "adapter"))
+        stage("second SFT eval", (evals / "sft-b" / "metrics.json").is_file(),
+              lambda: ev("sft-b", sft_b / "adapter", model=base_b))
         rows.append("sft-b")
     if cfg.grpo_steps:
         grpo_run = out / "runs" / "grpo"
@@ -229,7 +242,8 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
 
     # ---- 4. report ---------------------------------------------------------------------------
     names = [{"ensemble": "ensemble (cross-fitted)", "sft-silence": "sft, silent audio",
-              "zero-shot-generate": "zero-shot, generated answers"}.get(r, r) for r in rows]
+              "zero-shot-generate": "zero-shot, generated answers",
+              "sft-b": f"sft-b ({cfg.second_family})"}.get(r, r) for r in rows]
     rep = build_report([evals / r for r in rows] + extra_dirs + runs, out / "report",
                        names=names + extra_names + [p.name for p in runs])
     metrics = {n: json.loads((evals / n / "metrics.json").read_text()) for n in rows}

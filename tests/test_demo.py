@@ -21,11 +21,15 @@ def test_demo_writes_every_stage_and_resumes(tmp_path):
         assert m["n"] > 0 and m["name"] == stage
     assert (out / "runs" / "sft" / "adapter" / "adapter_model.safetensors").is_file()
     assert (out / "runs" / "grpo" / "adapter" / "aqa_merge_first.json").is_file()
+    # The ensemble crosses families: its second model is a Qwen2.5-Omni thinker, pretrained like the first.
+    kinds = {m: json.loads((out / "models" / m / "config.json").read_text())["model_type"] for m in ("base", "base-b")}
+    assert kinds == {"base": "qwen2_audio", "base-b": "qwen2_5_omni_thinker"}
     ens = json.loads((out / "eval" / "ensemble" / "metrics.json").read_text())
     assert "cross-fitted" in ens["fit"]
     md = (out / "report" / "report.md").read_text()
-    assert all(name in md for name in ("zero-shot", "sft", "grpo", "ensemble (cross-fitted)", "majority vote",
-                                         "sft, silent audio", "Audio contribution", "zero-shot, generated answers"))
+    assert all(name in md for name in ("zero-shot", "sft", "sft-b (qwen2.5-omni)", "grpo", "ensemble (cross-fitted)",
+                                       "majority vote", "sft, silent audio", "Audio contribution",
+                                       "zero-shot, generated answers"))
     # Which way each row read its answers.
     details = md.split("## Details")[1].split("\n## ")[0]
     assert "| zero-shot | letter scores |" in details and "| zero-shot, generated answers | generated text |" in details

@@ -39,6 +39,7 @@ read). Tested: batched equals one at a time, and option logits equal transformer
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from aqa.models.omni import OmniThinkerBackend
 
@@ -58,6 +59,29 @@ class Qwen25OmniBackend(OmniThinkerBackend):
         # One second of zeros instead of the whole window: same real frames (see the docstring).
         fe = self.processor.feature_extractor
         return {"max_length": min(fe.n_samples, len(clip) + fe.sampling_rate)}
+
+    # Pretraining hooks (`aqa model pretrain`, tiny models): whole windows, so every clip has
+    # the same frames and one batch is one concatenated encoder call.
+    def audio_encoder(self) -> torch.nn.Module:
+        return self.base_model().model.audio_tower
+
+    def encoder_inputs(self, clips: list[np.ndarray]) -> torch.Tensor:
+        fe = self.processor.feature_extractor
+        return torch.tensor(np.stack([fe(a, sampling_rate=fe.sampling_rate, padding="max_length",
+                                         return_tensors="np")["input_features"][0] for a in clips]))  # (N, mels, F)
+
+    def encoder_states(self, inputs: torch.Tensor) -> torch.Tensor:
+        B, _, F = inputs.shape
+        mask = torch.ones(B, F, dtype=torch.long, device=inputs.device)
+        states = self.audio_embeddings({"input_features": inputs, "feature_attention_mask": mask})  # (B * T, D)
+        return states.view(B, -1, states.shape[-1])
+
+    @property
+    def encoder_shape(self) -> tuple[int, int]:
+        fe = self.processor.feature_extractor
+        frames = torch.tensor([fe.n_samples // fe.hop_length])
+        _, tokens = self.audio_encoder()._get_feat_extract_output_lengths(frames)
+        return int(tokens[0]), self.audio_encoder().config.output_dim
 
     def lora_target_modules(self, audio_tower: bool = False) -> str:
         # Module names: model.language_model.layers.N.{self_attn,mlp}.X and

@@ -134,6 +134,16 @@ def _resolve(ref: str):
     return getattr(importlib.import_module(module), name)
 
 
+def build_tiny_family(family: str, out_dir: str | Path, corpus: list[str] | None = None, **sizes) -> Path:
+    """Build a tiny model of `family` (a FAMILIES key); `sizes` are spec fields, and a size
+    this family's spec lacks is ignored (one set of sizes serves every family)."""
+    if family not in FAMILIES:
+        raise ValueError(f"no tiny builder for family {family!r} (have: {', '.join(FAMILIES)})")
+    build, spec_cls = (_resolve(r) for r in FAMILIES[family])
+    fields = asdict(spec_cls())
+    return build(out_dir, spec_cls(**{k: v for k, v in sizes.items() if k in fields}), corpus)
+
+
 def register(msub: argparse._SubParsersAction) -> None:
     """`aqa model tiny [--family NAME]` (Qwen2-Audio unless told otherwise)."""
     from aqa.models.tiny_builder import corpus_from_records
