@@ -108,3 +108,14 @@ def test_reference_attention_is_exact_attention(tq, tk, heads, kv_heads, causal)
                                                             attn_mask=mask).transpose(1, 2)
     assert out.shape == q.shape and out.is_contiguous()
     torch.testing.assert_close(out, want, atol=1e-6, rtol=1e-5)
+
+
+def test_reference_runner_reads_16_khz_only(tmp_path):
+    import soundfile as sf
+
+    sf.write(tmp_path / "a.wav", np.zeros((800, 2), dtype=np.float32), 8000)
+    with pytest.raises(ValueError, match=r"a\.wav: 8000 Hz; the reference runner reads 16000 Hz"):
+        runner._librosa_load(tmp_path / "a.wav", sr=16000)
+    sf.write(tmp_path / "b.wav", np.full((1600, 2), 0.5, dtype=np.float32), 16000)
+    audio, rate = runner._librosa_load(tmp_path / "b.wav", sr=16000)
+    assert rate == 16000 and audio.shape == (1600,) and np.allclose(audio, 0.5)  # stereo averaged, as librosa does
