@@ -1,22 +1,24 @@
-"""Check aqa's native Kimi-Audio backend against upstream's reference code on the same weights.
+"""Check aqa's native Kimi-Audio backend against upstream's own code on the same weights.
 
-Upstream's code (MoonshotAI/Kimi-Audio's prompt manager and Whisper feature code,
-GLM-4-Voice's speech tokenizer, the checkpoint's modeling_moonshot_kimia.py) is not part of
-aqa and is never committed; this script only talks to a *reference runner* built from it
-(how: docs/kimi_audio.md). The runner is called once per case as
-
-    REF_PYTHON REF_SCRIPT --ckpt DIR --wav FILE --text-ids JSON --out OUT.npz --order text_first
-
-and writes the upstream prompt (audio_input_ids, text_input_ids, is_continuous_mask), the
-GLM-4-Voice tokens (glm_tokens), the Whisper features (whisper_feature) and the text logits
-(text_logits, (T, V) float32) of one user turn holding the question and then the clip.
+Upstream's code is not part of aqa and is never committed. The person running this check
+clones it (docs/kimi_audio.md gives the commands and commits) and makes a Python environment
+for it; tools/kimi_reference_runner.py (ours) imports it from those clones and runs it on a CPU
+in float32. Upstream's tokenizer (the checkpoint's tokenization_kimia.py) tokenizes the raw
+question: nothing of aqa's reaches the reference side but the checkpoint folder and the WAVs.
 
 For each tiny random checkpoint (built here with `aqa model tiny-kimi-audio`, in the official
-layout) and each clip, this script compares token ids exactly and features/logits in float32,
-prints a table, and writes it as JSON.
+layout) the check compares, each measure against a threshold that fails it:
+
+- one clip per prompt (12 s; 35 s, which is two 30 s segments): the question's token ids, the
+  prompt (audio stream, text stream, continuous mask), the GLM-4-Voice tokens, the Whisper
+  features, the text logits at every position, and greedy generation token by token;
+- a left-padded batch of both clips: each row's features, prompt, logits at its real positions
+  and greedy tokens (aqa's batched `generate_ids`) against upstream run on that clip alone.
 
     python tools/check_kimi_equivalence.py --ref-python /path/venv/bin/python \\
-        --ref-script /path/reference_logits.py -o runs/kimi-equivalence
+        --upstream /path/upstream -o runs/kimi-equivalence
+
+Exit status 0: every row is within every threshold (EQUIVALENT); 1: some measure is not.
 """
 
 from __future__ import annotations
@@ -29,13 +31,17 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
-import torch
 
-CASES = [("12 s noise + tones", 12.0), ("35 s (two 30 s segments)", 35.0)]
+CLIPS = [("12 s noise + tones", 12.0), ("35 s (two 30 s segments)", 35.0)]
 SPECS = {"tiny (default)": {}, "wider (4 layers, 128 wide)": dict(decoder_layers=4, decoder_dim=128, decoder_heads=8,
                                                                   decoder_kv_heads=2, whisper_dim=64, tokenizer_dim=64)}
 QUESTION = "Which sound is heard first in the clip? A. dog barking B. car horn C. bird singing D. speech"
+#: Compared for equality.
+EXACT = ("question_ids", "audio_input_ids", "text_input_ids", "is_continuous_mask", "glm_tokens", "generated")
+#: Float32 rounding between two implementations of the same arithmetic is ~1e-6 here (logits
+#: of scale ~5); 1e-4 is far above that and far below any real difference in the model.
+TOLERANCES = {"whisper_feature": 1e-4, "text_logits": 1e-4}
+RUNNER = Path(__file__).resolve().parent / "kimi_reference_runner.py"
 
 
 def clip(seconds: float, seed: int) -> np.ndarray:
@@ -47,73 +53,151 @@ def clip(seconds: float, seed: int) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def ours(model: Path, audio: np.ndarray) -> dict:
-    from aqa.models.base import Example
-    from aqa.models.registry import load_backend
+def ours(backend, audios: list[np.ndarray], question: str, max_new_tokens: int) -> list[dict]:
+    """What aqa computes for one batch of clips (each with `question`): per row, the same
+    measures as the reference runner writes, cut to the row's real (not padding) positions."""
+    import torch
 
-    b = load_backend(str(model), device="cpu", dtype="fp32")
-    batch = b.collate([Example(audio, QUESTION)])
+    from aqa.models.base import Example
+
+    batch = backend.collate([Example(a, question) for a in audios])
     with torch.no_grad():
-        logits = b.output_embedding()(b.hidden_states(batch))[0].float().numpy()
-        feats = b.whisper_features(batch["input_features"], batch["segment_tokens"]).numpy()
-    q = b.tokenizer.encode(QUESTION, add_special_tokens=False)
-    return dict(audio_input_ids=batch["audio_ids"][0].numpy(), text_input_ids=batch["text_ids"][0].numpy(),
-                is_continuous_mask=batch["continuous"][0].numpy(), whisper_feature=feats, text_logits=logits,
-                glm_tokens=b.processor.speech_tokenizer.tokenize(audio, b.processor.tokenizer_features),
-                question_ids=q, letters=b.letter_token_ids(4))
+        logits = backend.output_embedding()(backend.hidden_states(batch)).float().numpy()
+        feats = backend.whisper_features(batch["input_features"], batch["segment_tokens"]).numpy()
+    generated = backend.generate_ids(batch, max_new_tokens=max_new_tokens)
+    q = backend.tokenizer.encode(question, add_special_tokens=False)
+    offset = backend.processor.token_offset
+    rows, start = [], 0
+    for i in range(len(audios)):
+        real = batch["attention_mask"][i].bool().numpy()
+        cont = batch["continuous"][i].numpy()[real]
+        audio_ids = batch["audio_ids"][i].numpy()[real]
+        n = int(cont.sum())  # the features are the rows' continuous positions, row after row
+        rows.append(dict(question_ids=np.array(q), audio_input_ids=audio_ids,
+                         text_input_ids=batch["text_ids"][i].numpy()[real], is_continuous_mask=cont,
+                         glm_tokens=audio_ids[cont] - offset, whisper_feature=feats[start:start + n],
+                         text_logits=logits[i][real], generated=np.array(generated[i]), padding=int((~real).sum()),
+                         letters=backend.letter_token_ids(4)))
+        start += n
+    return rows
+
+
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """inf when the shapes differ, nan when either side has a nan (both fail any threshold)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.abs(a - b).max()) if a.shape == b.shape and a.size else float("inf")
+
+
+def first_difference(a, b) -> int | None:
+    """Index of the first differing token (the shorter length when one is a prefix), or None."""
+    a, b = list(np.asarray(a).tolist()), list(np.asarray(b).tolist())
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
+
+
+def compare(mine: dict, ref, tolerances: dict[str, float] = TOLERANCES) -> dict:
+    """One row of the table: each measure of `mine` (aqa) against `ref` (upstream), and
+    `failures`, the measures outside their threshold (empty: equivalent)."""
+    row, failures = {}, []
+    for k in EXACT:
+        same = np.asarray(mine[k]).shape == np.asarray(ref[k]).shape and bool(np.array_equal(mine[k], ref[k]))
+        row[f"same_{k}"] = same
+        if not same:
+            failures.append(k)
+    row["generated_first_difference"] = first_difference(mine["generated"], ref["generated"])
+    row["generated_upstream"] = np.asarray(ref["generated"]).tolist()
+    for k, tol in tolerances.items():
+        d = max_abs_diff(mine[k], ref[k])
+        row[f"{k}_max_abs_diff"] = d
+        if not d < tol:  # also catches nan
+            failures.append(k)
+    a, r = np.asarray(mine["text_logits"]), np.asarray(ref["text_logits"])
+    row["logits_scale"] = float(np.abs(r).max())
+    row["argmax_agree"] = float((a.argmax(-1) == r.argmax(-1)).mean()) if a.shape == r.shape else 0.0
+    if "letters" in mine and a.shape == r.shape:  # what score mode reads: the answer letters' logits
+        row["answer_logits_max_abs_diff"] = max_abs_diff(a[-1, mine["letters"]], r[-1, mine["letters"]])
+    row["positions"] = int(r.shape[0])
+    row["speech_tokens"] = int(len(np.asarray(ref["glm_tokens"])))
+    row["failures"] = failures
+    return row
+
+
+def verdict(rows: list[dict]) -> bool:
+    """True when no row has a failure (and there is at least one row)."""
+    return bool(rows) and not any(r["failures"] for r in rows)
+
+
+def git_commit(folder: Path) -> str | None:
+    r = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return r.stdout.strip() if r.returncode == 0 else None
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ref-python", required=True, help="python of the reference environment (docs/kimi_audio.md)")
+    ap.add_argument("--upstream", required=True, type=Path,
+                    help="folder holding the clones Kimi-Audio/, GLM-4-Voice/ and Kimi-Audio-7B-Instruct/ (code files)")
+    ap.add_argument("--lm-code", type=Path, help="LM file folder for the runner (default: Kimi-Audio/finetune_codes)")
+    ap.add_argument("--max-new-tokens", type=int, default=8, help="greedy tokens compared per prompt")
+    ap.add_argument("--logits-tol", type=float, default=TOLERANCES["text_logits"], help="max abs logit difference")
+    ap.add_argument("--feature-tol", type=float, default=TOLERANCES["whisper_feature"],
+                    help="max abs Whisper feature difference")
+    ap.add_argument("-o", "--output", required=True, type=Path, help="folder for results.json")
+    args = ap.parse_args(argv)
+    if args.max_new_tokens < 1:
+        ap.error("--max-new-tokens must be at least 1")
+    for name in ("Kimi-Audio", "GLM-4-Voice", "Kimi-Audio-7B-Instruct"):
+        if not (args.upstream / name).is_dir():
+            ap.error(f"{args.upstream / name}: not a folder (clone it as docs/kimi_audio.md says)")
+    return args
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ref-python", required=True, help="python of the reference runner's environment")
-    ap.add_argument("--ref-script", required=True, help="the reference runner (see docs/kimi_audio.md)")
-    ap.add_argument("-o", "--output", required=True, help="folder for results.json")
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
+    import soundfile as sf
+    import torch
+
     from aqa.io import write_json
-    from aqa.models.kimi_audio import special_token_names
+    from aqa.models.registry import load_backend
     from aqa.models.tiny_kimi_audio import TinyKimiSpec, build_tiny_kimi
 
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    tolerances = {"whisper_feature": args.feature_tol, "text_logits": args.logits_tol}
+    up = args.upstream.resolve()
+    runner_args = ["--kimi-audio", str(up / "Kimi-Audio"), "--glm-4-voice", str(up / "GLM-4-Voice"),
+                   "--tokenizer-code", str(up / "Kimi-Audio-7B-Instruct")]
+    if args.lm_code:
+        runner_args += ["--lm-code", str(args.lm_code.resolve())]
+    args.output.mkdir(parents=True, exist_ok=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
+        audios, cases = [], []
+        for ci, (_, seconds) in enumerate(CLIPS):
+            audios.append(clip(seconds, seed=ci))
+            wav = tmp / f"clip{ci}.wav"
+            sf.write(wav, audios[-1], 16000, subtype="FLOAT")  # float WAV: both sides read identical samples
+            cases.append({"id": f"clip{ci}", "wav": str(wav), "question": QUESTION, "max_new_tokens": args.max_new_tokens})
+        (tmp / "cases.json").write_text(json.dumps(cases))
         for si, (spec_name, kw) in enumerate(SPECS.items()):
             model = build_tiny_kimi(tmp / f"model{si}", TinyKimiSpec(seed=si, **kw))
-            # The runner's stand-in for tokenization_kimia.py needs the special tokens' ids.
-            base = json.loads((model / "config.json").read_text())["num_base_tokens"]
-            names = special_token_names()
-            write_json(model / "special_tokens.json", {**{n: base + i for i, n in enumerate(names)},
-                                                       "pad_id": base + len(names) - 1})
-            for ci, (case, seconds) in enumerate(CASES):
-                audio = clip(seconds, seed=ci)
-                wav = tmp / f"clip{ci}.wav"
-                sf.write(wav, audio, 16000, subtype="FLOAT")  # float WAV: both sides read identical samples
-                mine = ours(model, audio)
-                ref_file = tmp / f"ref{si}{ci}.npz"
-                subprocess.run([args.ref_python, args.ref_script, "--ckpt", str(model), "--wav", str(wav),
-                                "--text-ids", json.dumps(mine["question_ids"]), "--out", str(ref_file),
-                                "--order", "text_first"], check=True)
-                ref = np.load(ref_file)
-                same = {k: bool(np.array_equal(np.asarray(mine[k]), ref[k]))
-                        for k in ("audio_input_ids", "text_input_ids", "is_continuous_mask", "glm_tokens")}
-                a, r = mine["text_logits"], ref["text_logits"]
-                ok_shape = a.shape == r.shape
-                diff = float(np.abs(a - r).max()) if ok_shape else float("nan")
-                letters = mine["letters"]
-                row = dict(model=spec_name, clip=case, positions=int(r.shape[0]), speech_tokens=len(mine["glm_tokens"]),
-                           **{f"same_{k}": v for k, v in same.items()},
-                           whisper_feature_max_abs_diff=float(np.abs(mine["whisper_feature"] - ref["whisper_feature"]).max()),
-                           logits_max_abs_diff=diff, logits_scale=float(np.abs(r).max()),
-                           argmax_agree=float((a.argmax(-1) == r.argmax(-1)).mean()) if ok_shape else 0.0,
-                           answer_logits_max_abs_diff=float(np.abs(a[-1, letters] - r[-1, letters]).max()))
-                rows.append(row)
-                print(json.dumps(row))
-    write_json(out / "results.json", {"question": QUESTION, "rows": rows,
-                                      "torch": torch.__version__, "platform": sys.platform})
-    ok = all(r[f"same_{k}"] for r in rows for k in ("audio_input_ids", "text_input_ids", "is_continuous_mask",
-                                                     "glm_tokens")) and all(r["logits_max_abs_diff"] < 1e-4 for r in rows)
-    print(f"{'EQUIVALENT' if ok else 'DIFFERENT'}: {len(rows)} cases; results in {out / 'results.json'}")
+            ref_dir = tmp / f"ref{si}"
+            subprocess.run([args.ref_python, str(RUNNER), *runner_args, "--ckpt", str(model),
+                            "--cases", str(tmp / "cases.json"), "--out-dir", str(ref_dir)], check=True)
+            refs = [np.load(ref_dir / f"{c['id']}.npz") for c in cases]
+            backend = load_backend(str(model), device="cpu", dtype="fp32")
+            singles = [ours(backend, [a], QUESTION, args.max_new_tokens)[0] for a in audios]
+            batch = ours(backend, audios, QUESTION, args.max_new_tokens)
+            for label, mine_rows in (("one clip", singles), ("batch of 2, left-padded", batch)):
+                for (clip_name, _), mine, ref in zip(CLIPS, mine_rows, refs):
+                    row = dict(model=spec_name, case=label, clip=clip_name, padding=mine["padding"],
+                               **compare(mine, ref, tolerances))
+                    rows.append(row)
+                    print(json.dumps(row))
+    ok = verdict(rows)
+    write_json(args.output / "results.json", {
+        "verdict": "EQUIVALENT" if ok else "DIFFERENT", "question": QUESTION, "tolerances": tolerances,
+        "max_new_tokens": args.max_new_tokens, "rows": rows, "torch": torch.__version__, "platform": sys.platform,
+        "upstream_commits": {n: git_commit(up / n) for n in ("Kimi-Audio", "GLM-4-Voice", "Kimi-Audio-7B-Instruct")}})
+    print(f"{'EQUIVALENT' if ok else 'DIFFERENT'}: {len(rows)} rows; results in {args.output / 'results.json'}")
     return 0 if ok else 1
 
 
