@@ -157,6 +157,26 @@ def test_greedy_generation_feeds_blanks_to_the_audio_stream(kimi):
         == [kimi.blank] * 2
 
 
+def test_a_generated_token_0_feeds_the_blank_alone_as_upstream(tiny_kimi):
+    """Upstream's LM skips the text embedding when the text ids sum to 0, so after generating
+    token 0 its next step's input is the blank audio token's embedding alone."""
+    b = load_backend(str(tiny_kimi), device="cpu")
+    lm = b.base_model()
+    with torch.no_grad():
+        b.output_embedding().weight.zero_()  # all logits tie: greedy picks token 0
+    steps = []
+    hook = lm.model.register_forward_pre_hook(lambda m, a, kw: steps.append(kw["inputs_embeds"].clone()),
+                                                 with_kwargs=True)
+    try:
+        got = b.generate_ids(b.collate([Example(noise(1), "What? A. dog B. cat")]), max_new_tokens=3)[0]
+    finally:
+        hook.remove()
+    assert got == [0, 0, 0]
+    with torch.no_grad():
+        blank = lm.model.embed_tokens(torch.tensor([[b.blank]]))
+    assert len(steps) == 3 and torch.equal(steps[1], blank) and torch.equal(steps[2], blank)
+
+
 def test_lora_reaches_the_language_model_and_optionally_the_speech_encoder(tiny_kimi):
     b = load_backend(str(tiny_kimi), device="cpu")
     b.add_lora(r=4, alpha=8, dropout=0.0, audio_tower=False)

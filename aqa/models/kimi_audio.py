@@ -576,7 +576,9 @@ class KimiAudioBackend(Backend):
             done |= torch.isin(nxt, end)
             if bool(done.all()):
                 break
-            x = blank + embed(nxt[:, None])
+            # Upstream's LM adds the text stream only when its ids sum to non-zero: a generated
+            # token 0 (one prompt per step upstream) leaves the blank alone.
+            x = blank + embed(nxt[:, None]) * (nxt != 0)[:, None, None]
             att = torch.cat([att, torch.ones_like(att[:, :1])], 1)
             pos = pos[:, -1:] + 1
         seqs = []
