@@ -90,6 +90,20 @@ def train_byte_level_bpe(corpus: list[str], vocab_size: int, split_pattern: str,
     return state["vocab"], merges
 
 
+def train_tiktoken_ranks(corpus: list[str], vocab_size: int, split_pattern: str) -> dict[bytes, int]:
+    """tiktoken ranks (the form of Kimi-Audio's tiktoken.model and of Mistral's tekken.json) of a
+    byte-level BPE trained on `corpus` after the regex split `split_pattern`: the 256 bytes
+    first, in byte order, then each merge's result in the order it was learned."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    _, merges = train_byte_level_bpe(corpus, vocab_size, split_pattern)
+    decode = {c: b for b, c in bytes_to_unicode().items()}
+    ranks = {bytes([b]): b for b in range(256)}
+    for a, b in merges:
+        ranks.setdefault(bytes(decode[c] for c in a + b), len(ranks))
+    return ranks
+
+
 def add_builder_command(msub, name: str, help: str, spec_cls, build, wrote: str) -> None:
     """`aqa model NAME -o DIR [--corpus JSONL] [--FIELD VALUE ...]`: one option per field of
     the `spec_cls` dataclass; `build(out, spec, corpus)` writes the folder."""
