@@ -29,7 +29,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from aqa.io import ordinary_modes, write_json
+from aqa.io import UserError, ordinary_modes, write_json
 from aqa.models.tiny_builder import BASE_CORPUS, TinyAudioEncoderSpec, train_tiktoken_ranks
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def build_tiny_voxtral(out_dir: str | Path, spec: TinyVoxtralSpec | None = None,
 
     spec = spec or TinyVoxtralSpec()
     if spec.window_seconds <= 0 or spec.window_seconds % 2:
-        raise ValueError(f"window_seconds must be a positive even number (8 mel frames per audio token), "
+        raise UserError(f"window_seconds must be a positive even number (8 mel frames per audio token), "
                          f"got {spec.window_seconds}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

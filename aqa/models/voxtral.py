@@ -64,6 +64,18 @@ class VoxtralBackend(ChatProcessorBackend):
     family = "voxtral"
     transformers_class = "VoxtralForConditionalGeneration"
 
+    @classmethod
+    def load(cls, path: str, **kw):
+        import importlib.util
+
+        from aqa.io import UserError
+
+        if importlib.util.find_spec("mistral_common") is None:
+            # Without it transformers falls back to another tokenizer class or fails deep inside.
+            raise UserError(f"{path}: Voxtral's tokenizer needs the mistral-common package "
+                              f"(pip install 'aqa[voxtral]')")
+        return super().load(path, **kw)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         # The answer ends with </s>, which mistral-common never encodes from text.
