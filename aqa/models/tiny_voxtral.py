@@ -90,17 +90,14 @@ def build_tiny_voxtral(out_dir: str | Path, spec: TinyVoxtralSpec | None = None,
     fe = WhisperFeatureExtractor(feature_size=spec.num_mel_bins, chunk_length=spec.window_seconds,
                                  sampling_rate=16000, hop_length=160, n_fft=400)
     processor = VoxtralProcessor(feature_extractor=fe, tokenizer=tok)
-    d, e = spec.decoder_dim, spec.encoder_dim
+    d = spec.decoder_dim
     config = VoxtralConfig(
-        # intermediate_size = 4 x hidden_size: the projector reads 4 stacked encoder frames per token.
-        audio_config=dict(model_type="voxtral_encoder", hidden_size=e, num_hidden_layers=spec.encoder_layers,
-                          num_attention_heads=spec.encoder_heads, intermediate_size=4 * e,
-                          num_mel_bins=spec.num_mel_bins, max_source_positions=spec.window_seconds * 50),
-        text_config=dict(model_type="llama", vocab_size=max(len(tok), spec.model_vocab), hidden_size=d,
-                         intermediate_size=int(2.6875 * d) // 8 * 8, num_hidden_layers=spec.decoder_layers,
-                         num_attention_heads=spec.decoder_heads, num_key_value_heads=spec.decoder_kv_heads,
-                         head_dim=d // spec.decoder_heads, max_position_embeddings=4096, tie_word_embeddings=False,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        # The encoder's intermediate_size is 4 x its width, which the projector's input also
+        # needs: it reads 4 stacked encoder frames per audio token.
+        audio_config=spec.whisper_encoder_config("voxtral_encoder", spec.window_seconds),
+        text_config=spec.text_config("llama", max(len(tok), spec.model_vocab), head_dim=d // spec.decoder_heads,
+                                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                     pad_token_id=tok.pad_token_id),
         audio_token_id=processor.audio_token_id)
     torch.manual_seed(spec.seed)
     model = VoxtralForConditionalGeneration(config)
