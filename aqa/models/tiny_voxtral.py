@@ -13,8 +13,8 @@ text tokens: ranks 0-19 as mistral_common's default list (`Tekkenizer.DEPRECATED
 <unk>, <s>, </s>, [INST], [/INST], ..., <pad> at 11), [AUDIO] at 24 (transformers'
 `VoxtralProcessor` fixes `audio_token_id = 24`), [BEGIN_AUDIO] at 25 and [TRANSCRIBE] at 34 as in
 the released tokenizer, the rest fillers; `audio` holds the window (`chunk_length_s`), the token
-rate (`frame_rate`, 12.5 a second) and the log-mel settings. Version v7: the instruct format
-with audio.
+rate (`frame_rate`, 12.5 a second) and the log-mel settings. Tokenizer version v7, whose
+instruct encoder takes audio (the released file's version was not checked here).
 
 The window sets the encoder's positions: 100 mel frames a second, halved by its stride-2
 convolution, so `max_source_positions` = 50 x window (1500 for the real 30 s); 8 mel frames make

@@ -29,11 +29,12 @@ understanding": `audio_seconds` = MAX_WINDOWS (80) windows = 2400 s, 30,000 audi
 It is not derived from `max_position_embeddings`, which sizes RoPE (131,072 in transformers'
 default text config) beyond the trained context.
 
-Encoder on the real frames: does not hold exactly, so it is not done. The encoder takes no
-attention mask (transformers' VoxtralEncoder documents `attention_mask` as unused): every
-frame of a window, the zero padding's too, attends to every other, so a real frame's state
-depends on the padding, and the padding's own frames become audio tokens of the prompt (the
-token count follows the padded length, as the model was trained). Trimming would change both.
+Encoder on the real frames: does not hold exactly, so it is not done. The model gives the
+encoder no attention mask (transformers' VoxtralEncoder: it "does not support masking of the
+input_features") and the encoder refuses anything but whole windows: every frame of a window,
+the zero padding's too, attends to every other, so a real frame's state depends on the
+padding, and the padding's own frames become audio tokens of the prompt (mistral-common counts
+tokens over the padded length). Trimming would change both.
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ class VoxtralBackend(ChatProcessorBackend):
         return MAX_WINDOWS * self.window_seconds
 
     def prompt(self, text: str, with_audio: bool = True) -> str:
-        """The prompt as text, special tokens written out, with one `[AUDIO]` per window of
-        silence standing for a clip (for reading; `process` encodes the real clip)."""
+        """The prompt as text, special tokens written out, with one window of silence standing
+        for the clip (for reading; `process` encodes the real clip)."""
         clip = np.zeros(int(self.window_seconds * self.audio_config.sampling_rate), np.float32) if with_audio else None
         ids = self.process(text, clip)["input_ids"][0].tolist()
         return self.tokenizer.decode(ids, skip_special_tokens=False)
