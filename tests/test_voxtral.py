@@ -90,13 +90,17 @@ def test_wav_round_trip_is_exact():
     assert np.array_equal(Audio.from_base64(wav_base64(clip, 16000)).audio_array, clip)
 
 
-def test_without_mistral_common_loading_says_what_to_install(folder, monkeypatch):
+def test_without_mistral_common_loading_and_building_say_what_to_install(folder, monkeypatch, tmp_path):
     import importlib.util
+
+    from aqa.cli import main
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mistral_common" else real(name, *a))
     with pytest.raises(ValueError, match=r"mistral-common package \(pip install 'aqa\[voxtral\]'\)"):
         load_backend(str(folder), device="cpu")
+    assert main(["model", "tiny", "--family", "voxtral", "-o", str(tmp_path / "m")]) == 2
+    assert not (tmp_path / "m").exists()
 
 
 def test_cli_builds_the_family_with_sizes(tmp_path):

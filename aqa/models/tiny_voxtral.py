@@ -78,7 +78,10 @@ def build_tiny_voxtral(out_dir: str | Path, spec: TinyVoxtralSpec | None = None,
     from transformers import (MistralCommonBackend, VoxtralConfig, VoxtralForConditionalGeneration, VoxtralProcessor,
                               WhisperFeatureExtractor)
 
+    from aqa.models.voxtral import require_mistral_common
+
     spec = spec or TinyVoxtralSpec()
+    require_mistral_common(out_dir)
     if spec.window_seconds <= 0 or spec.window_seconds % 2:
         raise UserError(f"window_seconds must be a positive even number (8 mel frames per audio token), "
                          f"got {spec.window_seconds}")

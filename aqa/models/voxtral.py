@@ -52,6 +52,17 @@ from aqa.models.chat_backend import ChatProcessorBackend
 MAX_WINDOWS = 80
 
 
+def require_mistral_common(path) -> None:
+    """Refuse, in one line naming `path`, a Voxtral folder when mistral-common is missing:
+    without it transformers falls back to another tokenizer class or fails deep inside."""
+    import importlib.util
+
+    from aqa.io import UserError
+
+    if importlib.util.find_spec("mistral_common") is None:
+        raise UserError(f"{path}: Voxtral's tokenizer needs the mistral-common package (pip install 'aqa[voxtral]')")
+
+
 def wav_base64(clip: np.ndarray, sampling_rate: int) -> str:
     """`clip` as a base64 float32 WAV: what mistral-common decodes back to the same samples."""
     import soundfile as sf
@@ -67,14 +78,7 @@ class VoxtralBackend(ChatProcessorBackend):
 
     @classmethod
     def load(cls, path: str, **kw):
-        import importlib.util
-
-        from aqa.io import UserError
-
-        if importlib.util.find_spec("mistral_common") is None:
-            # Without it transformers falls back to another tokenizer class or fails deep inside.
-            raise UserError(f"{path}: Voxtral's tokenizer needs the mistral-common package "
-                              f"(pip install 'aqa[voxtral]')")
+        require_mistral_common(path)
         return super().load(path, **kw)
 
     def __init__(self, *args, **kwargs):
