@@ -96,7 +96,8 @@ def test_without_mistral_common_loading_and_building_say_what_to_install(folder,
     from aqa.cli import main
 
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mistral_common" else real(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "mistral_common" else real(name, *a))
     with pytest.raises(ValueError, match=r"mistral-common package \(pip install 'aqa\[voxtral\]'\)"):
         load_backend(str(folder), device="cpu")
     assert main(["model", "tiny", "--family", "voxtral", "-o", str(tmp_path / "m")]) == 2
