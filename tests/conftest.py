@@ -89,3 +89,52 @@ def tiny_model(tmp_path_factory, synth_data) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "model"
     return build_tiny(out, TinySpec(audio_seconds=2, num_mel_bins=32, encoder_dim=32, decoder_dim=32,
                                     vocab_size=400), corpus_from_records(synth_data / "qa.jsonl"))
+
+
+#: Sizes of the tiny models the family tests share (tests/test_families.py and one file per
+#: family): small enough for CPU seconds; per family, what its own tests rely on.
+TINY_SIZES = dict(num_mel_bins=32, encoder_dim=32, decoder_dim=32, vocab_size=400)
+TINY_FAMILY_SIZES = {
+    "qwen2.5-omni": dict(audio_seconds=3),
+    "qwen3-omni": {},
+    "audio-flamingo3": dict(audio_seconds=2, max_windows=3),
+    "voxtral": dict(window_seconds=2),
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory, synth_data):
+    """`tiny_family(name)`: the folder of the tiny random model of that `aqa model tiny --family`,
+    built once per session with a tokenizer trained on the synthetic questions."""
+    import importlib
+
+    from aqa.models.tiny import FAMILIES
+    from aqa.models.tiny_builder import corpus_from_records
+
+    built: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in built:
+            build, spec = (getattr(importlib.import_module(m), f) for m, f in (r.split(":") for r in FAMILIES[name]))
+            built[name] = build(tmp_path_factory.mktemp(name) / "model", spec(**TINY_SIZES, **TINY_FAMILY_SIZES[name]),
+                                corpus_from_records(synth_data / "qa.jsonl"))
+        return built[name]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine the
+    threads' spin-waits made the family tests several times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def noise(seconds: float, seed: int = 0) -> np.ndarray:
+    """`seconds` of white noise at 16 kHz (amplitude 0.1)."""
+    return (np.random.default_rng(seed).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)

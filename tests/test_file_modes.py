@@ -4,6 +4,8 @@ the private 0600 that safetensors' and transformers' temporary files leave (issu
 import os
 import stat
 
+import pytest
+
 from aqa.io import ordinary_modes
 
 
@@ -45,9 +47,7 @@ def test_ordinary_modes_leaves_other_modes_alone(tmp_path):
     assert [stat.S_IMODE(f.stat().st_mode) for f in (a, b, c)] == [expected_mode(), 0o755, 0o640]
 
 
-def test_tiny_omni_and_audio_flamingo3_folders(tmp_path):
-    from aqa.models.tiny_audio_flamingo3 import build_tiny_audio_flamingo3
-    from aqa.models.tiny_omni import build_tiny_qwen2_5_omni
-
-    for out in (build_tiny_qwen2_5_omni(tmp_path / "omni"), build_tiny_audio_flamingo3(tmp_path / "af3")):
-        assert any(out.glob("*.safetensors")) and private(out) == []
+@pytest.mark.parametrize("family", ["qwen2.5-omni", "audio-flamingo3", "voxtral"])
+def test_tiny_chat_family_folders(tiny_family, family):
+    out = tiny_family(family)
+    assert any(out.glob("*.safetensors")) and private(out) == []

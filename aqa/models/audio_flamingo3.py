@@ -53,10 +53,3 @@ class AudioFlamingo3Backend(ChatProcessorBackend):
         core = self.base_model().model
         return core.get_audio_features(batch["input_features"], batch["input_features_mask"],
                                        return_dict=True).pooler_output
-
-    def lora_target_modules(self, audio_tower: bool = False) -> str:
-        # Module names: model.language_model.layers.N.{self_attn,mlp}.X and
-        # model.audio_tower.layers.N.{self_attn.X, fc1, fc2}; the projector stays frozen.
-        lm = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
-        at = r"model\.audio_tower\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|fc1|fc2)"
-        return rf"^(base_model\.model\.)?({lm}|{at})$" if audio_tower else rf"^(base_model\.model\.)?{lm}$"

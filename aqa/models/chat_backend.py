@@ -1,5 +1,5 @@
 """A backend on a transformers audio-language model whose real processor renders the chat
-template and expands the audio placeholder itself (Qwen2.5-Omni, Qwen3-Omni, Audio Flamingo 3).
+template and expands the audio placeholder itself (Qwen2.5-Omni, Qwen3-Omni, Audio Flamingo 3, Voxtral).
 
 Batches: every example goes through the processor alone, then the rows are left-padded (ids)
 and the per-example audio inputs merged by the family (`merge_audio`). A row therefore holds
@@ -61,6 +61,15 @@ class ChatProcessorBackend(Backend):
         """The language model under the audio fusion (takes inputs_embeds, returns hidden states)."""
         return self.base_model().model.language_model
 
+    def lora_target_modules(self, audio_tower: bool = False) -> str:
+        """The decoder's attention and MLP projections, and with `audio_tower` the Whisper-style
+        encoder's attention and feed-forward layers; the projector and any other encoder stay
+        frozen. Module names: model.language_model.layers.N.{self_attn,mlp}.X and
+        model.audio_tower.layers.N.{self_attn.X, fc1, fc2}."""
+        lm = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+        at = r"model\.audio_tower\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|fc1|fc2)"
+        return rf"^(base_model\.model\.)?({lm}|{at})$" if audio_tower else rf"^(base_model\.model\.)?{lm}$"
+
     # --- prompt ----------------------------------------------------------------------------------
     def prompt(self, text: str, with_audio: bool = True) -> str:
         """The chat template's rendering of one user turn (the clip, then the question) and the
@@ -73,15 +82,21 @@ class ChatProcessorBackend(Backend):
         """Prompt ids of one example and its audio inputs, as the processor gives them for the
         example alone (the clip cut to `audio_seconds` first)."""
         if example.audio is None:
-            enc = self.processor(text=[self.prompt(example.text, with_audio=False)], return_tensors="pt")
-            return enc["input_ids"][0].tolist(), None
-        fe = self.processor.feature_extractor
+            return self.process(example.text, None)["input_ids"][0].tolist(), None
         clip = np.asarray(example.audio, dtype=np.float32)
         if self.audio_seconds is not None:
-            clip = clip[: int(self.audio_seconds * fe.sampling_rate)]
-        enc = self.processor(text=[self.prompt(example.text)], audio=[clip], return_tensors="pt",
-                             audio_kwargs={"sampling_rate": fe.sampling_rate, **self.processor_audio_kwargs(clip)})
+            clip = clip[: int(self.audio_seconds * self.processor.feature_extractor.sampling_rate)]
+        enc = self.process(example.text, clip)
         return enc["input_ids"][0].tolist(), self.audio_inputs(enc)
+
+    def process(self, text: str, clip: np.ndarray | None):
+        """The processor's output (`input_ids` and the audio inputs) for one user turn: `clip`
+        (None: none), then `text`."""
+        if clip is None:
+            return self.processor(text=[self.prompt(text, with_audio=False)], return_tensors="pt")
+        fe = self.processor.feature_extractor
+        return self.processor(text=[self.prompt(text)], audio=[clip], return_tensors="pt",
+                              audio_kwargs={"sampling_rate": fe.sampling_rate, **self.processor_audio_kwargs(clip)})
 
     def collate(self, examples: list[Example], *, with_target: bool = False) -> dict[str, torch.Tensor]:
         text_only = [e.audio is None for e in examples]

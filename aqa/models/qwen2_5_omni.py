@@ -82,11 +82,3 @@ class Qwen25OmniBackend(OmniThinkerBackend):
         frames = torch.tensor([fe.n_samples // fe.hop_length])
         _, tokens = self.audio_encoder()._get_feat_extract_output_lengths(frames)
         return int(tokens[0]), self.audio_encoder().config.output_dim
-
-    def lora_target_modules(self, audio_tower: bool = False) -> str:
-        # Module names: model.language_model.layers.N.{self_attn,mlp}.X and
-        # model.audio_tower.layers.N.{self_attn.X, fc1, fc2}; the vision encoder and the audio
-        # encoder's output projection stay frozen.
-        lm = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
-        at = r"model\.audio_tower\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|fc1|fc2)"
-        return rf"^(base_model\.model\.)?({lm}|{at})$" if audio_tower else rf"^(base_model\.model\.)?{lm}$"

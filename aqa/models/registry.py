@@ -21,6 +21,7 @@ BACKENDS = {
     "qwen3_omni_moe": "aqa.models.qwen3_omni:Qwen3OmniBackend",  # Qwen3-Omni-30B-A3B Instruct and Thinking
     "qwen3_omni_moe_thinker": "aqa.models.qwen3_omni:Qwen3OmniBackend",
     "audioflamingo3": "aqa.models.audio_flamingo3:AudioFlamingo3Backend",
+    "voxtral": "aqa.models.voxtral:VoxtralBackend",  # Voxtral Mini (needs mistral-common: aqa[voxtral])
 }
 
 

@@ -124,6 +124,7 @@ FAMILIES = {
     "qwen3-omni": ("aqa.models.tiny_omni:build_tiny_qwen3_omni", "aqa.models.tiny_omni:TinyQwen3OmniSpec"),
     "audio-flamingo3": ("aqa.models.tiny_audio_flamingo3:build_tiny_audio_flamingo3",
                         "aqa.models.tiny_audio_flamingo3:TinyAudioFlamingo3Spec"),
+    "voxtral": ("aqa.models.tiny_voxtral:build_tiny_voxtral", "aqa.models.tiny_voxtral:TinyVoxtralSpec"),
 }
 
 

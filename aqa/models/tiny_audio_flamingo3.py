@@ -65,17 +65,12 @@ def build_tiny_audio_flamingo3(out_dir: str | Path, spec: TinyAudioFlamingo3Spec
                                  hop_length=160, n_fft=400, return_attention_mask=True)
     processor = AudioFlamingo3Processor(feature_extractor=fe, tokenizer=tok, chat_template=CHAT_TEMPLATE,
                                         audio_token=AUDIO_TOKEN, max_audio_len=spec.audio_seconds * spec.max_windows)
-    d, e = spec.decoder_dim, spec.encoder_dim
+    d = spec.decoder_dim
     ids = tok.convert_tokens_to_ids
     config = AudioFlamingo3Config(
-        audio_config=dict(model_type="audioflamingo3_encoder", hidden_size=e, num_hidden_layers=spec.encoder_layers,
-                          num_attention_heads=spec.encoder_heads, intermediate_size=4 * e,
-                          num_mel_bins=spec.num_mel_bins, max_source_positions=spec.audio_seconds * 50),
-        text_config=dict(model_type="qwen2", vocab_size=max(len(tok), spec.model_vocab), hidden_size=d,
-                         intermediate_size=int(2.6875 * d) // 8 * 8, num_hidden_layers=spec.decoder_layers,
-                         num_attention_heads=spec.decoder_heads, num_key_value_heads=spec.decoder_kv_heads,
-                         max_position_embeddings=4096, tie_word_embeddings=False,
-                         bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"), pad_token_id=tok.pad_token_id),
+        audio_config=spec.whisper_encoder_config("audioflamingo3_encoder", spec.audio_seconds),
+        text_config=spec.text_config("qwen2", max(len(tok), spec.model_vocab), bos_token_id=ids("<|endoftext|>"),
+                                     eos_token_id=ids("<|im_end|>"), pad_token_id=tok.pad_token_id),
         audio_token_id=ids(AUDIO_TOKEN))
     torch.manual_seed(spec.seed)
     model = AudioFlamingo3ForConditionalGeneration(config)

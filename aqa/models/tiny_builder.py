@@ -41,6 +41,15 @@ class TinyDecoderSpec:
     seed: int = 0
     """Seed of the random weights."""
 
+    def text_config(self, model_type: str, vocab: int, **extra) -> dict:
+        """A decoder config of these sizes (`model_type`: "qwen2", "llama", ...), with Qwen2-7B's
+        MLP ratio (11008 / 4096) and untied output embeddings; `extra` adds or overrides."""
+        d = self.decoder_dim
+        return dict(model_type=model_type, vocab_size=vocab, hidden_size=d, intermediate_size=int(2.6875 * d) // 8 * 8,
+                    num_hidden_layers=self.decoder_layers, num_attention_heads=self.decoder_heads,
+                    num_key_value_heads=self.decoder_kv_heads, max_position_embeddings=4096,
+                    tie_word_embeddings=False, **extra)
+
 
 @dataclass
 class TinyAudioEncoderSpec(TinyDecoderSpec):
@@ -57,6 +66,15 @@ class TinyAudioEncoderSpec(TinyDecoderSpec):
     """Attention heads in the audio encoder."""
     model_vocab: int = 0
     """Rows of the embedding and output layers, if more than the tokenizer has (7B shapes: 156032)."""
+
+    def whisper_encoder_config(self, model_type: str, window_seconds: int) -> dict:
+        """A Whisper-style encoder config of these sizes (`model_type`: the family's encoder)
+        over windows of `window_seconds`: 100 mel frames a second, halved by the stride-2
+        convolution, so 50 positions a second."""
+        e = self.encoder_dim
+        return dict(model_type=model_type, hidden_size=e, num_hidden_layers=self.encoder_layers,
+                    num_attention_heads=self.encoder_heads, intermediate_size=4 * e, num_mel_bins=self.num_mel_bins,
+                    max_source_positions=window_seconds * 50)
 
 
 def corpus_from_records(path: str | Path) -> list[str]:
@@ -88,6 +106,20 @@ def train_byte_level_bpe(corpus: list[str], vocab_size: int, split_pattern: str,
     state = json.loads(tok.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     return state["vocab"], merges
+
+
+def train_tiktoken_ranks(corpus: list[str], vocab_size: int, split_pattern: str) -> dict[bytes, int]:
+    """tiktoken ranks (the form of Kimi-Audio's tiktoken.model and of Mistral's tekken.json) of a
+    byte-level BPE trained on `corpus` after the regex split `split_pattern`: the 256 bytes
+    first, in byte order, then each merge's result in the order it was learned."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    _, merges = train_byte_level_bpe(corpus, vocab_size, split_pattern)
+    decode = {c: b for b, c in bytes_to_unicode().items()}
+    ranks = {bytes([b]): b for b in range(256)}
+    for a, b in merges:
+        ranks.setdefault(bytes(decode[c] for c in a + b), len(ranks))
+    return ranks
 
 
 def add_builder_command(msub, name: str, help: str, spec_cls, build, wrote: str) -> None:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aqa.io import ordinary_modes
-from aqa.models.tiny_builder import BASE_CORPUS, TinyDecoderSpec, add_builder_command, train_byte_level_bpe
+from aqa.models.tiny_builder import BASE_CORPUS, TinyDecoderSpec, add_builder_command, train_tiktoken_ranks
 
 log = logging.getLogger(__name__)
 
@@ -38,22 +38,6 @@ class TinyKimiSpec(TinyDecoderSpec):
     """Codebook size of the speech tokenizer (16,384 in GLM-4-Voice)."""
 
 
-def train_ranks(corpus: list[str], vocab_size: int) -> dict[bytes, int]:
-    """tiktoken ranks of a byte-level BPE trained on `corpus` with Kimi-Audio's split: the
-    256 bytes first, then each merge's result in the order it was learned."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    from aqa.models.kimi_audio import SPLIT_PATTERN
-
-    _, merges = train_byte_level_bpe(corpus, vocab_size, SPLIT_PATTERN)
-    decode = {c: b for b, c in bytes_to_unicode().items()}
-    ranks = {bytes([b]): b for b in range(256)}
-    for a, b in merges:
-        piece = bytes(decode[c] for c in a + b)
-        ranks.setdefault(piece, len(ranks))
-    return ranks
-
-
 def build_tiny_kimi(out_dir: str | Path, spec: TinyKimiSpec | None = None, corpus: list[str] | None = None) -> Path:
     """Build and save a random-weight Kimi-Audio folder; returns its path."""
     import torch
@@ -62,7 +46,8 @@ def build_tiny_kimi(out_dir: str | Path, spec: TinyKimiSpec | None = None, corpu
     from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2RMSNorm
 
     from aqa.io import write_json
-    from aqa.models.kimi_audio import KimiAudioConfig, KimiAudioForCausalLM, special_token_names, write_tiktoken
+    from aqa.models.kimi_audio import (SPLIT_PATTERN, KimiAudioConfig, KimiAudioForCausalLM, special_token_names,
+                                       write_tiktoken)
     from aqa.models.whisper_vq import WhisperVQTokenizer
 
     spec = spec or TinyKimiSpec()
@@ -71,7 +56,7 @@ def build_tiny_kimi(out_dir: str | Path, spec: TinyKimiSpec | None = None, corpu
     torch.manual_seed(spec.seed)
 
     # Text vocabulary: base tokens, then the special tokens, then the speech tokens.
-    ranks = train_ranks([BASE_CORPUS, *(corpus or [])], spec.vocab_size)
+    ranks = train_tiktoken_ranks([BASE_CORPUS, *(corpus or [])], spec.vocab_size, SPLIT_PATTERN)
     write_tiktoken(ranks, out / "tiktoken.model")
     specials = special_token_names()
     base = len(ranks)
