@@ -5,6 +5,7 @@ Each field carries its one-line doc in `metadata["help"]` (see `doc`)."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -131,7 +132,9 @@ def from_dict(cls: type[T], data: dict[str, Any], *, source: str = "config",
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"{source}: {e}") from None
+        # A range check names its keys ("lr=-1"): blame where those keys came from.
+        named = {where.get(k, source) for k in data if re.search(rf"\b{re.escape(k)}=", str(e))}
+        raise ConfigError(f"{named.pop() if len(named) == 1 else source}: {e}") from None
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

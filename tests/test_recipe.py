@@ -82,6 +82,18 @@ def test_out_of_range_settings_are_config_errors(override):
     assert load_config(SFTConfig, None, ["epochs=0", "max_steps=5"]).max_steps == 5  # steps given: epochs unused
 
 
+def test_a_range_error_blames_where_its_key_came_from(tmp_path):
+    from aqa.config import ConfigError, load_config
+
+    yml = tmp_path / "sft.yaml"
+    yml.write_text("model: m\ntrain_data: [x.jsonl]\nlr: -1\n")
+    with pytest.raises(ConfigError, match=r"sft.yaml: out of range: lr=-1"):
+        load_config(SFTConfig, yml)
+    yml.write_text("model: m\ntrain_data: [x.jsonl]\n")
+    with pytest.raises(ConfigError, match=r"^command-line override: out of range: lr=-1"):
+        load_config(SFTConfig, yml, ["lr=-1"])
+
+
 def test_resume_with_changed_settings_is_refused(tiny_model, synth_data, tmp_path):
     """A finished (or interrupted) run resumes only with the settings it started with; how it
     runs (stop_after, device, workers) may change."""
