@@ -62,6 +62,7 @@ class DemoConfig:
     sft_batch: int = doc(16, help="LoRA SFT batch size")
     sft_lr: float = doc(1e-3, help="LoRA SFT learning rate (tiny models want more than 7B ones)")
     lora_r: int = doc(16, help="LoRA rank")
+    family: str = doc("qwen2-audio", help="the tuned model's family (`aqa model tiny --family`)")
     second_family: str = doc("qwen2.5-omni", help="the second tuned model for the ensemble: its family "
                              "(another one, as the reference report ensembles two; `aqa model tiny --family`)")
     second_lora_r: int = doc(8, help="the second tuned model for the ensemble: its LoRA rank (0 skips it)")
@@ -71,6 +72,13 @@ class DemoConfig:
     grpo_batch: int = doc(16, help="GRPO questions per step")
     grpo_group: int = doc(6, help="GRPO answers sampled per question (G)")
     eval_batch: int = doc(16, help="evaluation batch size")
+
+    def __post_init__(self):
+        from aqa.models.tiny import FAMILIES
+
+        bad = [f"{k}={getattr(self, k)}" for k in ("family", "second_family") if getattr(self, k) not in FAMILIES]
+        if bad:
+            raise ValueError(f"no tiny model for {', '.join(bad)} (families: {', '.join(FAMILIES)})")
 
 
 #: Fixed option lists of the demo's questions (see the module docstring for why fixed).
@@ -181,7 +189,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
                                clip_ids=train_clips, progress=progress))
         return base
 
-    base = base_model("qwen2-audio", "", cfg.seed)
+    base = base_model(cfg.family, "", cfg.seed)
 
     # ---- 3. zero-shot, SFT, tuned ------------------------------------------------------------
     def ev(name: str, adapter: Path | None, audio: str = "normal", reference: Path | None = None,
