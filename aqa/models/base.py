@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aqa.prompts import LETTERS
+from aqa.data.audio import TARGET_SR
+from aqa.prompts import LETTERS, question_text, target_text
 
 
 @dataclass
@@ -40,10 +41,12 @@ class Backend:
 
     family: str = ""
 
-    def __init__(self, model, processor, device: torch.device):
+    def __init__(self, model, processor, device: torch.device, config=None):
         self.model = model
         self.processor = processor
         self.device = device
+        #: The model's config; given apart when there is no model (`without_weights`).
+        self.config = config if config is not None else self.base_model().config
 
     # --- hooks a backend implements -------------------------------------------------------
     #: For a family that transformers reads as it is: its model class's name, which the
@@ -67,6 +70,19 @@ class Backend:
             path, dtype=default_dtype(dev, dtype), trust_remote_code=trust_remote_code, attn_implementation="sdpa")
         return cls.from_parts(model, processor, dev, adapter=adapter, is_trainable=is_trainable)
 
+    @classmethod
+    def without_weights(cls, path: str, *, trust_remote_code: bool = False) -> Backend:
+        """The backend of the checkpoint at `path` with its processor and config but no model
+        (`model` is None): enough for `audio_seconds`, `max_prompt_tokens` and
+        `prompt_tokens`, without reading or downloading the weights."""
+        from transformers import AutoConfig, AutoProcessor
+
+        if not cls.transformers_class:
+            raise NotImplementedError(f"{cls.__name__} reads its checkpoint its own way")
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return cls(None, processor, torch.device("cpu"), config=config)
+
     #: Token ids that end the assistant's answer (appended to every target).
     end_ids: list[int]
 
@@ -83,7 +99,66 @@ class Backend:
 
     @property
     def audio_seconds(self) -> float | None:
-        """The longest clip the model hears at once (None: no limit)."""
+        """The longest clip the model hears at once (None: no limit); a longer clip is cut
+        to it (`prompt_samples`)."""
+        raise NotImplementedError
+
+    # --- prompt length (no model run) --------------------------------------------------------
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        """The longest prompt the model takes: its decoder's context
+        (`max_position_embeddings`), or the tokenizer's `model_max_length` when smaller."""
+        n = getattr(self.config.get_text_config(), "max_position_embeddings", None)
+        tok = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tok, int) and tok < 10**9:  # tokenizers without a limit say ~1e30
+            n = min(n, tok) if n else tok
+        return n
+
+    def prompt_samples(self, samples: int) -> int:
+        """Samples of a clip of `samples` (16 kHz) that the model hears: cut to `audio_seconds`."""
+        if self.audio_seconds is None:
+            return samples
+        return min(samples, int(self.audio_seconds * TARGET_SR))
+
+    def audio_tokens_of(self, samples: int) -> int:
+        """Prompt positions a clip of `samples` (16 kHz, already cut by `prompt_samples`) takes."""
+        raise NotImplementedError
+
+    #: The id of the token the processor repeats once per audio token (the families whose
+    #: prompt holds one placeholder per clip, which the processor expands).
+    audio_token_id: int
+
+    def target_ids(self, example: Example) -> list[int]:
+        """The answer's token ids, its end token(s) included."""
+        if example.target_ids is not None:
+            return list(example.target_ids)
+        return self.tokenizer.encode(example.target, add_special_tokens=False) + self.end_ids
+
+    def prompt_tokens(self, text: str, seconds: float | None, target: str | None = None) -> int:
+        """Length of the batch row `collate` makes for the question `text` with a clip of
+        `seconds` (None: no audio) and, given, the answer `target`, counted without running
+        the model or decoding the clip: the text tokens of the rendered prompt, the audio
+        tokens the clip takes once cut to `audio_seconds`, the answer's tokens."""
+        with_audio = seconds is not None
+        ids = self.tokenizer.encode(self.prompt(text, with_audio=with_audio))
+        n = len(ids)
+        if with_audio:
+            # The rendered prompt holds one placeholder, which the processor repeats per audio token.
+            n += self.audio_tokens_of(self.prompt_samples(round(seconds * TARGET_SR))) - ids.count(
+                self.audio_token_id)
+        if target is not None:
+            n += len(self.target_ids(Example(None, text, target)))
+        return n
+
+    def record_prompt_tokens(self, record, seconds: float | None, *, with_target: bool = False) -> int:
+        """`prompt_tokens` of an AQA record as `aqa eval` and the recipes ask it (its options in
+        the file's order; a shuffled order may tokenise a token or so apart), its clip lasting
+        `seconds`; with `with_target`, its answer as SFT's target."""
+        target = target_text(record.answer) if with_target and record.answer is not None else None
+        return self.prompt_tokens(question_text(record.question, record.choices), seconds, target)
+
+    def prompt(self, text: str, with_audio: bool = True) -> str:
+        """The prompt text of one user turn (the clip, then `text`) and the assistant's start."""
         raise NotImplementedError
 
     def collate(self, examples: list[Example], *, with_target: bool = False) -> dict[str, torch.Tensor]:
@@ -183,6 +258,13 @@ class Backend:
     def generate(self, batch: dict[str, torch.Tensor], **kwargs) -> list[str]:
         """Decoded answers (see `generate_ids` for the arguments)."""
         return self.decode(self.generate_ids(batch, **kwargs))
+
+    @staticmethod
+    def whisper_frames(samples: int, padded: int, hop: int = 160) -> int:
+        """Real log-mel frames (the feature-attention mask's count) that transformers'
+        `WhisperFeatureExtractor` gives `samples` padded to `padded`: one per started hop,
+        at most `padded // hop` (its mask drops a last, partial hop)."""
+        return min(-(-samples // hop), padded // hop)
 
     def _mask_features(self, batch: dict[str, torch.Tensor], key: str, num_masks: int, max_width: int,
                        generator: torch.Generator, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
