@@ -118,6 +118,12 @@ def test_eval_counts_clips_heard_truncated(model, long_wav, tmp_path):
     assert m["audio_truncated"] == {"n": int(truncated), "limit_s": b.audio_seconds if truncated else None}
     row = json.loads((tmp_path / "ev" / "predictions.jsonl").read_text())
     assert row.get("truncated") == ({"clip_s": LONG_S, "heard_s": 30.0} if truncated else None)
+    # aqa data check --model says the same before any run, reading no weights.
+    from aqa.data.check import check_records
+
+    rep = check_records(data, model=load_without_weights(str(path)), model_name=str(path))
+    assert [c["ids"] for c in rep.long_clips] == ([["long"]] if truncated else [])
+    assert rep.audio_limit_s == b.audio_seconds and not rep.long_prompts
 
 
 @pytest.mark.parametrize("model", FAMILIES, indirect=True)
@@ -135,3 +141,83 @@ def test_counted_prompt_length_equals_the_collated_row(model, long_wav):
             assert b.prompt_tokens(text, seconds, target) == real, (family, seconds, target)
             assert light.prompt_tokens(text, seconds, target) == real
     assert b.max_prompt_tokens == 4096 if family != "kimi-audio" else 8192
+
+
+# --- the prompt-length guard (issue 16 item 7) ---------------------------------------------------
+@pytest.fixture(scope="module")
+def long_question(tiny_model, synth_data):
+    """A records file beside real WAVs: 8 ordinary items, one question of 40,000 words, one whose
+    prompt is exactly at the limit (kept) and one a token or more over it (skipped). The limit
+    is the at-limit item's length: far below the tiny model's 4096, so the test runs in seconds."""
+    b = load_without_weights(str(tiny_model))
+    rows = [json.loads(x) for x in (synth_data / "train.jsonl").read_text().splitlines()[:8]]
+    base = rows[0]
+    at = {**base, "id": "at-limit", "question": base["question"] + " Listen closely." * 20}
+    over = {**at, "id": "over-limit", "question": at["question"] + " Closely!"}
+    huge = {**base, "id": "huge", "question": " ".join(["word"] * 40_000) + "?"}
+    path = synth_data / "long_question.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [*rows, at, huge, over]))
+    from aqa.data.records import load_records
+
+    recs = {r.id: r for r in load_records(path)}
+    seconds = len(load_audio(recs["at-limit"].audio_path).samples) / 16000
+    limit = b.record_prompt_tokens(recs["at-limit"], seconds)
+    assert b.record_prompt_tokens(recs["over-limit"], seconds) > limit
+    assert b.record_prompt_tokens(recs["huge"], seconds) > 40_000 > b.max_prompt_tokens == 4096
+    return path, limit
+
+
+def test_eval_skips_an_overlong_prompt_with_its_reason(tiny_model, long_question, tmp_path):
+    from aqa.cli import main
+
+    path, limit = long_question
+    out = tmp_path / "ev"
+    assert main(["eval", "--model", str(tiny_model), "--data", str(path), "-o", str(out), "--batch-size", "4",
+                 "--max-prompt-tokens", str(limit)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_skipped"] == 2 and m["skipped"] == {"prompt_too_long": 2}
+    skipped = {r["id"]: r for r in map(json.loads, (out / "skipped.jsonl").read_text().splitlines())}
+    assert set(skipped) == {"huge", "over-limit"}
+    assert skipped["huge"]["kind"] == "prompt_too_long"
+    assert f"is longer than the {limit} the model takes" in skipped["huge"]["problem"]
+    answered = {json.loads(x)["id"] for x in (out / "predictions.jsonl").read_text().splitlines()}
+    assert "at-limit" in answered and len(answered) == 9
+    # Without the override the model's own context (4096) is the limit: only the huge one goes.
+    out2 = tmp_path / "ev2"
+    assert main(["eval", "--model", str(tiny_model), "--data", str(path), "-o", str(out2), "--limit", "10"]) == 0
+    assert json.loads((out2 / "metrics.json").read_text())["skipped"] == {"prompt_too_long": 1}
+
+
+def test_sft_trains_on_the_rest_and_refuses_when_nothing_is_left(tiny_model, long_question, tmp_path, caplog):
+    from aqa.data.records import NoRecords
+    from aqa.train.sft import SFTConfig, train
+
+    path, limit = long_question
+    cfg = dict(model=str(tiny_model), output_dir=str(tmp_path / "run"), batch_size=4, micro_batch_size=2,
+               max_steps=1, lora_r=4, lora_alpha=8, device="cpu", num_workers=0)
+    # The limit counts the answer too (the letter and the end of turn): 3 tokens on top of the prompt.
+    summary = train(SFTConfig(train_data=[str(path)], max_prompt_tokens=limit + 3, **cfg))
+    assert summary["prompt_too_long"] == 2 and summary["items"] == 9 and summary["audio_truncated"] == 0
+    warned = [r.message for r in caplog.records if "left out" in r.message]
+    assert len(warned) == 1 and "2 training item(s)" in warned[0] and "huge: " in warned[0]
+    assert "over-limit: " in warned[0]
+    only = path.parent / "only_huge.jsonl"
+    only.write_text([x for x in path.read_text().splitlines(keepends=True) if '"huge"' in x][0])
+    with pytest.raises(NoRecords, match="every item's prompt is longer than the 4096 tokens"):
+        train(SFTConfig(train_data=[str(only)], **{**cfg, "output_dir": str(tmp_path / "run2")}))
+
+
+def test_data_check_flags_overlong_prompts_and_long_clips(tiny_model, long_question, tmp_path, capsys):
+    from aqa.cli import main
+
+    path, limit = long_question
+    report = tmp_path / "rep.json"
+    args = ["data", "check", str(path), "--model", str(tiny_model), "--json", str(report)]
+    assert main(args) == 0
+    rep = json.loads(report.read_text())
+    assert [p["id"] for p in rep["long_prompts"]] == ["huge"] and rep["prompt_limit"] == 4096
+    assert rep["audio_limit_s"] == 2.0  # the tiny model's window
+    assert "1 prompt(s) longer than the model's 4096 tokens" in capsys.readouterr().out
+    assert main([*args, "--max-prompt-tokens", str(limit)]) == 0
+    assert {p["id"] for p in json.loads(report.read_text())["long_prompts"]} == {"huge", "over-limit"}
+    assert main([*args, "--strict"]) == 1

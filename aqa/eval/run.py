@@ -240,16 +240,9 @@ def too_long_prompts(backend, records: list, settings: EvalSettings) -> list[tup
     from aqa.data.audio import header_duration
 
     limit = settings.max_prompt_tokens or backend.max_prompt_tokens
-    if not limit:
-        return []
-    out = []
-    for r in records:
-        seconds = None if settings.audio == "none" else header_duration(r.audio_path or r.audio)
-        n = backend.record_prompt_tokens(r, seconds)
-        if n > limit:
-            out.append((r, f"prompt of {n} tokens is longer than the {limit} the model takes"
-                           f"{'' if settings.max_prompt_tokens else ' (its max_position_embeddings)'}"))
-    return out
+    over = backend.too_long(records, lambda r: None if settings.audio == "none" else header_duration(
+        r.audio_path or r.audio), limit=limit)
+    return [(r, f"prompt of {n} tokens is longer than the {limit} the model takes") for r, n in over]
 
 
 def _rows(path: Path) -> list[dict]:

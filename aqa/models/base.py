@@ -157,6 +157,15 @@ class Backend:
         target = target_text(record.answer) if with_target and record.answer is not None else None
         return self.prompt_tokens(question_text(record.question, record.choices), seconds, target)
 
+    def too_long(self, records, seconds, *, limit: int | None = None, with_target: bool = False) -> list[tuple]:
+        """(record, prompt tokens) of the records whose prompt is longer than `limit` (None: the
+        model's `max_prompt_tokens`); `seconds(record)` is its clip's length (None: no audio)."""
+        limit = limit or self.max_prompt_tokens
+        if not limit:
+            return []
+        counts = ((r, self.record_prompt_tokens(r, seconds(r), with_target=with_target)) for r in records)
+        return [(r, n) for r, n in counts if n > limit]
+
     def prompt(self, text: str, with_audio: bool = True) -> str:
         """The prompt text of one user turn (the clip, then `text`) and the assistant's start."""
         raise NotImplementedError
