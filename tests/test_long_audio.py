@@ -221,3 +221,15 @@ def test_data_check_flags_overlong_prompts_and_long_clips(tiny_model, long_quest
     assert main([*args, "--max-prompt-tokens", str(limit)]) == 0
     assert {p["id"] for p in json.loads(report.read_text())["long_prompts"]} == {"huge", "over-limit"}
     assert main([*args, "--strict"]) == 1
+
+
+def test_report_shows_skipped_and_truncated_counts():
+    from aqa.eval.report.tables import details_table
+
+    class Run:
+        name, metrics = "r", {"n": 9, "n_skipped": 2, "skipped": {"not-audio": 1, "prompt_too_long": 1},
+                              "audio_truncated": {"n": 3, "limit_s": 30.0}}
+
+    t = details_table([Run()], {})
+    row = dict(zip(t.header, t.rows[0]))
+    assert row["skipped"] == "2 (not-audio 1, prompt_too_long 1)" and row["audio truncated"] == "3 (to 30 s)"

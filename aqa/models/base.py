@@ -139,23 +139,56 @@ class Backend:
         `seconds` (None: no audio) and, given, the answer `target`, counted without running
         the model or decoding the clip: the text tokens of the rendered prompt, the audio
         tokens the clip takes once cut to `audio_seconds`, the answer's tokens."""
-        with_audio = seconds is not None
-        ids = self.tokenizer.encode(self.prompt(text, with_audio=with_audio))
-        n = len(ids)
-        if with_audio:
-            # The rendered prompt holds one placeholder, which the processor repeats per audio token.
-            n += self.audio_tokens_of(self.prompt_samples(round(seconds * TARGET_SR))) - ids.count(
-                self.audio_token_id)
-        if target is not None:
-            n += len(self.target_ids(Example(None, text, target)))
-        return n
+        return self.prompt_token_counts([(text, seconds, target)])[0]
+
+    def prompt_token_counts(self, items: list[tuple[str, float | None, str | None]]) -> list[int]:
+        """`prompt_tokens` of many (text, seconds, target) at once: the prompts are tokenised
+        in one batch (per item, the tokenizer's call overhead was most of the cost)."""
+        prompts = [self.prompt_around(seconds is not None).format(text=text) for text, seconds, _ in items]
+        counts = []
+        for ids, (text, seconds, target) in zip(self.tokenizer(prompts)["input_ids"], items):
+            n = len(ids)
+            if seconds is not None:
+                # The rendered prompt holds one placeholder, which the processor repeats per audio token.
+                n += self.audio_tokens_of(self.prompt_samples(round(seconds * TARGET_SR))) - ids.count(
+                    self.audio_token_id)
+            counts.append(n + self.target_length(target))
+        return counts
+
+    def target_length(self, target: str | None) -> int:
+        """Tokens of the answer `target` with its end (0 for None), remembered per answer text:
+        a file's answers are a few letters."""
+        cache = self.__dict__.setdefault("_target_lengths", {})
+        if target not in cache:
+            cache[target] = 0 if target is None else len(self.target_ids(Example(None, "", target)))
+        return cache[target]
+
+    def prompt_around(self, with_audio: bool) -> str:
+        """`prompt(text)` as a format string with `{text}` where the text goes: the chat
+        template rendered once, not per item (rendering it is most of the cost of counting a
+        large file). Checked once against a full rendering; a template that changes the text
+        (trims it, say) is rendered per item instead."""
+        cache = self.__dict__.setdefault("_prompt_around", {})
+        if with_audio not in cache:
+            mark, probe = "\x00AQA-TEXT\x00", " probe {text}: \"A\" \n"
+            whole = self.prompt(mark, with_audio=with_audio)
+            fmt = whole.replace("{", "{{").replace("}", "}}").replace(mark, "{text}")
+            ok = whole.count(mark) == 1 and fmt.format(text=probe) == self.prompt(probe, with_audio=with_audio)
+            cache[with_audio] = fmt if ok else None
+        fmt = cache[with_audio]
+        return fmt if fmt is not None else _Rendered(self, with_audio)
 
     def record_prompt_tokens(self, record, seconds: float | None, *, with_target: bool = False) -> int:
         """`prompt_tokens` of an AQA record as `aqa eval` and the recipes ask it (its options in
         the file's order; a shuffled order may tokenise a token or so apart), its clip lasting
         `seconds`; with `with_target`, its answer as SFT's target."""
+        return self.prompt_token_counts([self.record_prompt(record, seconds, with_target)])[0]
+
+    @staticmethod
+    def record_prompt(record, seconds: float | None, with_target: bool) -> tuple[str, float | None, str | None]:
+        """The (text, seconds, target) `prompt_token_counts` takes for an AQA record."""
         target = target_text(record.answer) if with_target and record.answer is not None else None
-        return self.prompt_tokens(question_text(record.question, record.choices), seconds, target)
+        return question_text(record.question, record.choices), seconds, target
 
     def too_long(self, records, seconds, *, limit: int | None = None, with_target: bool = False) -> list[tuple]:
         """(record, prompt tokens) of the records whose prompt is longer than `limit` (None: the
@@ -163,8 +196,12 @@ class Backend:
         limit = limit or self.max_prompt_tokens
         if not limit:
             return []
-        counts = ((r, self.record_prompt_tokens(r, seconds(r), with_target=with_target)) for r in records)
-        return [(r, n) for r, n in counts if n > limit]
+        over = []
+        for lo in range(0, len(records), 1024):
+            chunk = records[lo:lo + 1024]
+            counts = self.prompt_token_counts([self.record_prompt(r, seconds(r), with_target) for r in chunk])
+            over += [(r, n) for r, n in zip(chunk, counts) if n > limit]
+        return over
 
     def prompt(self, text: str, with_audio: bool = True) -> str:
         """The prompt text of one user turn (the clip, then `text`) and the assistant's start."""
@@ -395,6 +432,16 @@ class Backend:
             ent = -(logp_all.exp() * logp_all).sum(-1)
             return logp * pos_mask, pos_mask, ent * pos_mask
         return logp * pos_mask, pos_mask
+
+
+class _Rendered:
+    """`prompt_around`'s stand-in for a template that does not take the text as it is."""
+
+    def __init__(self, backend: Backend, with_audio: bool):
+        self.backend, self.with_audio = backend, with_audio
+
+    def format(self, text: str) -> str:
+        return self.backend.prompt(text, with_audio=self.with_audio)
 
 
 #: Written into an adapter folder trained on top of merged adapters (GRPO after SFT): the

@@ -424,10 +424,14 @@ class KimiAudioBackend(Backend):
         step = SEGMENT_SECONDS * SAMPLE_RATE
         return sum(tokens_for(min(step, samples - lo)) for lo in range(0, samples, step))
 
-    def prompt_tokens(self, text: str, seconds: float | None, target: str | None = None) -> int:
-        speech = None if seconds is None else [0] * self.audio_tokens_of(round(seconds * SAMPLE_RATE))
-        n = len(self.streams(self.tokenizer.encode(text, add_special_tokens=False), speech)[0])
-        return n + (len(self.target_ids(Example(None, text, target))) if target is not None else 0)
+    def prompt_token_counts(self, items: list[tuple[str, float | None, str | None]]) -> list[int]:
+        # The question's tokens in Kimi-Audio's two-stream layout (`streams`), its speech tokens, the answer.
+        questions = self.tokenizer([text for text, _, _ in items], add_special_tokens=False)["input_ids"]
+        counts = []
+        for q, (_, seconds, target) in zip(questions, items):
+            speech = None if seconds is None else [0] * self.audio_tokens_of(round(seconds * SAMPLE_RATE))
+            counts.append(len(self.streams(q, speech)[0]) + self.target_length(target))
+        return counts
 
     # --- prompt ------------------------------------------------------------------------------
     def streams(self, question: list[int], speech: list[int] | None) -> tuple[list[int], list[int], list[bool]]:
