@@ -59,10 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="convert, synthesise, check and export AQA data")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     _register_all(DATA_COMMANDS, data_sub)
+    data_sub.choices["check"].set_defaults(load_model=_model_without_weights)
     model = sub.add_parser("model", help="build tiny models offline, pretrain them")
     _register_all(MODEL_COMMANDS, model.add_subparsers(dest="model_command", required=True))
     _register_all(TOP_COMMANDS, sub)
     return parser
+
+
+def _model_without_weights(path: str):
+    """`aqa data check --model`: the model's limits from its config and processor."""
+    from aqa.models.registry import load_without_weights
+
+    return load_without_weights(path)
 
 
 #: Exit code of an input the user can fix (a missing or malformed file, a bad key).

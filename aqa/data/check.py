@@ -9,7 +9,11 @@ What is checked:
   with a ``"kind"`` key), grouped by kind with the records' ids;
 - every distinct audio file is read once: hashed (SHA-256 of its bytes) and, unless
   ``--no-audio``, decoded with :func:`aqa.data.audio.load_audio`; undecodable or unusable
-  files are listed with their AudioError kind, clips over the 30 s model window are flagged;
+  files are listed with their AudioError kind, clips longer than the model hears are flagged
+  (its limit with ``--model``, ``--audio-limit`` seconds, else Qwen2-Audio's 30 s): they are
+  truncated to it;
+- with ``--model``: prompts longer than the model takes (``max_prompt_tokens``, counted from
+  the question, options and clip length without running the model), which eval and training skip;
 - duplicate ids, duplicate audio (different paths with identical bytes) and duplicate items
   (same audio bytes and same question) within the file;
 - with ``--against OTHER.jsonl``: leakage, i.e. audio whose bytes also occur in OTHER (by
@@ -22,8 +26,8 @@ Hard errors and warnings (the exit code):
 - exit 1: hard errors in FILE, i.e. lines that are not valid records (they would be
   silently dropped by every command downstream) or duplicate ids (predictions, resumption
   and submissions are keyed by id, so a repeated id loses an item);
-- exit 0 otherwise. Defects, undecodable audio, long clips, duplicate audio, duplicate
-  items and leakage are warnings: reported, and fatal only with ``--strict``. Problems in
+- exit 0 otherwise. Defects, undecodable audio, long clips, overlong prompts, duplicate audio,
+  duplicate items and leakage are warnings: reported, and fatal only with ``--strict``. Problems in
   OTHER are reported but never change the exit code: the command checks FILE.
 """
 
@@ -39,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aqa.data.audio import MODEL_WINDOW_S, AudioError, file_hash, load_audio
+from aqa.data.audio import MODEL_WINDOW_S, AudioError, file_hash, header_duration, load_audio
 from aqa.data.records import AQARecord, read_records
 from aqa.io import iter_jsonl, write_json
 from aqa.prompts import LETTERS
@@ -83,8 +87,16 @@ class CheckReport:
     n_audio_files: int = 0
     #: One entry per unusable file: file, kind, problem, ids.
     audio_errors: list[dict] = field(default_factory=list)
-    #: One entry per clip longer than the model window: file, duration, ids.
+    #: The model whose limits were checked (--model), if any.
+    model: str | None = None
+    #: Seconds of audio one prompt carries; longer clips are truncated to it (None: no limit).
+    audio_limit_s: float | None = MODEL_WINDOW_S
+    #: One entry per clip longer than `audio_limit_s`: file, duration, ids.
     long_clips: list[dict] = field(default_factory=list)
+    #: The longest prompt (tokens) the model takes, with --model.
+    prompt_limit: int | None = None
+    #: One entry per record whose prompt is longer than `prompt_limit`: id, tokens.
+    long_prompts: list[dict] = field(default_factory=list)
     #: Groups of different paths with identical bytes: sha256, files, ids.
     duplicate_audio: list[dict] = field(default_factory=list)
     #: Groups of records asking the same question about the same audio bytes.
@@ -106,7 +118,7 @@ class CheckReport:
     @property
     def warnings(self) -> int:
         return (sum(len(v) for v in self.defects.values()) + len(self.audio_errors) + len(self.long_clips)
-                + len(self.duplicate_audio) + len(self.duplicate_items) + len(self.leaked_audio)
+                + len(self.long_prompts) + len(self.duplicate_audio) + len(self.duplicate_items) + len(self.leaked_audio)
                 + len(self.leaked_questions))
 
     def exit_code(self, strict: bool = False) -> int:
@@ -201,16 +213,26 @@ def _count(values: Iterable[str]) -> dict[str, int]:
 
 def check_records(path: str | os.PathLike, against: str | os.PathLike | None = None,
                   decode_audio: bool = True, *, root: str | os.PathLike | None = None,
-                  allow_outside_root: bool = False, workers: int | None = None) -> CheckReport:
+                  allow_outside_root: bool = False, workers: int | None = None, model=None,
+                  model_name: str | None = None, audio_limit: float | None = None,
+                  max_prompt_tokens: int | None = None) -> CheckReport:
     """Check one records file (and its leakage into `against`). Raises OSError or
     UnicodeDecodeError only when a file cannot be read at all; every other problem is
-    collected in the returned report."""
+    collected in the returned report.
+
+    `model`: a backend without weights (`aqa.models.registry.load_without_weights`; anything
+    with its `audio_seconds`, `max_prompt_tokens` and `too_long`), whose limits the clips and
+    prompts are checked against; `audio_limit` and `max_prompt_tokens` override them."""
     path = Path(path)
     records, errors = read_records(path, root=root, allow_outside_root=allow_outside_root)
     rep = CheckReport(file=str(path), against=str(against) if against is not None else None,
                       decoded_audio=decode_audio, n_records=len(records),
                       n_labelled=sum(r.labelled for r in records),
-                      invalid=[e.to_dict() for e in errors])
+                      invalid=[e.to_dict() for e in errors], model=model_name)
+    if audio_limit is not None:
+        rep.audio_limit_s = audio_limit
+    elif model is not None:
+        rep.audio_limit_s = model.audio_seconds
 
     # Counts.
     rep.subsets = _count(r.subset for r in records)
@@ -248,7 +270,8 @@ def check_records(path: str | os.PathLike, against: str | os.PathLike | None = N
         info = cache[p]
         if info.error:
             rep.audio_errors.append({**info.error, "ids": ids})
-        if info.duration is not None and info.duration > MODEL_WINDOW_S + 1e-6:
+        if (info.duration is not None and rep.audio_limit_s is not None
+                and info.duration > rep.audio_limit_s + 1e-6):
             rep.long_clips.append({"file": str(p), "duration": round(info.duration, 3), "ids": ids})
         if info.sha256:
             files_by_hash[info.sha256].add(p)
@@ -257,6 +280,13 @@ def check_records(path: str | os.PathLike, against: str | os.PathLike | None = N
             fs = sorted(files)
             rep.duplicate_audio.append({"sha256": h, "files": [str(f) for f in fs],
                                         "ids": [i for f in fs for i in ids_by_file[f]]})
+
+    if model is not None:
+        # A clip's length as decoded, or from its header when not decoded (--no-audio).
+        rep.prompt_limit = max_prompt_tokens or model.max_prompt_tokens
+        over = model.too_long(records, lambda r: cache[r.audio_path].duration or header_duration(r.audio_path),
+                              limit=rep.prompt_limit)
+        rep.long_prompts = [{"id": r.id, "tokens": n} for r, n in over]
 
     def item_key(r: AQARecord) -> tuple[str, str] | None:
         h = cache[r.audio_path].sha256
@@ -378,9 +408,13 @@ def format_report(rep: CheckReport, *, limit: int = 20) -> str:
         section(f"  unusable audio ({len(rep.audio_errors)}: "
                 + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + "):", rep.audio_errors,
                 lambda e: f"    [{e['kind']}] {short(e['file'])}: {e['problem']}  (ids: {_ids(e['ids'])})")
+    whose = "the model's" if rep.model else "the limit of"
     if rep.long_clips:
-        section(f"  clips over {MODEL_WINDOW_S:g} s ({len(rep.long_clips)}):", rep.long_clips,
-                lambda c: f"    {short(c['file'])}: {c['duration']:.1f} s  (ids: {_ids(c['ids'])})")
+        section(f"  {len(rep.long_clips)} clip(s) longer than {whose} {rep.audio_limit_s:g} s: truncated to it",
+                rep.long_clips, lambda c: f"    {short(c['file'])}: {c['duration']:.1f} s  (ids: {_ids(c['ids'])})")
+    if rep.long_prompts:
+        section(f"  {len(rep.long_prompts)} prompt(s) longer than {whose} {rep.prompt_limit} tokens: eval and "
+                f"training skip them", rep.long_prompts, lambda p: f"    {p['id']}: {p['tokens']} tokens")
     if rep.duplicate_audio:
         section(f"  identical audio under different paths ({len(rep.duplicate_audio)} group(s)):",
                 rep.duplicate_audio,
@@ -419,13 +453,25 @@ def register(subparsers) -> None:
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.add_argument("--workers", type=int, default=None, help="threads for reading audio (default: up to 8)")
     p.add_argument("--limit", type=int, default=20, help="entries shown per list in the text report")
-    p.set_defaults(func=run)
+    p.add_argument("--model", metavar="PATH_OR_ID",
+                   help="check clips and prompts against this model's limits (reads its config and processor, "
+                        "not its weights)")
+    p.add_argument("--audio-limit", type=float, metavar="SECONDS",
+                   help="flag clips longer than this (default: the model's limit, else 30)")
+    p.add_argument("--max-prompt-tokens", type=int, default=0,
+                   help="with --model: flag prompts longer than this (default: the model's context)")
+    # How --model becomes a backend without weights: given by the command line's assembly
+    # (aqa/cli.py), since the data layer does not import the models layer.
+    p.set_defaults(func=run, load_model=None)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
+        model = args.load_model(args.model) if args.model else None
         rep = check_records(args.file, args.against, decode_audio=not args.no_audio, root=args.root,
-                            allow_outside_root=args.allow_outside_root, workers=args.workers)
+                            allow_outside_root=args.allow_outside_root, workers=args.workers, model=model,
+                            model_name=args.model, audio_limit=args.audio_limit,
+                            max_prompt_tokens=args.max_prompt_tokens or None)
     except (OSError, UnicodeDecodeError) as e:
         print(f"aqa data check: cannot read: {e}", file=sys.stderr)
         return EXIT_UNREADABLE

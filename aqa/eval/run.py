@@ -44,6 +44,8 @@ class EvalSettings:
     seed: int = 0
     #: normal; silence (each clip replaced by silence of its length); none (a prompt without audio)
     audio: str = "normal"
+    #: The longest prompt (tokens) an item may have; longer ones are skipped. 0: the model's own limit.
+    max_prompt_tokens: int = 0
 
 
 SHARDS = "shards"
@@ -158,8 +160,19 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
         backend.model.eval()
         if cache_dir:
             backend.set_cache_dir(cache_dir)
+    if todo:
+        # Before batching: one overlong question would make its whole batch fail to allocate.
+        too_long = {r.id: why for r, why in too_long_prompts(backend, todo, settings)}
+        for r in todo:
+            if r.id in too_long:
+                log.warning("skipping %s: %s", r.id, too_long[r.id])
+                append_jsonl(my_skip, [{"id": r.id, "subset": r.subset, "problem": too_long[r.id],
+                                        "kind": PROMPT_TOO_LONG}])
+                skipped[r.id] = too_long[r.id]
+        todo = [r for r in todo if r.id not in too_long]
     bar = tqdm(total=len(todo), desc=f"eval {settings.mode}" + (f" {index}/{n_shards}" if shard else ""),
                disable=not progress or index > 0)
+    truncated: dict[str, dict] = {}  # id -> clip and heard seconds of the clips cut to the model's limit
     for lo in range(0, len(todo), per_batch):
         chunk = todo[lo:lo + per_batch]
         ok, audios = [], []
@@ -174,6 +187,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
             if a.too_long:
                 log.debug("%s: %.1f s clip truncated to the model's %.0f s window", r.id, a.duration,
                           backend.audio_seconds)
+                truncated[r.id] = {"clip_s": round(a.duration, 3), "heard_s": backend.audio_seconds}
             ok.append(r)
             # The silent baseline keeps each clip's length, so only the sound itself is gone.
             audios.append({"normal": a.samples, "silence": np.zeros_like(a.samples), "none": None}[settings.audio])
@@ -186,7 +200,11 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
             per_item: list[list] = [[] for _ in ok]
             for q, a in zip(queries, answers):
                 per_item[q.item].append(a)
-            append_jsonl(my_pred, [combine(r, per_item[i], settings.mode, settings.vote) for i, r in enumerate(ok)])
+            rows = [combine(r, per_item[i], settings.mode, settings.vote) for i, r in enumerate(ok)]
+            for row in rows:
+                if row["id"] in truncated:
+                    row["truncated"] = truncated[row["id"]]
+            append_jsonl(my_pred, rows)
         bar.update(len(chunk))
     bar.close()
 
@@ -210,6 +228,21 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
         print(format_summary(metrics))
     _unlock(out, index)
     return metrics
+
+
+#: skipped.jsonl `kind` of an item whose prompt is longer than the model takes.
+PROMPT_TOO_LONG = "prompt_too_long"
+
+
+def too_long_prompts(backend, records: list, settings: EvalSettings) -> list[tuple]:
+    """(record, reason) for each record whose prompt is longer than `settings.max_prompt_tokens`
+    (0: the model's limit), counted without decoding audio (durations from the file headers)."""
+    from aqa.data.audio import header_duration
+
+    limit = settings.max_prompt_tokens or backend.max_prompt_tokens
+    over = backend.too_long(records, lambda r: None if settings.audio == "none" else header_duration(
+        r.audio_path or r.audio), limit=limit)
+    return [(r, f"prompt of {n} tokens is longer than the {limit} the model takes") for r, n in over]
 
 
 def _rows(path: Path) -> list[dict]:
@@ -245,11 +278,15 @@ def _finish(out: Path, settings: EvalSettings, records: list, name: str | None, 
 
     pred_file, skip_file = out / "predictions.jsonl", out / "skipped.jsonl"
     rows = load_predictions(out) if pred_file.is_file() else []
-    n_skipped = len(_rows(skip_file)) if skip_file.is_file() else 0
     keep = {r.id for r in records}
     rows = [r for r in rows if r["id"] in keep]
+    skips = _rows(skip_file) if skip_file.is_file() else []
+    cut = [r["truncated"] for r in rows if r.get("truncated")]
     extra = {"name": name or out.name, "mode": settings.mode, "model": settings.model,
-             "adapter": settings.adapter, "data": settings.data, "n_skipped": n_skipped}
+             "adapter": settings.adapter, "data": settings.data, "n_skipped": len(skips),
+             "skipped": dict(sorted(Counter(r.get("kind", "unknown") for r in skips).items())),
+             # Clips longer than the model hears, answered from their first `limit_s` seconds.
+             "audio_truncated": {"n": len(cut), "limit_s": cut[0]["heard_s"] if cut else None}}
     if reference:
         extra["audio_contribution"] = audio_contribution(load_predictions(reference), rows, out)
     metrics = write_metrics(out, rows, n_boot=n_boot, seed=settings.seed, extra=extra)
@@ -343,6 +380,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compile", action="store_true", help="run the decoder through torch.compile")
     p.add_argument("--cache-dir", help="keep per-clip work here for later evaluations of the same clips "
                                        "(Kimi-Audio's speech tokens)")
+    p.add_argument("--max-prompt-tokens", type=int, default=0,
+                   help="skip items whose prompt is longer than this (default: the model's context)")
     p.add_argument("--shard", help="I/N: answer shard I of N (0-based) only, for machines that do not talk to "
                                    "each other; a run without --shard merges. Under torchrun or accelerate launch "
                                    "the processes shard by themselves")
@@ -362,7 +401,7 @@ def _run(args) -> int:
 
     s = EvalSettings(model=args.model, adapter=args.adapter, data=args.data, mode=args.mode,
                      shuffles=args.shuffles, vote=args.vote, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                     audio=args.audio)
+                     audio=args.audio, max_prompt_tokens=args.max_prompt_tokens)
     shard, barrier, device = None, None, args.device
     launched = launched_processes()
     if args.shard:

@@ -42,6 +42,15 @@ class AudioFlamingo3Backend(ChatProcessorBackend):
         window = self.processor.feature_extractor.chunk_length
         return float(int(self.processor.max_audio_len // window) * window)
 
+    def audio_tokens_of(self, samples: int) -> int:
+        # The processor's count (transformers' processing_audioflamingo3): the clip cut into
+        # windows, each padded whole; the formula runs on the real frames of all windows together.
+        fe = self.processor.feature_extractor
+        window = fe.chunk_length * fe.sampling_rate
+        frames = sum(self.whisper_frames(min(window, samples - lo), fe.n_samples, fe.hop_length)
+                     for lo in range(0, max(samples, 1), window))
+        return ((frames - 1) // 2 + 1 - 2) // 2 + 1
+
     def audio_inputs(self, enc) -> dict[str, torch.Tensor]:
         # (windows, n_mels, window frames) and (windows, window frames): each window padded whole.
         return {"input_features": enc["input_features"], "input_features_mask": enc["input_features_mask"]}

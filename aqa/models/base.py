@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aqa.prompts import LETTERS
+from aqa.data.audio import TARGET_SR
+from aqa.prompts import LETTERS, question_text, target_text
 
 
 @dataclass
@@ -40,10 +41,12 @@ class Backend:
 
     family: str = ""
 
-    def __init__(self, model, processor, device: torch.device):
+    def __init__(self, model, processor, device: torch.device, config=None):
         self.model = model
         self.processor = processor
         self.device = device
+        #: The model's config; given apart when there is no model (`without_weights`).
+        self.config = config if config is not None else self.base_model().config
 
     # --- hooks a backend implements -------------------------------------------------------
     #: For a family that transformers reads as it is: its model class's name, which the
@@ -67,6 +70,19 @@ class Backend:
             path, dtype=default_dtype(dev, dtype), trust_remote_code=trust_remote_code, attn_implementation="sdpa")
         return cls.from_parts(model, processor, dev, adapter=adapter, is_trainable=is_trainable)
 
+    @classmethod
+    def without_weights(cls, path: str, *, trust_remote_code: bool = False) -> Backend:
+        """The backend of the checkpoint at `path` with its processor and config but no model
+        (`model` is None): enough for `audio_seconds`, `max_prompt_tokens` and
+        `prompt_tokens`, without reading or downloading the weights."""
+        from transformers import AutoConfig, AutoProcessor
+
+        if not cls.transformers_class:
+            raise NotImplementedError(f"{cls.__name__} reads its checkpoint its own way")
+        processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        return cls(None, processor, torch.device("cpu"), config=config)
+
     #: Token ids that end the assistant's answer (appended to every target).
     end_ids: list[int]
 
@@ -83,7 +99,111 @@ class Backend:
 
     @property
     def audio_seconds(self) -> float | None:
-        """The longest clip the model hears at once (None: no limit)."""
+        """The longest clip the model hears at once (None: no limit); a longer clip is cut
+        to it (`prompt_samples`)."""
+        raise NotImplementedError
+
+    # --- prompt length (no model run) --------------------------------------------------------
+    @property
+    def max_prompt_tokens(self) -> int | None:
+        """The longest prompt the model takes: its decoder's context
+        (`max_position_embeddings`), or the tokenizer's `model_max_length` when smaller."""
+        n = getattr(self.config.get_text_config(), "max_position_embeddings", None)
+        tok = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tok, int) and tok < 10**9:  # tokenizers without a limit say ~1e30
+            n = min(n, tok) if n else tok
+        return n
+
+    def prompt_samples(self, samples: int) -> int:
+        """Samples of a clip of `samples` (16 kHz) that the model hears: cut to `audio_seconds`."""
+        if self.audio_seconds is None:
+            return samples
+        return min(samples, int(self.audio_seconds * TARGET_SR))
+
+    def audio_tokens_of(self, samples: int) -> int:
+        """Prompt positions a clip of `samples` (16 kHz, already cut by `prompt_samples`) takes."""
+        raise NotImplementedError
+
+    #: The id of the token the processor repeats once per audio token (the families whose
+    #: prompt holds one placeholder per clip, which the processor expands).
+    audio_token_id: int
+
+    def target_ids(self, example: Example) -> list[int]:
+        """The answer's token ids, its end token(s) included."""
+        if example.target_ids is not None:
+            return list(example.target_ids)
+        return self.tokenizer.encode(example.target, add_special_tokens=False) + self.end_ids
+
+    def prompt_tokens(self, text: str, seconds: float | None, target: str | None = None) -> int:
+        """Length of the batch row `collate` makes for the question `text` with a clip of
+        `seconds` (None: no audio) and, given, the answer `target`, counted without running
+        the model or decoding the clip: the text tokens of the rendered prompt, the audio
+        tokens the clip takes once cut to `audio_seconds`, the answer's tokens."""
+        return self.prompt_token_counts([(text, seconds, target)])[0]
+
+    def prompt_token_counts(self, items: list[tuple[str, float | None, str | None]]) -> list[int]:
+        """`prompt_tokens` of many (text, seconds, target) at once: the prompts are tokenised
+        in one batch (one call per item took twice as long on 10,000 items)."""
+        prompts = [self.prompt_around(seconds is not None).format(text=text) for text, seconds, _ in items]
+        counts = []
+        for ids, (text, seconds, target) in zip(self.tokenizer(prompts)["input_ids"], items):
+            n = len(ids)
+            if seconds is not None:
+                # The rendered prompt holds one placeholder, which the processor repeats per audio token.
+                n += self.audio_tokens_of(self.prompt_samples(round(seconds * TARGET_SR))) - ids.count(
+                    self.audio_token_id)
+            counts.append(n + self.target_length(target))
+        return counts
+
+    def target_length(self, target: str | None) -> int:
+        """Tokens of the answer `target` with its end (0 for None), remembered per answer text:
+        a file's answers are a few letters."""
+        cache = self.__dict__.setdefault("_target_lengths", {})
+        if target not in cache:
+            cache[target] = 0 if target is None else len(self.target_ids(Example(None, "", target)))
+        return cache[target]
+
+    def prompt_around(self, with_audio: bool) -> str:
+        """`prompt(text)` as a format string with `{text}` where the text goes: the chat
+        template rendered once, not per item of a large file. Checked once against a full
+        rendering; a template that changes the text (trims it, say) is rendered per item instead."""
+        cache = self.__dict__.setdefault("_prompt_around", {})
+        if with_audio not in cache:
+            mark, probe = "\x00AQA-TEXT\x00", " probe {text}: \"A\" \n"
+            whole = self.prompt(mark, with_audio=with_audio)
+            fmt = whole.replace("{", "{{").replace("}", "}}").replace(mark, "{text}")
+            ok = whole.count(mark) == 1 and fmt.format(text=probe) == self.prompt(probe, with_audio=with_audio)
+            cache[with_audio] = fmt if ok else None
+        fmt = cache[with_audio]
+        return fmt if fmt is not None else _Rendered(self, with_audio)
+
+    def record_prompt_tokens(self, record, seconds: float | None, *, with_target: bool = False) -> int:
+        """`prompt_tokens` of an AQA record as `aqa eval` and the recipes ask it (its options in
+        the file's order; a shuffled order may tokenise a token or so apart), its clip lasting
+        `seconds`; with `with_target`, its answer as SFT's target."""
+        return self.prompt_token_counts([self.record_prompt(record, seconds, with_target)])[0]
+
+    @staticmethod
+    def record_prompt(record, seconds: float | None, with_target: bool) -> tuple[str, float | None, str | None]:
+        """The (text, seconds, target) `prompt_token_counts` takes for an AQA record."""
+        target = target_text(record.answer) if with_target and record.answer is not None else None
+        return question_text(record.question, record.choices), seconds, target
+
+    def too_long(self, records, seconds, *, limit: int | None = None, with_target: bool = False) -> list[tuple]:
+        """(record, prompt tokens) of the records whose prompt is longer than `limit` (None: the
+        model's `max_prompt_tokens`); `seconds(record)` is its clip's length (None: no audio)."""
+        limit = limit or self.max_prompt_tokens
+        if not limit:
+            return []
+        over = []
+        for lo in range(0, len(records), 1024):
+            chunk = records[lo:lo + 1024]
+            counts = self.prompt_token_counts([self.record_prompt(r, seconds(r), with_target) for r in chunk])
+            over += [(r, n) for r, n in zip(chunk, counts) if n > limit]
+        return over
+
+    def prompt(self, text: str, with_audio: bool = True) -> str:
+        """The prompt text of one user turn (the clip, then `text`) and the assistant's start."""
         raise NotImplementedError
 
     def collate(self, examples: list[Example], *, with_target: bool = False) -> dict[str, torch.Tensor]:
@@ -183,6 +303,13 @@ class Backend:
     def generate(self, batch: dict[str, torch.Tensor], **kwargs) -> list[str]:
         """Decoded answers (see `generate_ids` for the arguments)."""
         return self.decode(self.generate_ids(batch, **kwargs))
+
+    @staticmethod
+    def whisper_frames(samples: int, padded: int, hop: int = 160) -> int:
+        """Real log-mel frames (the feature-attention mask's count) that transformers'
+        `WhisperFeatureExtractor` gives `samples` padded to `padded`: one per started hop,
+        at most `padded // hop` (its mask drops a last, partial hop)."""
+        return min(-(-samples // hop), padded // hop)
 
     def _mask_features(self, batch: dict[str, torch.Tensor], key: str, num_masks: int, max_width: int,
                        generator: torch.Generator, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
@@ -304,6 +431,16 @@ class Backend:
             ent = -(logp_all.exp() * logp_all).sum(-1)
             return logp * pos_mask, pos_mask, ent * pos_mask
         return logp * pos_mask, pos_mask
+
+
+class _Rendered:
+    """`prompt_around`'s stand-in for a template that does not take the text as it is."""
+
+    def __init__(self, backend: Backend, with_audio: bool):
+        self.backend, self.with_audio = backend, with_audio
+
+    def format(self, text: str) -> str:
+        return self.backend.prompt(text, with_audio=self.with_audio)
 
 
 #: Written into an adapter folder trained on top of merged adapters (GRPO after SFT): the

@@ -33,12 +33,12 @@ class ChatProcessorBackend(Backend):
     #: The user turn's audio part, as the chat template expects it (rendered, never loaded).
     audio_part = {"type": "audio", "audio": "clip"}
 
-    def __init__(self, model, processor, device):
-        super().__init__(model, processor, device)
+    def __init__(self, model, processor, device, config=None):
+        super().__init__(model, processor, device, config)
         self.tokenizer.padding_side = "left"
         #: Token ids that end the assistant's turn (after every target).
         self.end_ids = self.tokenizer.encode(END_OF_TURN, add_special_tokens=False)
-        self.audio_token_id = self.base_model().config.audio_token_id
+        self.audio_token_id = self.config.audio_token_id
 
     # --- family hooks --------------------------------------------------------------------------
     def processor_audio_kwargs(self, clip: np.ndarray) -> dict:
@@ -111,8 +111,7 @@ class ChatProcessorBackend(Backend):
                 # those that scoring sees.
                 if e.target is None and e.target_ids is None:
                     raise ValueError("with_target=True needs a target on every example")
-                t = (list(e.target_ids) if e.target_ids is not None
-                     else self.tokenizer.encode(e.target, add_special_tokens=False) + self.end_ids)
+                t = self.target_ids(e)
                 ids, labels = ids + t, labels + t
             rows.append(ids)
             lab_rows.append(labels)

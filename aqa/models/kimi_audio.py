@@ -50,7 +50,7 @@ from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM, Qwen2Model, Qwen2PreTrainedModel
 
 from aqa.models.base import Backend, Example, default_device, default_dtype
-from aqa.models.whisper_vq import SAMPLE_RATE, WhisperVQTokenizer, segments, tokens_for
+from aqa.models.whisper_vq import SAMPLE_RATE, SEGMENT_SECONDS, WhisperVQTokenizer, segments, tokens_for
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +247,10 @@ def load_speech_encoder(folder: Path, dtype: torch.dtype):
                                rename=lambda k: k.removeprefix("model.").removeprefix("encoder."))
 
 
-def local_folder(path: str, what: str) -> Path:
+def local_folder(path: str, what: str, *, weights: bool = True) -> Path:
     """A local folder for `path`, downloading a hub id when it is not one (without the
-    audio-generation parts: the detokenizer and vocoder are about 20 GB)."""
+    audio-generation parts: the detokenizer and vocoder are about 20 GB; with `weights=False`,
+    only the top folder's config and tokenizer files)."""
     p = Path(path)
     if p.is_dir():
         return p
@@ -257,6 +258,8 @@ def local_folder(path: str, what: str) -> Path:
         raise FileNotFoundError(f"{path}: not a folder ({what})")
     from huggingface_hub import snapshot_download
 
+    if not weights:
+        return Path(snapshot_download(path, allow_patterns=["*.json", "tiktoken.model"]))
     return Path(snapshot_download(path, ignore_patterns=["audio_detokenizer/*", "vocoder/*", "*.pt"]))
 
 
@@ -373,8 +376,20 @@ class KimiAudioBackend(Backend):
                                        token_offset=config.kimia_token_offset)
         return cls.from_parts(model, processor, dev, adapter=adapter, is_trainable=is_trainable)
 
-    def __init__(self, model, processor: KimiAudioProcessor, device):
-        super().__init__(model, processor, device)
+    @classmethod
+    def without_weights(cls, path: str, *, trust_remote_code: bool = False) -> KimiAudioBackend:
+        # The text tokenizer and the config: counting a prompt needs neither encoder.
+        folder = local_folder(path, "a Kimi-Audio checkpoint", weights=False)
+        raw = json.loads((folder / "config.json").read_text())
+        raw.pop("model_type", None)
+        config = KimiAudioConfig(**raw)
+        processor = KimiAudioProcessor(tokenizer=load_text_tokenizer(folder), feature_extractor=None,
+                                       tokenizer_features=None, speech_tokenizer=None,
+                                       token_offset=config.kimia_token_offset)
+        return cls(None, processor, torch.device("cpu"), config=config)
+
+    def __init__(self, model, processor: KimiAudioProcessor, device, config=None):
+        super().__init__(model, processor, device, config)
         p = processor
         self.blank = p.ids("<|im_kimia_text_blank|>")
         self.pad_id = self.tokenizer.pad_token_id
@@ -403,6 +418,20 @@ class KimiAudioBackend(Backend):
     @property
     def audio_seconds(self) -> None:
         return None  # 30 s segments, any number of them
+
+    def audio_tokens_of(self, samples: int) -> int:
+        # One speech token per started 80 ms of each 30 s segment, as the speech tokenizer makes them.
+        step = SEGMENT_SECONDS * SAMPLE_RATE
+        return sum(tokens_for(min(step, samples - lo)) for lo in range(0, samples, step))
+
+    def prompt_token_counts(self, items: list[tuple[str, float | None, str | None]]) -> list[int]:
+        # The question's tokens in Kimi-Audio's two-stream layout (`streams`), its speech tokens, the answer.
+        questions = self.tokenizer([text for text, _, _ in items], add_special_tokens=False)["input_ids"]
+        counts = []
+        for q, (_, seconds, target) in zip(questions, items):
+            speech = None if seconds is None else [0] * self.audio_tokens_of(round(seconds * SAMPLE_RATE))
+            counts.append(len(self.streams(q, speech)[0]) + self.target_length(target))
+        return counts
 
     # --- prompt ------------------------------------------------------------------------------
     def streams(self, question: list[int], speech: list[int] | None) -> tuple[list[int], list[int], list[bool]]:
@@ -463,8 +492,7 @@ class KimiAudioBackend(Backend):
             if with_target:
                 if e.target is None and e.target_ids is None:
                     raise ValueError("with_target=True needs a target on every example")
-                targets.append(list(e.target_ids) if e.target_ids is not None
-                               else self.tokenizer.encode(e.target, add_special_tokens=False) + self.end_ids)
+                targets.append(self.target_ids(e))
             if e.audio is None:
                 speech.append(None)
                 continue

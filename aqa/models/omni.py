@@ -51,9 +51,9 @@ SMALL_FILES = ["*.json", "*.jinja", "*.txt", "*.model", "*.tiktoken"]
 
 
 # --- loading -------------------------------------------------------------------------------------
-def local_folder(path: str, full_model_type: str) -> Path:
+def local_folder(path: str, full_model_type: str, *, weights: bool = True) -> Path:
     """A local folder for `path`; a hub id is downloaded without the shards that hold no
-    thinker weights (the talker and the vocoder)."""
+    thinker weights (the talker and the vocoder), or with no shard at all (`weights=False`)."""
     p = Path(path)
     if p.is_dir():
         return p
@@ -62,6 +62,8 @@ def local_folder(path: str, full_model_type: str) -> Path:
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.utils import EntryNotFoundError
 
+    if not weights:
+        return Path(snapshot_download(path, allow_patterns=SMALL_FILES))
     cfg = json.loads(Path(hf_hub_download(path, "config.json")).read_text())
     patterns = list(SMALL_FILES)
     try:
@@ -102,13 +104,17 @@ def thinker_view(folder: Path, full_model_type: str):
         yield view
 
 
-def load_thinker(thinker_cls, folder: Path, full_model_type: str, dtype: torch.dtype, trust_remote_code: bool):
-    """The thinker of a thinker-only or whole-model checkpoint folder."""
+def thinker_config(folder: Path, full_model_type: str, trust_remote_code: bool):
+    """The thinker's config of a thinker-only or whole-model checkpoint folder."""
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(folder, trust_remote_code=trust_remote_code)
-    if config.model_type == full_model_type:
-        config = config.thinker_config
+    return config.thinker_config if config.model_type == full_model_type else config
+
+
+def load_thinker(thinker_cls, folder: Path, full_model_type: str, dtype: torch.dtype, trust_remote_code: bool):
+    """The thinker of a thinker-only or whole-model checkpoint folder."""
+    config = thinker_config(folder, full_model_type, trust_remote_code)
     with thinker_view(folder, full_model_type) as view:
         return thinker_cls.from_pretrained(view, config=config, dtype=dtype, attn_implementation="sdpa",
                                            trust_remote_code=trust_remote_code, use_safetensors=True)
@@ -170,6 +176,15 @@ class OmniThinkerBackend(ChatProcessorBackend):
         model = load_thinker(getattr(transformers, cls.thinker_class_name), folder, cls.full_model_type, dt,
                              trust_remote_code)
         return cls.from_parts(model, processor, dev, adapter=adapter, is_trainable=is_trainable)
+
+    @classmethod
+    def without_weights(cls, path: str, *, trust_remote_code: bool = False):
+        import transformers
+
+        folder = local_folder(path, cls.full_model_type, weights=False)
+        processor = load_processor(getattr(transformers, cls.processor_class_name), folder, trust_remote_code)
+        return cls(None, processor, torch.device("cpu"),
+                   config=thinker_config(folder, cls.full_model_type, trust_remote_code))
 
     def audio_inputs(self, enc) -> dict[str, torch.Tensor]:
         frames = int(enc["feature_attention_mask"][0].sum())

@@ -56,9 +56,19 @@ class Qwen25OmniBackend(OmniThinkerBackend):
         return fe.n_samples / fe.sampling_rate
 
     def processor_audio_kwargs(self, clip: np.ndarray) -> dict:
+        return {"max_length": self.padded_samples(len(clip))}
+
+    def padded_samples(self, samples: int) -> int:
         # One second of zeros instead of the whole window: same real frames (see the docstring).
         fe = self.processor.feature_extractor
-        return {"max_length": min(fe.n_samples, len(clip) + fe.sampling_rate)}
+        return min(fe.n_samples, samples + fe.sampling_rate)
+
+    def audio_tokens_of(self, samples: int) -> int:
+        # The processor's count (transformers' processing_qwen2_5_omni): the encoder's stride-2
+        # convolution, then its average pooling by 2, over the real frames.
+        fe = self.processor.feature_extractor
+        frames = self.whisper_frames(samples, self.padded_samples(samples), fe.hop_length)
+        return ((frames - 1) // 2 + 1 - 2) // 2 + 1
 
     # Pretraining hooks (`aqa model pretrain`, tiny models): whole windows, so every clip has
     # the same frames and one batch is one concatenated encoder call.

@@ -25,15 +25,23 @@ class Qwen2AudioBackend(Backend):
     family = "qwen2_audio"
     transformers_class = "Qwen2AudioForConditionalGeneration"
 
-    def __init__(self, model, processor, device):
-        super().__init__(model, processor, device)
+    def __init__(self, model, processor, device, config=None):
+        super().__init__(model, processor, device, config)
         self.tokenizer.padding_side = "left"
         #: Token ids that end the assistant's turn (after every target).
         self.end_ids = self.tokenizer.encode(END_OF_TURN, add_special_tokens=False)
+        self.audio_token_id = self.config.audio_token_id
 
     @property
     def audio_seconds(self) -> float:
         return float(self.processor.feature_extractor.chunk_length)
+
+    def audio_tokens_of(self, samples: int) -> int:
+        # The processor pads every clip to the window and counts its tokens from the real frames:
+        # the encoder's stride-2 convolution, then its average pooling by 2.
+        fe = self.processor.feature_extractor
+        frames = self.whisper_frames(samples, fe.n_samples, fe.hop_length)
+        return ((frames - 1) // 2 + 1 - 2) // 2 + 1
 
     def prompt(self, text: str, with_audio: bool = True) -> str:
         content = ([{"type": "audio", "audio_url": "clip"}] if with_audio else []) + [{"type": "text", "text": text}]
@@ -63,8 +71,7 @@ class Qwen2AudioBackend(Backend):
                 if e.target is None and e.target_ids is None:
                     raise ValueError("with_target=True needs a target on every example")
                 p = ids[i][att[i].bool()].tolist()
-                t = (list(e.target_ids) if e.target_ids is not None
-                     else self.tokenizer.encode(e.target, add_special_tokens=False) + self.end_ids)
+                t = self.target_ids(e)
                 rows.append(p + t)
                 lab_rows.append([-100] * len(p) + t)
             T = max(len(r) for r in rows)

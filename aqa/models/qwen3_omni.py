@@ -67,11 +67,11 @@ class Qwen3OmniBackend(OmniThinkerBackend):
     processor_class_name = "Qwen3OmniMoeProcessor"
     full_model_type = "qwen3_omni_moe"
 
-    def __init__(self, model, processor, device):
-        super().__init__(model, processor, device)
+    def __init__(self, model, processor, device, config=None):
+        super().__init__(model, processor, device, config)
         # Read once and kept beside the model: DataLoader workers collate with a copy of the
         # backend that holds no model.
-        cfg = self.base_model().config
+        cfg = self.config
         self.audio_config = cfg.audio_config
         self.context = cfg.text_config.max_position_embeddings
 
@@ -87,6 +87,11 @@ class Qwen3OmniBackend(OmniThinkerBackend):
         from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import _get_feat_extract_output_lengths
 
         return _get_feat_extract_output_lengths(frames, self.audio_config.n_window)
+
+    def audio_tokens_of(self, samples: int) -> int:
+        # The processor pads a clip alone to its own length, so its real frames are its whole hops.
+        fe = self.processor.feature_extractor
+        return int(self.audio_tokens(torch.tensor([self.whisper_frames(samples, samples, fe.hop_length)]))[0])
 
     def audio_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(sum of audio tokens, H) encoder outputs in batch order, each clip encoded with the

@@ -83,3 +83,14 @@ def load_backend(path: str, *, allow_pickle: bool = False, **kw: Any):
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     return cls.load(path, **kw)
+
+
+def load_without_weights(path: str, *, trust_remote_code: bool = False):
+    """The backend of `path`'s family with its processor and config and no model
+    (`Backend.without_weights`): what one prompt can take, known without reading the weights."""
+    family = model_family(path)
+    try:
+        cls = backend_class(family)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    return cls.without_weights(path, trust_remote_code=trust_remote_code)

@@ -73,6 +73,8 @@ class TrainConfig:
     compile: bool = doc(False, help="run the decoder through torch.compile")
     allow_pickle: bool = doc(False, help="load model and adapter weights saved as pickles (.bin/.pt), which can "
                                          "run code: only for files you trust; safetensors otherwise")
+    max_prompt_tokens: int = doc(0, help="leave out items whose prompt and answer are longer than this many tokens "
+                                         "(0: the model's context, max_position_embeddings)")
 
     #: Keys a resumed run may change: how it runs, not what it computes.
     RESUMABLE_CHANGES = ("resume", "stop_after", "device", "num_workers", "prefetch", "cache_dir", "log_every",
@@ -187,6 +189,9 @@ class TrainRun:
     t0: float = field(default_factory=time.time)
     stopped_early: bool = False
     merged: list[str] = field(default_factory=list)  # adapters merged into the weights, in order
+    #: What the model's limits did to the data: audio_truncated (clips heard cut to the model's
+    #: window) and prompt_too_long (items left out), counted once at setup.
+    limits: dict = field(default_factory=dict)
 
     @property
     def rank(self) -> int:
@@ -265,7 +270,7 @@ class TrainRun:
         self.bar.close()
         out = {"run_dir": str(self.folder.path), "steps": self.steps, "items": len(self.items),
                "trainable_params": self.n_trainable, "skipped_audio": len(self.items.bad),
-               "stopped_early": self.stopped_early, **summary}
+               "stopped_early": self.stopped_early, **self.limits, **summary}
         if self.stopped_early:
             log.warning("stopped after %d steps (stop_after); the same command resumes", self.cfg.stop_after)
         else:
@@ -299,6 +304,34 @@ def check_resume_settings(folder, cfg: TrainConfig) -> None:
         diff = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise UserError(f"{old_file}: this run was started with other settings ({diff}); resume with the same "
                         f"ones, choose another output_dir, or start over with resume=never")
+
+
+def fit_to_model(records: list, backend, cfg: TrainConfig) -> tuple[list, dict]:
+    """The records whose prompt and answer the model takes (`max_prompt_tokens`), and the counts
+    of what its limits do: each said once here, not per item as batches are drawn. Cheap: text
+    tokenisation and the clips' header durations, no decoding."""
+    from aqa.data.audio import header_duration
+    from aqa.data.records import NoRecords
+
+    # Keyed by object: two training files may repeat an id.
+    seconds = {id(r): header_duration(r.audio_path or r.audio) for r in records}
+    window = backend.audio_seconds
+    cut = sum(window is not None and s > window + 1e-6 for s in seconds.values())
+    if cut:
+        log.warning("%d of %d training clip(s) are longer than the model's %g s: truncated to it", cut,
+                    len(records), window)
+    limit = cfg.max_prompt_tokens or backend.max_prompt_tokens
+    over = backend.too_long(records, lambda r: seconds[id(r)], limit=limit, with_target=True)
+    if over:
+        gone = {id(r) for r, _ in over}
+        log.warning("%d training item(s) left out: prompt and answer longer than the %d tokens the model takes "
+                    "(%s)", len(over), limit, ", ".join(f"{r.id}: {n}" for r, n in over[:5])
+                    + (", ..." if len(over) > 5 else ""))
+        records = [r for r in records if id(r) not in gone]
+        if not records:
+            raise NoRecords(f"{', '.join(cfg.train_data)}: no records: every item's prompt is longer than the "
+                            f"{limit} tokens the model takes (max_prompt_tokens)")
+    return records, {"audio_truncated": cut, "prompt_too_long": len(over)}
 
 
 def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lora_audio_tower: bool = False,
@@ -349,6 +382,7 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
     n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in backend.model.parameters())
 
     records = [r for path in cfg.train_data for r in load_records(path, allow_outside_root=cfg.allow_outside_root)]
+    records, limits = fit_to_model(records, backend, cfg)
     items = QAItems(records, seed=cfg.seed, shuffle=cfg.shuffle_options, window_s=backend.audio_seconds)
     n_step = cfg.batch_size
     steps_per_epoch = len(items) // n_step
@@ -373,7 +407,7 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
     run = TrainRun(cfg=cfg, folder=folder, accelerator=accelerator, world=world, accum=accum, backend=backend,
                    items=items, module=module, params=params, optimizer=optimizer, scheduler=scheduler, plan=plan,
                    per_step=n_step, steps_per_epoch=steps_per_epoch, steps=steps, start=start,
-                   n_trainable=n_trainable, merged=merged)
+                   n_trainable=n_trainable, merged=merged, limits=limits)
     run.bar = tqdm(total=steps, initial=start, desc=name, disable=not accelerator.is_main_process)
     return run
 

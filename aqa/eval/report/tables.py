@@ -89,14 +89,14 @@ ANSWER_MODES = {"score": "letter scores", "generate": "generated text"}
 
 def details_table(evals: Sequence[EvalRun], ece: dict[str, float]) -> Table:
     """Counts, consistency across option orders, and calibration error per run."""
-    header = ["run", "answer read from", "items", "unparsed", "unlabelled", "option orders K", "agreement",
-              "all same", "right under all orders", "ECE"]
+    header = ["run", "answer read from", "items", "unparsed", "unlabelled", "skipped", "audio truncated",
+              "option orders K", "agreement", "all same", "right under all orders", "ECE"]
     rows = []
     for e in evals:
         m = e.metrics
         sh = m.get("shuffles") or {}
         rows.append([e.name, ANSWER_MODES.get(m.get("mode"), NONE), str(m.get("n", NONE)), str(m.get("n_unparsed", NONE)),
-                     str(m.get("n_unlabelled", NONE)), str(sh.get("k", NONE)),
+                     str(m.get("n_unlabelled", NONE)), _skipped(m), _truncated(m), str(sh.get("k", NONE)),
                      pct(sh.get("agreement")), pct(sh.get("all_same")), pct(sh.get("all_correct")),
                      pct(ece.get(e.name))])
     return Table(header, rows, title="Details", caption=(
@@ -105,7 +105,25 @@ def details_table(evals: Sequence[EvalRun], ece: dict[str, float]) -> Table:
         "\"The answer is ...\" or the option's text, as published zero-shot numbers do. Agreement: the mean share of option orders that chose the most common option; all same: "
         "items where every order chose the same option; right under all orders: labelled items "
         "answered right under every order (all in %). ECE: expected calibration error of the "
-        f"predicted option's probability, {N_CALIBRATION_BINS} bins (%)."))
+        f"predicted option's probability, {N_CALIBRATION_BINS} bins (%). Skipped: items not answered, by "
+        "reason (skipped.jsonl: audio that cannot be decoded, prompt_too_long for a prompt longer than the "
+        "model takes); audio truncated: items whose clip was longer than the model hears, answered from its "
+        "first seconds up to that limit."))
+
+
+def _skipped(m: dict) -> str:
+    n = m.get("n_skipped")
+    if not n:
+        return NONE if n is None else "0"
+    kinds = m.get("skipped") or {}
+    return f"{n} ({', '.join(f'{k} {c}' for k, c in kinds.items())})" if kinds else str(n)
+
+
+def _truncated(m: dict) -> str:
+    t = m.get("audio_truncated")
+    if not t:
+        return NONE
+    return f"{t['n']} (to {t['limit_s']:g} s)" if t["n"] else "0"
 
 
 def question_type_table(evals: Sequence[EvalRun]) -> Table | None:
