@@ -43,13 +43,18 @@ def build(family: str, out, corpus):
     if family == "qwen3-omni":
         from aqa.models.tiny_omni import TinyQwen3OmniSpec, build_tiny_qwen3_omni
         return build_tiny_qwen3_omni(out, TinyQwen3OmniSpec(**small), corpus)
+    if family == "voxtral":
+        from aqa.models.tiny_voxtral import TinyVoxtralSpec, build_tiny_voxtral
+        return build_tiny_voxtral(out, TinyVoxtralSpec(**small), corpus)
     from aqa.models.tiny_audio_flamingo3 import TinyAudioFlamingo3Spec, build_tiny_audio_flamingo3
     return build_tiny_audio_flamingo3(out, TinyAudioFlamingo3Spec(audio_seconds=30, max_windows=4, **small), corpus)
 
 
 #: family -> (the audio limit its tiny model must state, seconds of a 95 s clip it hears)
 LIMITS = {"qwen2-audio": (30.0, 30.0), "kimi-audio": (None, LONG_S), "qwen2.5-omni": (120.0, LONG_S),
-          "qwen3-omni": ((4096 - 1024) / 13, LONG_S), "audio-flamingo3": (120.0, LONG_S)}
+          "qwen3-omni": ((4096 - 1024) / 13, LONG_S), "audio-flamingo3": (120.0, LONG_S),
+          # 80 windows of the tiny model's 2 s (of 30 s in the real one); 95 s fills 48 windows.
+          "voxtral": (160.0, 96.0)}
 FAMILIES = list(LIMITS)
 
 
@@ -59,6 +64,8 @@ def heard_seconds(family: str, batch: dict) -> float:
     if family == "kimi-audio":
         assert int(batch["continuous"].sum()) == int(batch["segment_tokens"].sum())
         return int(batch["segment_tokens"].sum()) / 12.5
+    if family == "voxtral":  # whole windows of 200 frames (2 s), no mask: the padding is heard too
+        return batch["input_features"].shape[0] * batch["input_features"].shape[-1] / 100
     mask = batch["input_features_mask" if family == "audio-flamingo3" else "feature_attention_mask"]
     return int(mask.sum()) / 100
 

@@ -118,6 +118,35 @@ class VoxtralBackend(ChatProcessorBackend):
                                "max_source_positions": window // self.processor.feature_extractor.hop_length}}
         return self.processor.apply_chat_template([{"role": "user", "content": content}], processor_kwargs=kw)
 
+    @classmethod
+    def without_weights(cls, path: str, **kw):
+        require_mistral_common(path)
+        return super().without_weights(path, **kw)
+
+    def audio_tokens_of(self, samples: int) -> int:
+        # mistral-common pads the clip to whole windows and gives each its tokens.
+        sr, window = self.audio_config.sampling_rate, self.window_seconds
+        per_window = int(window * self.audio_config.frame_rate)
+        return max(1, -(-samples // int(window * sr))) * per_window
+
+    def prompt_token_counts(self, items: list[tuple[str, float | None, str | None]]) -> list[int]:
+        # mistral-common encodes the request itself (no text template to tokenise), so each
+        # question is encoded without its clip; a clip adds its audio tokens and the tokens that
+        # frame them ([BEGIN_AUDIO]), measured once on one window of silence.
+        cache = self.__dict__
+        if "_audio_frame" not in cache:
+            silence = np.zeros(int(self.window_seconds * self.audio_config.sampling_rate), np.float32)
+            with_clip = len(self.process("?", silence)["input_ids"][0])
+            cache["_audio_frame"] = with_clip - len(self.process("?", None)["input_ids"][0]) - self.audio_tokens_of(
+                len(silence))
+        counts = []
+        for text, seconds, target in items:
+            n = len(self.process(text, None)["input_ids"][0])
+            if seconds is not None:
+                n += self.audio_tokens_of(self.prompt_samples(round(seconds * 16000))) + cache["_audio_frame"]
+            counts.append(n + self.target_length(target))
+        return counts
+
     def audio_inputs(self, enc) -> dict[str, torch.Tensor]:
         # (windows, n_mels, window frames): a clip's windows, in order.
         return {"input_features": enc["input_features"]}
