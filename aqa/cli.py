@@ -165,10 +165,43 @@ def run_parsed(args: argparse.Namespace) -> int:
     return int(rc or 0)
 
 
+def expand_config_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """For a command that takes its flags from a file (`aqa eval --config FILE`): FILE's flags
+    put right after the command's name, so that flags on the command line, which come later,
+    override them."""
+    from aqa.config import flags_from_yaml
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    at = next((i for i, a in enumerate(argv) if a in sub.choices), None)
+    if at is None:
+        return argv
+    cmd = sub.choices[argv[at]]
+    if not cmd.get_default("config_flags"):
+        return argv
+    rest = argv[at + 1:]
+    for i, a in enumerate(rest):
+        path = rest[i + 1] if a == "--config" and i + 1 < len(rest) else a[9:] if a.startswith("--config=") else None
+        if path is not None:
+            rest = rest[:i] + rest[i + (1 if a.startswith("--config=") else 2):]
+            flags = flags_from_yaml(path, cmd._option_string_actions, f"aqa {argv[at]}")
+            return argv[:at + 1] + flags + rest
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     # peft asks transformers for a deprecated property at every adapter load: noise for users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = expand_config_flags(parser, argv)
+    except Exception as e:
+        from aqa.config import ConfigError
+
+        if not isinstance(e, (ConfigError, OSError)) or "--debug" in argv:
+            raise
+        print(f"aqa: error: {_os_message(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+        return EXIT_USER
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -186,3 +186,30 @@ def describe(cls: type) -> str:
             default = "(required)"
         rows.append(f"  {f.name} = {default!r}\n      {f.metadata.get('help', '')}")
     return "\n".join(rows)
+
+
+def flags_from_yaml(path: str | Path, options: dict[str, Any], command: str) -> list[str]:
+    """The command-line flags a YAML file of `key: value` pairs stands for (`aqa eval --config`):
+    `batch_size: 16` is `--batch-size 16`, `compile: true` is `--compile` (false: nothing).
+    `options` maps a command's option strings to their argparse actions; a key that is not one
+    of them is an error naming the file."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a valid YAML file ({' '.join(str(e).split())})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
+    options = {o: a for o, a in options.items() if o.startswith("--") and o not in ("--config", "--help")}
+    known = sorted({o[2:].replace("-", "_") for o in options})
+    flags: list[str] = []
+    for key, value in loaded.items():
+        flag = f"--{str(key).replace('_', '-')}"
+        if flag not in options:
+            raise ConfigError(f"{path}: unknown key {key!r} for {command}; known keys: {', '.join(known)}")
+        if options[flag].nargs == 0:  # a switch
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: {key} is a switch: true or false, got {value!r}")
+            flags += [flag] if value else []
+        elif value is not None:
+            flags += [flag, str(value)]
+    return flags

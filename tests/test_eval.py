@@ -249,3 +249,32 @@ def test_a_second_eval_into_the_same_folder_is_refused_while_one_runs(tiny_model
     m = evaluate(EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl")), out, backend=backend,
                  progress=False, n_boot=50)
     assert m["n"] > 0  # released: the next one runs
+
+
+def test_eval_takes_its_flags_from_a_config_file(tiny_model, synth_data, tmp_path, capsys):
+    """`aqa eval --config FILE`: the file's keys are flags, and flags on the command line win."""
+    import yaml
+
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"model: {tiny_model}\nshuffles: 2\nbatch_size: 4\nseed: 3\ncompile: false\n")
+    out = tmp_path / "ev"
+    assert main(["eval", "--config", str(cfg), "--data", str(synth_data / "dev.jsonl"), "-o", str(out),
+                 "--limit", "4", "--seed", "5"]) == 0
+    settings = json.loads((out / "eval_config.json").read_text())
+    assert settings["model"] == str(tiny_model) and settings["shuffles"] == 2 and settings["seed"] == 5
+    # The shipped per-family files hold only keys `aqa eval` knows, and name the family's checkpoint.
+    from pathlib import Path
+
+    from aqa.cli import build_parser, expand_config_flags
+
+    files = sorted((Path(__file__).parent.parent / "configs").glob("*/eval.yaml"))
+    assert len(files) == 6
+    for f in files:
+        args = build_parser().parse_args(expand_config_flags(build_parser(), ["eval", "--config", str(f), "--data",
+                                                                             "d.jsonl", "-o", "o"]))
+        assert args.model == yaml.safe_load(f.read_text())["model"] and args.dtype == "bf16"
+    # A key `aqa eval` does not know: one line naming the file, exit 2.
+    cfg.write_text("batch_sise: 4\n")
+    assert main(["eval", "--config", str(cfg), "--data", "d.jsonl", "-o", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: unknown key 'batch_sise' for aqa eval" in err and "batch_size" in err and "help" not in err

@@ -352,6 +352,9 @@ def audio_contribution(with_audio: list[dict], without: list[dict], out: Path) -
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model on an AQA JSONL")
+    p.add_argument("--config", metavar="YAML",
+                   help="flags from a file of key: value pairs (batch_size: 16 is --batch-size 16; "
+                        "configs/<family>/eval.yaml); flags given here override them")
     p.add_argument("--model", required=True, help="Hugging Face id or local folder")
     p.add_argument("--adapter", help="peft adapter folder (e.g. RUN/adapter)")
     p.add_argument("--data", required=True, help="AQA JSONL")
@@ -385,7 +388,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", help="I/N: answer shard I of N (0-based) only, for machines that do not talk to "
                                    "each other; a run without --shard merges. Under torchrun or accelerate launch "
                                    "the processes shard by themselves")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, config_flags=True)
 
 
 def launched_processes() -> tuple[int, int, int] | None:
