@@ -148,16 +148,22 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A config file's keys and values; a ConfigError naming the file when it is not YAML or
+    not a mapping."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a valid YAML file ({' '.join(str(e).split())})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
+    return loaded
+
+
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] | None = None) -> T:
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: not a valid YAML file ({' '.join(str(e).split())})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
-        data.update(loaded)
+        data.update(read_yaml_mapping(path))
     cli = parse_overrides(overrides or [])
     data.update(cli)
     return from_dict(cls, data, source=str(path) if path else OVERRIDE,
@@ -193,12 +199,7 @@ def flags_from_yaml(path: str | Path, options: dict[str, Any], command: str) -> 
     `batch_size: 16` is `--batch-size 16`, `compile: true` is `--compile` (false: nothing).
     `options` maps a command's option strings to their argparse actions; a key that is not one
     of them is an error naming the file."""
-    try:
-        loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: not a valid YAML file ({' '.join(str(e).split())})") from None
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{path}: a config file must hold a mapping of keys to values")
+    loaded = read_yaml_mapping(path)
     options = {o: a for o, a in options.items() if o.startswith("--") and o not in ("--config", "--help")}
     known = sorted({o[2:].replace("-", "_") for o in options})
     flags: list[str] = []
