@@ -111,3 +111,25 @@ def test_gpu_check_builds_the_kimi_audio_7b_layout_at_small_sizes(monkeypatch, c
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # 2 x 168,448 x 64 parameters: the 7B vocabulary is kept.
     assert r["finite"] and r["batch"] == 2 and r["params_b"] >= 0.02
+
+
+def test_grpo_policy_bench_runs_both_policies(tiny_model, synth_data, tmp_path):
+    from aqa.train.sft import SFTConfig, train
+
+    sft = train(SFTConfig(model=str(tiny_model), train_data=[str(synth_data / "train.jsonl")], device="cpu",
+                          output_dir=str(tmp_path / "sft"), batch_size=2, micro_batch_size=2, max_steps=1, lora_r=2,
+                          num_workers=0))
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "grpo_policy.py"), "--model", str(tiny_model),
+                        "--sft-adapter", str(Path(sft["run_dir"]) / "adapter"),
+                        "--train", str(synth_data / "train.jsonl"), "--dev", str(synth_data / "dev.jsonl"),
+                        "--seeds", "1", "-o", str(tmp_path / "cmp"), "--results", str(results), "--set",
+                        "max_steps=2", "batch_size=2", "micro_batch_size=2", "group_size=2", "lora_r=2",
+                        "lora_alpha=4", "lr=1e-3", "device=cpu", "num_workers=0"],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = results.read_text()
+    assert "GRPO policy=new vs policy=sft" in text and "| new | 1 |" in text and "| sft | 1 |" in text
+    assert '"lr": 0.001' in text  # overrides are read as typed config values
