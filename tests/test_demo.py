@@ -6,7 +6,8 @@ from aqa.demo import DemoConfig, run_demo
 
 TOY = DemoConfig(clips=24, clip_seconds=2, dev_fraction=0.25, dev_questions=0, encoder_dim=32, encoder_layers=1,
                  decoder_dim=32, decoder_layers=1, num_mel_bins=32, encoder_steps=2, pretrain_steps=2, sft_steps=2,
-                 sft_batch=4, grpo_steps=2, grpo_batch=4, grpo_group=2, eval_batch=8, lora_r=2, second_lora_r=2, second_sft_steps=2)
+                 sft_batch=4, grpo_steps=2, grpo_batch=4, grpo_group=2, eval_batch=8, lora_r=2, second_lora_r=2,
+                 second_sft_steps=2, second_family="qwen2.5-omni")  # the cross-family ensemble
 
 
 def test_demo_writes_every_stage_and_resumes(tmp_path):
