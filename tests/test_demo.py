@@ -43,3 +43,12 @@ def test_demo_writes_every_stage_and_resumes(tmp_path):
     # A second run finds every stage done.
     again = run_demo(out, TOY, progress=False)
     assert again["stages"] == {} and again["pooled_dev_accuracy"] == s["pooled_dev_accuracy"]
+
+
+def test_an_unknown_family_is_refused_before_anything_runs(tmp_path, capsys):
+    from aqa.cli import main
+
+    assert main(["demo", "-o", str(tmp_path / "d"), "second_family=qwen9"]) == 2
+    err = capsys.readouterr().err
+    assert "command-line override: no tiny model for second_family=qwen9" in err and "qwen2.5-omni" in err
+    assert not (tmp_path / "d").exists()

@@ -278,3 +278,5 @@ def test_eval_takes_its_flags_from_a_config_file(tiny_model, synth_data, tmp_pat
     assert main(["eval", "--config", str(cfg), "--data", "d.jsonl", "-o", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert f"{cfg}: unknown key 'batch_sise' for aqa eval" in err and "batch_size" in err and "help" not in err
+    assert main(["eval", "--config", str(tmp_path / "none.yaml"), "--data", "d.jsonl", "-o", str(tmp_path / "x")]) == 2
+    assert "none.yaml: No such file or directory" in capsys.readouterr().err
