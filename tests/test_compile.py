@@ -6,7 +6,6 @@ import json
 import os
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from aqa.cli import main
