@@ -25,8 +25,9 @@ from pathlib import Path
 FIRST_LAST = 10  # steps averaged at each end of the training curve
 
 
-def demo_settings(demo: Path) -> tuple[dict, dict]:
-    """(paths, GRPO settings) of an `aqa demo` folder, as the demo's own GRPO stage uses them."""
+def demo_settings(demo: Path) -> tuple[dict, dict, dict]:
+    """(paths, GRPO settings, eval options) of an `aqa demo` folder, as the demo's own GRPO and
+    eval stages use them."""
     from aqa.config import load_config
     from aqa.demo import DemoConfig
 
@@ -36,21 +37,24 @@ def demo_settings(demo: Path) -> tuple[dict, dict]:
     grpo = dict(rollout="choice", group_size=cfg.grpo_group, lr=cfg.grpo_lr, batch_size=cfg.grpo_batch,
                 micro_batch_size=cfg.grpo_batch, max_steps=cfg.grpo_steps, lora_r=cfg.lora_r,
                 lora_alpha=2 * cfg.lora_r, save_every=20, shuffle_options=False)
-    return paths, {**grpo, "eval_batch": cfg.eval_batch, "eval_seed": cfg.seed}
+    return paths, grpo, dict(batch_size=cfg.eval_batch, seed=cfg.seed)
 
 
-def run_one(paths: dict, settings: dict, policy: str, seed: int, out: Path) -> dict:
+def dev_metrics(paths: dict, adapter: Path, ev: dict, out: Path) -> dict:
+    """metrics.json of the model with `adapter` on the dev file (eval folder `out`, resumed)."""
     from aqa.eval.run import EvalSettings, evaluate
+
+    return evaluate(EvalSettings(str(paths["model"]), str(adapter), str(paths["dev"]), seed=ev["seed"]), out,
+                    batch_size=ev["batch_size"], name=out.name, progress=False)
+
+
+def run_one(paths: dict, grpo: dict, ev: dict, policy: str, seed: int, out: Path) -> dict:
     from aqa.train.grpo import GRPOConfig, train
 
-    grpo = {k: v for k, v in settings.items() if k not in ("eval_batch", "eval_seed")}
     run = out / f"grpo-{policy}-s{seed}"
     train(GRPOConfig(model=str(paths["model"]), sft_adapter=str(paths["sft_adapter"]),
                      train_data=[str(paths["train"])], output_dir=str(run), seed=seed, policy=policy, **grpo))
-    ev = out / f"eval-{policy}-s{seed}"
-    m = evaluate(EvalSettings(str(paths["model"]), str(run / "adapter"), str(paths["dev"]),
-                              seed=settings["eval_seed"]), ev, batch_size=settings["eval_batch"], name=ev.name,
-                 progress=False)
+    m = dev_metrics(paths, run / "adapter", ev, out / f"eval-{policy}-s{seed}")
     log = [json.loads(x) for x in (run / "train_log.jsonl").read_text().splitlines() if x.strip()]
     reward, acc = [x["reward"] for x in log], [x["accuracy"] for x in log]
     k = min(FIRST_LAST, len(log))
@@ -92,34 +96,27 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--output", help="folder for the runs (default: DEMO/grpo-policy)")
     ap.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")))
     args = ap.parse_args(argv)
-    from aqa.config import parse_overrides
-    from aqa.eval.run import EvalSettings, evaluate
+    from aqa.config import from_dict, parse_overrides
+    from aqa.train.grpo import GRPOConfig
 
     if args.demo:
-        paths, settings = demo_settings(Path(args.demo))
+        paths, grpo, ev = demo_settings(Path(args.demo))
     else:
         if not all((args.model, args.sft_adapter, args.train, args.dev)):
             ap.error("give --demo, or all of --model, --sft-adapter, --train and --dev")
         paths = dict(model=args.model, sft_adapter=args.sft_adapter, train=args.train, dev=args.dev)
-        settings = dict(rollout="choice", eval_batch=8, eval_seed=0)
-    settings.update(parse_overrides(args.set))
+        grpo, ev = dict(rollout="choice"), dict(batch_size=8, seed=0)
+    grpo.update(parse_overrides(args.set))
     # Typed once (YAML reads "1e-3" as text), so the runs and the table's header agree.
-    from aqa.config import from_dict
-    from aqa.train.grpo import GRPOConfig
-
-    grpo_keys = [k for k in settings if k not in ("eval_batch", "eval_seed")]
-    typed = from_dict(GRPOConfig, {**{k: settings[k] for k in grpo_keys}, "model": "-", "sft_adapter": "-",
-                                   "train_data": ["-"], "output_dir": "-"}, source="--set")
-    settings.update({k: getattr(typed, k) for k in grpo_keys})
+    typed = from_dict(GRPOConfig, {**grpo, "model": "-", "sft_adapter": "-", "train_data": ["-"], "output_dir": "-"},
+                      source="--set")
+    grpo = {k: getattr(typed, k) for k in grpo}
     out = Path(args.output or Path(args.demo or ".") / "grpo-policy")
     t0 = time.time()
-    sft = evaluate(EvalSettings(str(paths["model"]), str(paths["sft_adapter"]), str(paths["dev"]),
-                                seed=settings["eval_seed"]), out / "eval-sft", batch_size=settings["eval_batch"],
-                   name="sft", progress=False)
-    rows = [run_one(paths, settings, policy, int(seed), out) for policy in ("new", "sft")
+    sft = dev_metrics(paths, paths["sft_adapter"], ev, out / "eval-sft")
+    rows = [run_one(paths, grpo, ev, policy, int(seed), out) for policy in ("new", "sft")
             for seed in args.seeds.split(",")]
     lines = table(rows, sft["weighted_mean"]["value"])
-    grpo = {k: v for k, v in settings.items() if k not in ("eval_batch", "eval_seed")}
     head = (f"\n## {time.strftime('%Y-%m-%d')}, {platform.machine()}, GRPO policy=new vs policy=sft\n\n"
             f"Command: `bench/grpo_policy.py {' '.join(argv if argv is not None else sys.argv[1:])}`; "
             f"GRPO {json.dumps(grpo)}; dev: {rows[0]['n']} questions; {time.time() - t0:.0f} s.\n\n")

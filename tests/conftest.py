@@ -91,6 +91,18 @@ def tiny_model(tmp_path_factory, synth_data) -> Path:
                                     vocab_size=400), corpus_from_records(synth_data / "qa.jsonl"))
 
 
+@pytest.fixture(scope="session")
+def sft_adapter(tiny_model, synth_data, tmp_path_factory) -> Path:
+    """A LoRA SFT adapter of the tiny model (2 steps): where GRPO starts (tests/test_grpo.py,
+    tests/test_distributed.py, tests/test_bench.py)."""
+    from aqa.train.sft import SFTConfig, train
+
+    out = tmp_path_factory.mktemp("sft")
+    train(SFTConfig(model=str(tiny_model), train_data=[str(synth_data / "train.jsonl")], output_dir=str(out),
+                    batch_size=4, micro_batch_size=4, max_steps=2, lr=1e-3, lora_r=4, device="cpu"))
+    return out / "adapter"
+
+
 #: Sizes of the tiny models the family tests share (tests/test_families.py and one file per
 #: family): small enough for CPU seconds; per family, what its own tests rely on.
 TINY_SIZES = dict(num_mel_bins=32, encoder_dim=32, decoder_dim=32, vocab_size=400)

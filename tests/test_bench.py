@@ -113,17 +113,12 @@ def test_gpu_check_builds_the_kimi_audio_7b_layout_at_small_sizes(monkeypatch, c
     assert r["finite"] and r["batch"] == 2 and r["params_b"] >= 0.02
 
 
-def test_grpo_policy_bench_runs_both_policies(tiny_model, synth_data, tmp_path):
-    from aqa.train.sft import SFTConfig, train
-
-    sft = train(SFTConfig(model=str(tiny_model), train_data=[str(synth_data / "train.jsonl")], device="cpu",
-                          output_dir=str(tmp_path / "sft"), batch_size=2, micro_batch_size=2, max_steps=1, lora_r=2,
-                          num_workers=0))
+def test_grpo_policy_bench_runs_both_policies(tiny_model, sft_adapter, synth_data, tmp_path):
     results = tmp_path / "RESULTS.md"
     results.write_text("# results\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "grpo_policy.py"), "--model", str(tiny_model),
-                        "--sft-adapter", str(Path(sft["run_dir"]) / "adapter"),
+                        "--sft-adapter", str(sft_adapter),
                         "--train", str(synth_data / "train.jsonl"), "--dev", str(synth_data / "dev.jsonl"),
                         "--seeds", "1", "-o", str(tmp_path / "cmp"), "--results", str(results), "--set",
                         "max_steps=2", "batch_size=2", "micro_batch_size=2", "group_size=2", "lora_r=2",

@@ -52,14 +52,6 @@ def adapter(run: Path) -> dict:
     return load_file(run / "adapter" / "adapter_model.safetensors")
 
 
-@pytest.fixture(scope="module")
-def sft_adapter(tiny_model, synth_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sft")
-    sft_train(SFTConfig(model=str(tiny_model), train_data=[str(synth_data / "train.jsonl")], output_dir=str(out),
-                        batch_size=4, micro_batch_size=4, max_steps=2, lr=1e-3, lora_r=4, device="cpu"))
-    return out / "adapter"
-
-
 #: Losses agree to float rounding; Adam steps move each weight by about lr, so gradients summed
 #: in another order (over processes and buckets) leave the adapters this close, measured at
 #: about 2e-8 for 4 steps at lr 1e-3.

@@ -9,15 +9,6 @@ import torch
 from safetensors.torch import load_file
 
 from aqa.train.grpo import GRPOConfig, train as grpo_train
-from aqa.train.sft import SFTConfig, train as sft_train
-
-
-@pytest.fixture(scope="module")
-def sft_adapter(tiny_model, synth_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("sft")
-    sft_train(SFTConfig(model=str(tiny_model), train_data=[str(synth_data / "train.jsonl")], output_dir=str(out),
-                        batch_size=4, micro_batch_size=4, max_steps=2, lr=1e-3, lora_r=4, device="cpu"))
-    return out / "adapter"
 
 
 @pytest.fixture(scope="module")
