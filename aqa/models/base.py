@@ -124,6 +124,10 @@ class Backend:
         """Prompt positions a clip of `samples` (16 kHz, already cut by `prompt_samples`) takes."""
         raise NotImplementedError
 
+    def clip_tokens(self, seconds: float) -> int:
+        """Prompt positions a clip of `seconds` takes once cut to `audio_seconds`."""
+        return self.audio_tokens_of(self.prompt_samples(round(seconds * TARGET_SR)))
+
     #: The id of the token the processor repeats once per audio token (the families whose
     #: prompt holds one placeholder per clip, which the processor expands).
     audio_token_id: int
@@ -150,8 +154,7 @@ class Backend:
             n = len(ids)
             if seconds is not None:
                 # The rendered prompt holds one placeholder, which the processor repeats per audio token.
-                n += self.audio_tokens_of(self.prompt_samples(round(seconds * TARGET_SR))) - ids.count(
-                    self.audio_token_id)
+                n += self.clip_tokens(seconds) - ids.count(self.audio_token_id)
             counts.append(n + self.target_length(target))
         return counts
 

@@ -429,7 +429,7 @@ class KimiAudioBackend(Backend):
         questions = self.tokenizer([text for text, _, _ in items], add_special_tokens=False)["input_ids"]
         counts = []
         for q, (_, seconds, target) in zip(questions, items):
-            speech = None if seconds is None else [0] * self.audio_tokens_of(round(seconds * SAMPLE_RATE))
+            speech = None if seconds is None else [0] * self.clip_tokens(seconds)
             counts.append(len(self.streams(q, speech)[0]) + self.target_length(target))
         return counts
 

@@ -143,7 +143,7 @@ class VoxtralBackend(ChatProcessorBackend):
         for text, seconds, target in items:
             n = len(self.process(text, None)["input_ids"][0])
             if seconds is not None:
-                n += self.audio_tokens_of(self.prompt_samples(round(seconds * 16000))) + cache["_audio_frame"]
+                n += self.clip_tokens(seconds) + cache["_audio_frame"]
             counts.append(n + self.target_length(target))
         return counts
 
