@@ -115,9 +115,10 @@ TINY_FAMILY_SIZES = {
 
 
 @pytest.fixture(scope="session")
-def tiny_family(tmp_path_factory, synth_data):
-    """`tiny_family(name)`: the folder of the tiny random model of that `aqa model tiny --family`,
-    built once per session with a tokenizer trained on the synthetic questions."""
+def tiny_family(tmp_path_factory, synth_data, request):
+    """`tiny_family(name)`: the folder of the tiny random model of that `aqa model tiny --family`
+    (or "kimi-audio": `aqa model tiny-kimi-audio`), built once per session with a tokenizer
+    trained on the synthetic questions; "qwen2-audio" is `tiny_model`."""
     import importlib
 
     from aqa.models.tiny import FAMILIES
@@ -126,6 +127,13 @@ def tiny_family(tmp_path_factory, synth_data):
     built: dict[str, Path] = {}
 
     def get(name: str) -> Path:
+        if name == "qwen2-audio":
+            return request.getfixturevalue("tiny_model")
+        if name == "kimi-audio" and name not in built:
+            from aqa.models.tiny_kimi_audio import build_tiny_kimi
+
+            built[name] = build_tiny_kimi(tmp_path_factory.mktemp(name) / "model",
+                                          corpus=corpus_from_records(synth_data / "qa.jsonl"))
         if name not in built:
             build, spec = (getattr(importlib.import_module(m), f) for m, f in (r.split(":") for r in FAMILIES[name]))
             built[name] = build(tmp_path_factory.mktemp(name) / "model", spec(**TINY_SIZES, **TINY_FAMILY_SIZES[name]),

@@ -57,8 +57,9 @@ def b(folder):
 
 
 def own(batch):
-    """The batch as transformers' own forward takes it (it numbers positions itself)."""
-    return {k: v for k, v in batch.items() if k not in ("position_ids", "labels")}
+    """The batch as transformers' own forward takes it (it numbers positions itself; Voxtral's
+    `feature_lengths` is aqa's own, for SpecAugment)."""
+    return {k: v for k, v in batch.items() if k not in ("position_ids", "labels", "feature_lengths")}
 
 
 @torch.no_grad()

@@ -16,11 +16,8 @@ from aqa.models.registry import load_backend
 
 
 @pytest.fixture(scope="session")
-def tiny_kimi(tmp_path_factory, synth_data):
-    from aqa.models.tiny_builder import corpus_from_records
-    from aqa.models.tiny_kimi_audio import build_tiny_kimi
-
-    return build_tiny_kimi(tmp_path_factory.mktemp("kimi") / "model", corpus=corpus_from_records(synth_data / "qa.jsonl"))
+def tiny_kimi(tiny_family):
+    return tiny_family("kimi-audio")
 
 
 @pytest.fixture(scope="module")

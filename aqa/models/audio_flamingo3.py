@@ -60,5 +60,12 @@ class AudioFlamingo3Backend(ChatProcessorBackend):
 
     def audio_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         core = self.base_model().model
-        return core.get_audio_features(batch["input_features"], batch["input_features_mask"],
-                                       return_dict=True).pooler_output
+        # transformers' AF3 encoder feeds the processor's float32 log-mels to its convolutions as
+        # they come (unlike the Qwen-Omni, Voxtral and Qwen2-Audio encoders, which cast them), so a
+        # bf16 model, as DeepSpeed runs it with autocast off, fails on a dtype mismatch.
+        features = batch["input_features"].to(core.audio_tower.conv1.weight.dtype)
+        return core.get_audio_features(features, batch["input_features_mask"], return_dict=True).pooler_output
+
+    def feature_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        mask = batch.get("input_features_mask")  # (windows, frames): each window padded whole
+        return None if mask is None else mask.sum(-1)

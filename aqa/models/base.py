@@ -8,7 +8,10 @@ every recipe needs are written once here, on top of that:
   `choice` rollouts). Only the letters' rows of the output embedding are used, so the full
   (B, T, V) logits are never built.
 - `target_logprobs`: log-probabilities of the target tokens (SFT loss, GRPO ratios),
-  computed only at the target positions, in float32.
+  computed only at the target positions.
+
+Both multiply the hidden states by the head in float32, also in a bf16 model
+(`float32_logits`), and so does generation's next-token choice.
 """
 
 from __future__ import annotations
@@ -262,8 +265,25 @@ class Backend:
 
     def spec_augment(self, batch: dict[str, torch.Tensor], num_masks: int, max_width: int,
                      generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """SpecAugment frequency masks on the family's own log-mel input, in place of the
-        batch's features (a batch without audio is returned as it is)."""
+        """SpecAugment frequency masks on the log-mels the audio encoder reads (`input_features`,
+        (rows, n_mels, frames): a clip, or one window or segment of a clip), in place of the
+        batch's features (a batch without audio is returned as it is). A masked band is filled
+        with the mean of its row's real frames (`feature_lengths`), never with padding's: a
+        0.5 s clip batched with a 3 s one had a fill of 0.048 over the padded row where its real
+        frames' mean is 0.287."""
+        from aqa.data.augment import freq_mask
+
+        x = batch.get("input_features")
+        if num_masks > 0 and x is not None:
+            lengths = self.feature_lengths(batch)
+            # Drawn on the CPU so that the masks do not depend on the device.
+            batch["input_features"] = freq_mask(x.cpu(), num_masks, max_width, generator,
+                                                lengths=None if lengths is None else lengths.cpu()).to(x.device)
+        return batch
+
+    def feature_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """(rows,) real log-mel frames of each row of the batch's `input_features` (None: every
+        frame of every row is real)."""
         raise NotImplementedError
 
     # Pretraining an audio encoder from scratch (`aqa model pretrain`, tiny models only).
@@ -313,18 +333,6 @@ class Backend:
         `WhisperFeatureExtractor` gives `samples` padded to `padded`: one per started hop,
         at most `padded // hop` (its mask drops a last, partial hop)."""
         return min(-(-samples // hop), padded // hop)
-
-    def _mask_features(self, batch: dict[str, torch.Tensor], key: str, num_masks: int, max_width: int,
-                       generator: torch.Generator, lengths: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """`spec_augment` on the (B, n_mels, T) log-mel tensor `batch[key]`, whose rows have
-        `lengths` (B,) real frames."""
-        from aqa.data.augment import freq_mask
-
-        if num_masks > 0 and batch.get(key) is not None:
-            # Drawn on the CPU so that the masks do not depend on the device.
-            batch[key] = freq_mask(batch[key].cpu(), num_masks, max_width, generator,
-                                   lengths=None if lengths is None else lengths.cpu()).to(batch[key].device)
-        return batch
 
     # --- adapters -----------------------------------------------------------------------------
     def add_lora(self, *, r: int, alpha: int, dropout: float, audio_tower: bool = False,
@@ -401,11 +409,7 @@ class Backend:
         h = self.hidden_states(batch)[:, -1]  # (B, H): left padding puts the answer position last
         n_max = max(n_options)
         ids = torch.tensor(self.letter_token_ids(n_max), device=h.device)
-        w = self.output_embedding().weight[ids]  # (n_max, H)
-        logits = (h @ w.T).float()  # (B, n_max)
-        b = getattr(self.output_embedding(), "bias", None)
-        if b is not None:
-            logits = logits + b[ids].float()
+        logits = float32_logits(h, self.output_embedding(), rows=ids)  # (B, n_max)
         mask = torch.arange(n_max, device=h.device)[None, :] >= torch.tensor(n_options, device=h.device)[:, None]
         return logits.masked_fill(mask, float("-inf"))
 
@@ -425,7 +429,7 @@ class Backend:
         pos_mask = torch.gather(tgt, 1, order)
         hs = torch.gather(h[:, :-1], 1, order[..., None].expand(-1, -1, h.size(-1)))  # (B, L, H)
         ys = torch.gather(labels[:, 1:], 1, order).clamp_min(0)
-        logits = self.output_embedding()(hs).float()  # (B, L, V) only at target positions
+        logits = float32_logits(hs, self.output_embedding())  # (B, L, V) only at target positions
         if temperature != 1.0:
             logits = logits / temperature
         logp_all = torch.log_softmax(logits, -1)
@@ -434,6 +438,35 @@ class Backend:
             ent = -(logp_all.exp() * logp_all).sum(-1)
             return logp * pos_mask, pos_mask, ent * pos_mask
         return logp * pos_mask, pos_mask
+
+
+def float32_logits(hidden: torch.Tensor, head: torch.nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., V) float32 logits of `hidden` (..., H) through the linear `head` (only its `rows`
+    of the vocabulary when given), multiplied in float32 with autocast off.
+
+    Why: a bf16 product rounds a logit to 8 significant bits, a step of 0.125 at the 16-32 that
+    real letter logits reach, so close options tie (argmax then takes the earlier letter) and
+    GRPO's ratios and KL get a floor of rounding noise. The hidden states and weights of a bf16
+    model are exact in float32, so this is the float32 computation of the same numbers.
+
+    Memory: the float32 copy of a 7B head (152k x 3584, 2.2 GB) is not kept for the backward
+    pass: with gradients on, the product runs under activation checkpointing, which saves the
+    bf16 inputs and redoes the cast in the backward pass (the head is frozen under LoRA, but
+    the gradient to `hidden` goes through it)."""
+    weight, bias = head.weight, getattr(head, "bias", None)
+    if rows is not None:
+        weight, bias = weight[rows], None if bias is None else bias[rows]
+
+    def product(h, w, b):
+        with torch.autocast(device_type=h.device.type, enabled=False):
+            out = h.float() @ w.float().T
+            return out if b is None else out + b.float()
+
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(product, hidden, weight, bias, use_reentrant=False)
+    return product(hidden, weight, bias)
 
 
 class _Rendered:

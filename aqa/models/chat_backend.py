@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aqa.models.base import Backend, Example
+from aqa.models.base import Backend, Example, float32_logits
 
 END_OF_TURN = "<|im_end|>"
 
@@ -150,10 +150,9 @@ class ChatProcessorBackend(Backend):
     def output_embedding(self) -> torch.nn.Module:
         return self.base_model().lm_head
 
-    def spec_augment(self, batch, num_masks, max_width, generator):
-        """Masks the log-mels the audio encoder reads ((rows, n_mels, frames): a clip, or one
-        window of a clip)."""
-        return self._mask_features(batch, "input_features", num_masks, max_width, generator)
+    def feature_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        mask = batch.get("feature_attention_mask")  # the Qwen-Omni batches: clips right-padded to the longest
+        return None if mask is None else mask.sum(-1)
 
     def stop_ids(self) -> set[int]:
         eos = getattr(self.base_model().generation_config, "eos_token_id", None)
@@ -180,7 +179,7 @@ class ChatProcessorBackend(Backend):
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(max_new_tokens):
             h = lm(inputs_embeds=x, attention_mask=att, position_ids=pos, cache=cache, use_cache=True)
-            logits = head(h.last_hidden_state[:, -1]).float()  # (B*n, V)
+            logits = float32_logits(h.last_hidden_state[:, -1], head)  # (B*n, V)
             for w in warpers:
                 logits = w(out, logits)
             nxt = torch.multinomial(logits.softmax(-1), 1)[:, 0] if do_sample else logits.argmax(-1)

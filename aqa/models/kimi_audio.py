@@ -49,7 +49,7 @@ from torch import nn
 from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM, Qwen2Model, Qwen2PreTrainedModel
 
-from aqa.models.base import Backend, Example, default_device, default_dtype
+from aqa.models.base import Backend, Example, default_device, default_dtype, float32_logits
 from aqa.models.whisper_vq import SAMPLE_RATE, SEGMENT_SECONDS, WhisperVQTokenizer, segments, tokens_for
 
 log = logging.getLogger(__name__)
@@ -595,7 +595,7 @@ class KimiAudioBackend(Backend):
         end = torch.tensor(self.end_ids, device=x.device)
         for _ in range(max_new_tokens):
             h = lm.model(inputs_embeds=x, attention_mask=att, position_ids=pos, use_cache=True, **cache)
-            logits = lm.lm_head(h.last_hidden_state[:, -1]).float()  # (B, V)
+            logits = float32_logits(h.last_hidden_state[:, -1], lm.lm_head)  # (B, V)
             for w in warpers:
                 logits = w(out_ids, logits)
             nxt = (torch.multinomial(logits.softmax(-1), 1)[:, 0] if do_sample else logits.argmax(-1))
@@ -620,10 +620,9 @@ class KimiAudioBackend(Backend):
         off = self.processor.token_offset
         return super().decode([[t for t in s if t < off] for s in sequences])
 
-    def spec_augment(self, batch, num_masks, max_width, generator):
-        """Masks the Whisper encoder's log-mels only, one 30 s segment per row: the GLM-4-Voice
-        tokens were computed from the clean audio in `collate`. A segment's real frames are its
-        speech tokens x 8 (a token is 1,280 samples, a log-mel frame 160)."""
+    def feature_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """SpecAugment masks the Whisper encoder's log-mels only, one 30 s segment per row: the
+        GLM-4-Voice tokens were computed from the clean audio in `collate`. A segment's real
+        frames are its speech tokens x 8 (a token is 1,280 samples, a log-mel frame 160)."""
         tokens = batch.get("segment_tokens")
-        return self._mask_features(batch, "input_features", num_masks, max_width, generator,
-                                   None if tokens is None else tokens * 8)
+        return None if tokens is None else tokens * 8

@@ -143,12 +143,9 @@ class Qwen2AudioBackend(Backend):
     def output_embedding(self) -> torch.nn.Module:
         return self.base_model().lm_head
 
-    def spec_augment(self, batch, num_masks, max_width, generator):
-        """Masks the Whisper log-mels the audio encoder reads (B, n_mels, 3000); the fill is
-        the mean over each clip's real frames (`feature_attention_mask`)."""
-        mask = batch.get("feature_attention_mask")
-        return self._mask_features(batch, "input_features", num_masks, max_width, generator,
-                                   None if mask is None else mask.sum(-1))
+    def feature_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        mask = batch.get("feature_attention_mask")  # (B, 3000): every clip padded to the window
+        return None if mask is None else mask.sum(-1)
 
     # --- audio-encoder pretraining (tiny models) --------------------------------------------
     def audio_encoder(self) -> torch.nn.Module:

@@ -45,6 +45,7 @@ import io
 import numpy as np
 import torch
 
+from aqa.models.base import Example
 from aqa.models.chat_backend import ChatProcessorBackend
 
 #: Windows one prompt carries: the model card's 40 minutes of audio for understanding, in 30 s
@@ -147,12 +148,29 @@ class VoxtralBackend(ChatProcessorBackend):
             counts.append(n + self.target_length(target))
         return counts
 
+    def encode(self, example: Example) -> tuple[list[int], dict[str, torch.Tensor] | None]:
+        ids, audio = super().encode(example)
+        if audio is not None:
+            # The real frames of each window: mistral-common pads the clip with zeros to whole
+            # windows, and the encoder hears the padding (no mask), but SpecAugment's fill must
+            # not average it (`feature_lengths`).
+            hop = self.processor.feature_extractor.hop_length
+            samples = self.prompt_samples(len(example.audio))
+            window = int(self.window_seconds * self.audio_config.sampling_rate)
+            audio["feature_lengths"] = torch.tensor([self.whisper_frames(min(window, samples - lo), window, hop)
+                                                     for lo in range(0, audio["input_features"].shape[0] * window,
+                                                                     window)])
+        return ids, audio
+
     def audio_inputs(self, enc) -> dict[str, torch.Tensor]:
         # (windows, n_mels, window frames): a clip's windows, in order.
         return {"input_features": enc["input_features"]}
 
     def merge_audio(self, parts):
-        return {"input_features": torch.cat([p["input_features"] for p in parts])}
+        return {k: torch.cat([p[k] for p in parts]) for k in ("input_features", "feature_lengths")}
+
+    def feature_lengths(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        return batch.get("feature_lengths")
 
     def audio_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.base_model().model.get_audio_features(batch["input_features"], return_dict=True).pooler_output
