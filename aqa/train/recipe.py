@@ -123,6 +123,15 @@ def lr_lambda(warmup: int, total: int, schedule: str):
     return f
 
 
+def deepspeed_batch(cfg: TrainConfig, world: int) -> dict:
+    """What `make_accelerator` writes into DeepSpeed's config for `world` processes.
+    prepare() gets no DataLoader to read the micro-batch from; the launcher's config would
+    otherwise leave "auto" (refused) or its own accumulation and clipping."""
+    return dict(train_micro_batch_size_per_gpu=cfg.micro_batch_size,
+                gradient_accumulation_steps=cfg.accumulation(world), gradient_clipping=cfg.max_grad_norm,
+                train_batch_size=cfg.batch_size)
+
+
 def make_accelerator(folder, cfg: TrainConfig):
     """The run's Accelerator: bf16 only on GPU, TensorBoard logs in the run folder, the
     gradient accumulation that `cfg.batch_size` asks for on this many processes, and under
@@ -155,11 +164,7 @@ def make_accelerator(folder, cfg: TrainConfig):
                       step_scheduler_with_optimizer=False)
     plugin = acc.state.deepspeed_plugin
     if plugin is not None:
-        # prepare() gets no DataLoader to read the micro-batch from; the launcher's config would
-        # otherwise leave "auto" (refused) or its own accumulation and clipping.
-        plugin.deepspeed_config.update(train_micro_batch_size_per_gpu=cfg.micro_batch_size,
-                                       gradient_accumulation_steps=accum, gradient_clipping=cfg.max_grad_norm,
-                                       train_batch_size=cfg.batch_size)
+        plugin.deepspeed_config.update(deepspeed_batch(cfg, world))
     return acc, world, accum, use_bf16
 
 
