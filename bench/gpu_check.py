@@ -143,6 +143,8 @@ def detail(kind: str, path: Path) -> str:
                 what, unit, plain, ours, ratio, mp, ma = cells
                 out.append(f"{what}: {ours} {unit} ({ratio} plain), peak {ma} GiB")
         return "; ".join(out)
+    if kind == "pytest":  # its closing line: "N passed, M failed in S s"
+        return [x for x in path.read_text().splitlines() if " in " in x and ("passed" in x or "failed" in x)][-1]
     if kind == "kimi":
         r = json.loads([x for x in path.read_text().splitlines() if x.startswith("{")][-1])
         peak = "n/a" if r["peak_gib"] is None else f"{r['peak_gib']:.1f} GiB"
@@ -176,7 +178,7 @@ def main() -> int:
     k.add_argument("--batch", type=int, default=4)
     k.add_argument("--clip-seconds", type=float, default=30.0)
     d = sub.add_parser("detail")
-    d.add_argument("kind", choices=["train", "zero2", "eval", "speed", "kimi"])
+    d.add_argument("kind", choices=["train", "zero2", "eval", "speed", "kimi", "pytest"])
     d.add_argument("path", type=Path)
     t = sub.add_parser("table")
     t.add_argument("out")

@@ -1,7 +1,15 @@
 #!/usr/bin/env bash
-# One GPU, under 8 minutes: does aqa's GPU path work on this machine, and how fast is it?
-#   1. bf16 LoRA SFT, GRPO (choice and generate rollouts) and eval on the tiny model
-#   2. DeepSpeed ZeRO-2 with one process (configs/accelerate/zero2.yaml), stopped and resumed
+# One GPU, about 12 minutes (an estimate: not yet run on a GPU): does aqa's GPU path work on this
+# machine, and how fast is it?
+#   0. this checkout's tests of what a GPU run depends on (on the CPU, seconds): bf16 in all six
+#      families against float32, float32 logits, and every shipped recipe config on 1, 2, 4 and 8
+#      processes
+#   1. bf16 LoRA SFT, GRPO (choice and generate rollouts) and eval on the tiny Qwen2-Audio; then
+#      for each other family's tiny model (Kimi-Audio, Qwen2.5-Omni, Qwen3-Omni, Audio Flamingo 3,
+#      Voxtral) bf16 LoRA SFT under DeepSpeed ZeRO-2 (the module cast to bf16, autocast off: where
+#      Audio Flamingo 3 used to fail), a GRPO step and a bf16 eval
+#   2. DeepSpeed ZeRO-2 with one process (configs/accelerate/zero2.yaml), stopped and resumed; the
+#      shipped configs/qwen2_audio/grpo.yaml (40 questions a step) launched on every GPU here
 #   3. bench/speed.py --device cuda --shapes 7b (Qwen2-Audio-7B-Instruct's shapes, random weights)
 #   4. a forward pass of a Kimi-Audio-7B-Instruct-shaped model (random weights) and its peak memory
 # then prints one table, written to OUT/gpu_check.md as a bench/RESULTS.md section.
@@ -43,17 +51,20 @@ mkdir -p "$out/logs"
 : > "$out/rows.tsv"
 : > "$out/commands.txt"
 
+# The log file of a stage (stage writes its command's output there).
+log_of() { echo "$out/logs/$(echo "$1" | tr -c 'A-Za-z0-9\n' '-').log"; }
+
 # stage NAME DETAIL_KIND DETAIL_PATH SECONDS COMMAND...: run it, time it, add its table row.
 stage() {
   local name="$1" kind="$2" path="$3" limit_s="$4"
   shift 4
-  local slug
-  slug="$(echo "$name" | tr -c 'A-Za-z0-9\n' '-')"
+  local log
+  log="$(log_of "$name")"
   echo "+ $*" | tee -a "$out/commands.txt"
   [ $dry = 1 ] && return 0
   local t0 t1 status=ok
   t0=$(date +%s.%N)
-  timeout "$limit_s" "$@" > "$out/logs/$slug.log" 2>&1 || status="FAILED: logs/$slug.log"
+  timeout "$limit_s" "$@" > "$log" 2>&1 || status="FAILED: logs/$(basename "$log")"
   t1=$(date +%s.%N)
   local info=""
   [ "$status" = ok ] && [ "$kind" != - ] && info="$("$py" bench/gpu_check.py detail "$kind" "$path")"
@@ -66,6 +77,24 @@ aqa=("$py" -m aqa)
 tiny="$out/tiny" data="$out/data"
 train="train_data=[$data/train.jsonl]"
 common=("model=$tiny" "$train" "device=$device" "bf16=$bf16" "lora_r=8" "num_workers=2")
+
+# The shipped ZeRO-2 config with N processes and this run's precision: zero2_config N FILE.
+zero2_config() {
+  [ $dry = 1 ] && return 0
+  "$py" - "$2" "$mixed" "$1" <<'EOF' || exit 1
+import sys, yaml
+cfg = yaml.safe_load(open("configs/accelerate/zero2.yaml"))
+cfg.update(num_processes=int(sys.argv[3]), mixed_precision=sys.argv[2])
+yaml.safe_dump(cfg, open(sys.argv[1], "w"))
+EOF
+}
+zero2_config 1 "$out/zero2.yaml"
+launch1=("$py" -m accelerate.commands.launch --config_file "$out/zero2.yaml" -m aqa)
+
+# 0. The tests a GPU run stands on, here on the CPU.
+name="tests: bf16 x 6 families, configs on 1-8 processes"
+stage "$name" pytest "$(log_of "$name")" 600 "$py" -m pytest -q -p no:cacheprovider tests/test_six_families.py \
+  tests/test_configs.py
 
 # 1. The tiny model, bf16 training and evaluation (fp32 with --cpu).
 stage "tiny data" - - 120 "${aqa[@]}" data synth -n 40 --duration 2 --workers 2 -o "$data"
@@ -82,18 +111,40 @@ stage "$prec eval, 2 option orders (tiny)" eval "$out/eval" "$limit" "${aqa[@]}"
   --adapter "$out/grpo-choice/adapter" --data "$data/dev.jsonl" -o "$out/eval" --shuffles 2 --dtype "$dtype" \
   --device "$device" --overwrite
 
+# The other five families: bf16 SFT as DeepSpeed runs it, a GRPO step, a bf16 eval. LoRA dropout
+# 0: Qwen3-Omni's expert LoRA takes none, and one setting serves all five.
+for fam in kimi-audio qwen2.5-omni qwen3-omni audio-flamingo3 voxtral; do
+  dir="$out/$fam"
+  if [ $fam = kimi-audio ]; then build=(model tiny-kimi-audio); else build=(model tiny --family "$fam"); fi
+  stage "$fam tiny model" - - 120 "${aqa[@]}" "${build[@]}" --corpus "$data/qa.jsonl" -o "$dir/model"
+  fam_common=("model=$dir/model" "$train" "device=$device" "bf16=$bf16" "lora_r=8" "lora_dropout=0" "num_workers=2"
+              "resume=never")
+  stage "$fam: $prec LoRA SFT, ZeRO-2 (tiny)" train "$dir/sft" "$limit" "${launch1[@]}" sft "${fam_common[@]}" \
+    "output_dir=$dir/sft" batch_size=8 micro_batch_size=4 max_steps=4 lr=1e-3
+  stage "$fam: $prec GRPO, choice rollouts (tiny)" train "$dir/grpo" "$limit" "${aqa[@]}" grpo "${fam_common[@]}" \
+    "output_dir=$dir/grpo" "sft_adapter=$dir/sft/adapter" batch_size=8 micro_batch_size=4 max_steps=2 lr=1e-4 \
+    rollout=choice
+  stage "$fam: $prec eval (tiny)" eval "$dir/eval" "$limit" "${aqa[@]}" eval --model "$dir/model" \
+    --adapter "$dir/grpo/adapter" --data "$data/dev.jsonl" -o "$dir/eval" --dtype "$dtype" --device "$device" \
+    --overwrite
+done
+
 # 2. ZeRO-2 on one process: the shipped config with one process, stopped after 2 of 4 steps, resumed.
-[ $dry = 1 ] || "$py" - "$out/zero2.yaml" "$mixed" <<'EOF' || exit 1
-import sys, yaml
-cfg = yaml.safe_load(open("configs/accelerate/zero2.yaml"))
-cfg.update(num_processes=1, mixed_precision=sys.argv[2])
-yaml.safe_dump(cfg, open(sys.argv[1], "w"))
-EOF
 rm -rf "$out/zero2"
-zero2=("$py" -m accelerate.commands.launch --config_file "$out/zero2.yaml" -m aqa sft "${common[@]}"
-       "output_dir=$out/zero2" batch_size=8 micro_batch_size=4 max_steps=4 lr=1e-3)
+zero2=("${launch1[@]}" sft "${common[@]}" "output_dir=$out/zero2" batch_size=8 micro_batch_size=4 max_steps=4
+       lr=1e-3)
 stage "ZeRO-2, 1 process, stop at 2 (tiny)" - - "$limit" "${zero2[@]}" stop_after=2
 stage "ZeRO-2, 1 process, resumed (tiny)" zero2 "$out/zero2" "$limit" "${zero2[@]}"
+# The shipped GRPO config as it is (40 questions a step, micro-batches of 5) on every GPU here
+# (8 in a dry run, as zero2.yaml; 2 processes with --cpu), on the tiny model: DeepSpeed's own
+# batch check and the split of 40 over the processes.
+if [ $cpu = 1 ]; then procs=2; elif [ $dry = 1 ]; then procs=8; else
+  procs="$("$py" -c "import torch; print(torch.cuda.device_count())")"; fi
+zero2_config "$procs" "$out/zero2-$procs.yaml"
+stage "shipped GRPO config, ZeRO-2, $procs process(es) (tiny)" train "$out/grpo-shipped" "$limit" "$py" -m \
+  accelerate.commands.launch --config_file "$out/zero2-$procs.yaml" --num_processes "$procs" -m aqa grpo \
+  configs/qwen2_audio/grpo.yaml "model=$tiny" "sft_adapter=$out/sft/adapter" "$train" "output_dir=$out/grpo-shipped" \
+  "device=$device" "bf16=$bf16" max_steps=1 num_workers=2 resume=never
 
 # 3. Speed at Qwen2-Audio-7B's shapes.
 rm -f "$out/speed.md"

@@ -61,20 +61,29 @@ def test_gpu_check_commands_parse(tmp_path):
         if "aqa" in cmd and cmd[cmd.index("aqa") - 1] == "-m":
             args = cmd[cmd.index("aqa") + 1:]
             if args[0] in ("sft", "grpo"):
-                cfg = load_config({"sft": SFTConfig, "grpo": GRPOConfig}[args[0]], None, args[1:])
+                path = args[1] if args[1].endswith(".yaml") else None
+                cfg = load_config({"sft": SFTConfig, "grpo": GRPOConfig}[args[0]], path, args[1 + bool(path):])
                 assert cfg.device == "cuda" and cfg.bf16
-                cfg.accumulation(1)
+                cfg.accumulation(int(cmd[cmd.index("--num_processes") + 1]) if "--num_processes" in cmd else 1)
             else:
                 build_parser().parse_args(args)
             seen.add(args[0])
+        elif cmd[1:3] == ["-m", "pytest"]:
+            seen.add("pytest")
+            assert all((ROOT / t).is_file() for t in cmd if t.startswith("tests/"))
         elif cmd[1] == "bench/gpu_check.py":
             seen.add(cmd[2])
             assert "--device" in cmd and cmd[cmd.index("--device") + 1] == "cuda"
         elif cmd[1] == "bench/speed.py":
             seen.add("speed")
             assert cmd[cmd.index("--shapes") + 1] == "7b" and cmd[cmd.index("--device") + 1] == "cuda"
-    assert {"sft", "grpo", "eval", "speed", "kimi-forward"} <= seen, seen
-    assert sum("accelerate.commands.launch" in c for c in cmds) == 2  # ZeRO-2: stopped, then resumed
+    assert {"sft", "grpo", "eval", "speed", "kimi-forward", "pytest"} <= seen, seen
+    # ZeRO-2: five families' SFT, one run stopped then resumed, the shipped GRPO config on 8 processes.
+    launches = [c for c in cmds if "accelerate.commands.launch" in c]
+    assert len(launches) == 8 and "configs/qwen2_audio/grpo.yaml" in launches[-1]
+    families = {c[c.index("--family") + 1] for c in cmds if "--family" in c} | {"kimi-audio" for c in cmds
+                                                                               if "tiny-kimi-audio" in c}
+    assert families == {"kimi-audio", "qwen2.5-omni", "qwen3-omni", "audio-flamingo3", "voxtral"}
 
 
 @pytest.mark.slow
@@ -84,8 +93,9 @@ def test_gpu_check_runs_every_stage_on_the_cpu(tmp_path):
     assert r.returncode == 0, (r.stdout[-3000:], r.stderr[-3000:])
     table = (tmp_path / "gc" / "gpu_check.md").read_text()
     assert "| check | result | seconds | details |" in table and "FAILED" not in table
-    for row in ("fp32 LoRA SFT", "GRPO, choice", "GRPO, generate", "fp32 eval", "ZeRO-2, 1 process, resumed",
-                "speed, Qwen2-Audio", "Kimi-Audio tiny forward"):
+    for row in ("tests: bf16 x 6 families", "fp32 LoRA SFT", "GRPO, choice", "GRPO, generate", "fp32 eval",
+                "audio-flamingo3: fp32 LoRA SFT, ZeRO-2", "voxtral: fp32 eval", "ZeRO-2, 1 process, resumed",
+                "shipped GRPO config, ZeRO-2, 2 process(es)", "speed, Qwen2-Audio", "Kimi-Audio tiny forward"):
         assert row in table, row
     assert "ZeRO optimizer shard(s)" in table and "logits finite: True" in table
 
