@@ -191,6 +191,9 @@ def expand_config_flags(parser: argparse.ArgumentParser, argv: list[str]) -> lis
 def main(argv: list[str] | None = None) -> int:
     # peft asks transformers for a deprecated property at every adapter load: noise for users.
     warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    # DeepSpeed's import prints this to stdout on every machine without a GPU, through a logger it
+    # makes by this name (a filter set on the logger first stays on it).
+    logging.getLogger("DeepSpeed").addFilter(lambda r: not r.getMessage().startswith("Setting accelerator to CPU"))
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:

@@ -153,3 +153,23 @@ def test_a_bug_still_shows_its_traceback(monkeypatch):
     monkeypatch.setattr(mod, "run_dcase2026", bug)
     with pytest.raises(KeyError):
         main(["data", "dcase2026", "x.jsonl", "-o", "y.jsonl"])
+
+
+def test_deepspeeds_cpu_notice_does_not_reach_stdout():
+    """DeepSpeed's import prints "Setting accelerator to CPU ..." to stdout on a machine without a
+    GPU; once `aqa` has started, the same import prints nothing there."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("deepspeed")
+    probe = "import deepspeed"
+    after_main = ("from aqa.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+                  "print('---')\nimport deepspeed")
+    plain = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    ours = subprocess.run([sys.executable, "-c", after_main], capture_output=True, text=True, timeout=120)
+    assert plain.returncode == ours.returncode == 0, (plain.stderr[-2000:], ours.stderr[-2000:])
+    import torch
+
+    if not torch.cuda.is_available():  # the test can tell: DeepSpeed says it wherever it finds no GPU
+        assert "Setting accelerator to CPU" in plain.stdout
+    assert "Setting accelerator to CPU" not in ours.stdout.split("---")[1] + ours.stderr
