@@ -198,8 +198,8 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
     def ev(name: str, adapter: Path | None, audio: str = "normal", reference: Path | None = None,
            mode: str = "score", model: Path = base):
         evaluate(EvalSettings(str(model), str(adapter) if adapter else None, str(data / "dev.jsonl"),
-                              seed=cfg.seed, audio=audio, mode=mode), evals / name, batch_size=cfg.eval_batch,
-                 name=name, progress=progress, reference=reference)
+                              seed=cfg.seed, audio=audio, mode=mode, batch_size=cfg.eval_batch, name=name,
+                              progress=progress, reference=None if reference is None else str(reference)), evals / name)
 
     stage("zero-shot eval", (evals / "zero-shot" / "metrics.json").is_file(), lambda: ev("zero-shot", None))
     # Published zero-shot numbers read generated answers ("(A)", "The answer is ..."), which

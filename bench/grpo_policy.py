@@ -44,8 +44,8 @@ def dev_metrics(paths: dict, adapter: Path, ev: dict, out: Path) -> dict:
     """metrics.json of the model with `adapter` on the dev file (eval folder `out`, resumed)."""
     from aqa.eval.run import EvalSettings, evaluate
 
-    return evaluate(EvalSettings(str(paths["model"]), str(adapter), str(paths["dev"]), seed=ev["seed"]), out,
-                    batch_size=ev["batch_size"], name=out.name, progress=False)
+    return evaluate(EvalSettings(str(paths["model"]), str(adapter), str(paths["dev"]), seed=ev["seed"],
+                                 batch_size=ev["batch_size"], name=out.name, progress=False), out)
 
 
 def run_one(paths: dict, grpo: dict, ev: dict, policy: str, seed: int, out: Path) -> dict:

@@ -20,11 +20,11 @@ def backend(tiny_model):
 
 def test_silence_changes_answers_and_contribution_is_reported(tiny_model, synth_data, tmp_path, backend):
     data = str(synth_data / "dev.jsonl")
-    normal = evaluate(EvalSettings(str(tiny_model), None, data), tmp_path / "n", backend=backend, progress=False)
-    silent = evaluate(EvalSettings(str(tiny_model), None, data, audio="silence"), tmp_path / "s", backend=backend,
-                      progress=False, reference=tmp_path / "n")
-    none = evaluate(EvalSettings(str(tiny_model), None, data, audio="none"), tmp_path / "x", backend=backend,
-                    progress=False)
+    normal = evaluate(EvalSettings(str(tiny_model), None, data, progress=False), tmp_path / "n", backend=backend)
+    silent = evaluate(EvalSettings(str(tiny_model), None, data, audio="silence", progress=False,
+                                   reference=str(tmp_path / "n")), tmp_path / "s", backend=backend)
+    none = evaluate(EvalSettings(str(tiny_model), None, data, audio="none", progress=False), tmp_path / "x",
+                    backend=backend)
     rows = lambda d: [json.loads(x) for x in (tmp_path / d / "predictions.jsonl").read_text().splitlines()]
     # The audio reaches the model: its probabilities move when the clip is silenced or absent.
     assert any(a["probs"] != b["probs"] for a, b in zip(rows("n"), rows("s")))

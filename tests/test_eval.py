@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,8 +29,8 @@ def rows(d):
 
 def test_score_files_and_metrics(tiny_model, synth_data, tmp_path, backend):
     out = tmp_path / "ev"
-    m = evaluate(EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl")), out, backend=backend,
-                 progress=False)
+    m = evaluate(EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl"), progress=False), out,
+                 backend=backend)
     rs = rows(out)
     recs = load_records(synth_data / "dev.jsonl")
     assert [r["id"] for r in rs] == [r.id for r in recs]
@@ -45,7 +46,7 @@ def test_score_files_and_metrics(tiny_model, synth_data, tmp_path, backend):
 def test_shuffled_orders_are_mapped_back(tiny_model, synth_data, tmp_path, backend):
     out = tmp_path / "ev"
     s = EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl"), shuffles=3)
-    evaluate(s, out, backend=backend, limit=4, progress=False)
+    evaluate(replace(s, limit=4, progress=False), out, backend=backend)
     rec = load_records(synth_data / "dev.jsonl")[0]
     row = rows(out)[0]
     orders = option_orders(rec, 3, 0)
@@ -69,19 +70,19 @@ def test_shuffled_orders_are_mapped_back(tiny_model, synth_data, tmp_path, backe
 def test_resume_skips_done_items(tiny_model, synth_data, tmp_path, backend):
     out = tmp_path / "ev"
     s = EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl"))
-    evaluate(s, out, backend=backend, limit=3, progress=False)
+    evaluate(replace(s, limit=3, progress=False), out, backend=backend)
     first = rows(out)
     # A run killed mid-write leaves a partial line; the resume drops it.
     with open(out / "predictions.jsonl", "a") as fh:
         fh.write('{"id": "half')
-    evaluate(s, out, backend=backend, progress=False)
+    evaluate(replace(s, progress=False), out, backend=backend)
     again = rows_tolerant(out)
     ids = [r["id"] for r in again]
     assert len(ids) == len(set(ids)) == len(load_records(synth_data / "dev.jsonl"))
     assert again[:3] == first
     with pytest.raises(ValueError, match="other settings"):
-        evaluate(EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl"), mode="generate"), out,
-                 backend=backend, progress=False)
+        evaluate(EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl"), mode="generate", progress=False),
+                 out, backend=backend)
 
 
 def rows_tolerant(d):
@@ -125,8 +126,8 @@ def test_grouping_by_length_changes_no_prediction(tiny_model, synth_data, tmp_pa
         r["audio"] = f"c{i}.wav"
     write_jsonl(d / "dev.jsonl", recs)
     s = EvalSettings(str(tiny_model), None, str(d / "dev.jsonl"))
-    evaluate(s, tmp_path / "g", backend=backend, progress=False, batch_size=2, group_by_length=True)
-    evaluate(s, tmp_path / "u", backend=backend, progress=False, batch_size=2, group_by_length=False)
+    evaluate(replace(s, progress=False, batch_size=2, group_by_length=True), tmp_path / "g", backend=backend)
+    evaluate(replace(s, progress=False, batch_size=2, group_by_length=False), tmp_path / "u", backend=backend)
     g, u = rows(tmp_path / "g"), rows(tmp_path / "u")
     assert [r["id"] for r in g] != [r["id"] for r in u]  # the order of work changed ...
     by_id = {r["id"]: r for r in u}
@@ -166,25 +167,24 @@ def same_eval(a, b):
 
 
 def test_shards_resume_on_their_own_and_merge_to_the_one_process_run(tiny_model, mixed_lengths, tmp_path, backend):
-    s = EvalSettings(str(tiny_model), None, str(mixed_lengths), shuffles=2)
-    evaluate(s, tmp_path / "one", backend=backend, progress=False, batch_size=4)
+    s = EvalSettings(str(tiny_model), None, str(mixed_lengths), shuffles=2, progress=False, batch_size=4)
+    evaluate(s, tmp_path / "one", backend=backend)
     out = tmp_path / "sharded"
     for i in range(3):
-        r = evaluate(s, out, backend=backend, progress=False, batch_size=4, shard=(i, 3))
+        r = evaluate(replace(s, shard=(i, 3)), out, backend=backend)
         assert r["shard"] == [i, 3] and not (out / "predictions.jsonl").exists()
     # Shard 1 was killed mid-write after its first batch: it redoes only what it lacks.
     f = out / "shards" / "predictions-1-of-3.jsonl"
     first, *rest = f.read_text().splitlines(keepends=True)
     assert rest
     f.write_text(first + rest[0][:20])
-    r = evaluate(s, out, backend=backend, progress=False, batch_size=4, shard=(1, 3))
+    r = evaluate(replace(s, shard=(1, 3)), out, backend=backend)
     assert r["answered"] == 1 + len(rest)
     assert sum(len(_lines(p)) for p in (out / "shards").glob("predictions-*")) == len(rows(tmp_path / "one"))
-    evaluate(s, out, backend=backend, progress=False, batch_size=4)  # nothing left: merges
+    evaluate(s, out, backend=backend)  # nothing left: merges
     same_eval(tmp_path / "one", out)
     with pytest.raises(ValueError, match="other settings"):
-        evaluate(EvalSettings(str(tiny_model), None, str(mixed_lengths), shuffles=3), out, backend=backend,
-                 progress=False, shard=(0, 3))
+        evaluate(replace(s, shuffles=3, shard=(0, 3)), out, backend=backend)
 
 
 def _lines(p):
@@ -228,7 +228,7 @@ def test_duplicate_ids_are_refused_before_any_folder_is_made(tiny_model, synth_d
     write_jsonl(data, rows + rows[:2])
     try:
         with pytest.raises(UserError, match=rf"dup_ids.jsonl: 2 id\(s\) appear more than once \({rows[0]['id']}"):
-            evaluate(EvalSettings(str(tiny_model), None, str(data)), tmp_path / "e", progress=False)
+            evaluate(EvalSettings(str(tiny_model), None, str(data), progress=False), tmp_path / "e")
         assert not (tmp_path / "e").exists()
     finally:
         data.unlink()
@@ -244,10 +244,10 @@ def test_a_second_eval_into_the_same_folder_is_refused_while_one_runs(tiny_model
     with open(out / ".lock-0", "w") as held:  # what a running `aqa eval` holds
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         with pytest.raises(UserError, match="another aqa eval is writing this folder"):
-            evaluate(EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl")), out, backend=backend,
-                     progress=False)
-    m = evaluate(EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl")), out, backend=backend,
-                 progress=False, n_boot=50)
+            evaluate(EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl"), progress=False), out,
+                     backend=backend)
+    m = evaluate(EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl"), progress=False, n_boot=50),
+                 out, backend=backend)
     assert m["n"] > 0  # released: the next one runs
 
 

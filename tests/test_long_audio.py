@@ -119,8 +119,8 @@ def test_eval_counts_clips_heard_truncated(model, long_wav, tmp_path):
     data = long_wav.parent / f"{family}.jsonl"
     data.write_text(json.dumps({"id": "long", "audio": long_wav.name, "question": "What is heard?",
                                 "choices": ["a dog", "a cat"], "answer": 0, "subset": "x"}) + "\n")
-    m = evaluate(EvalSettings(model=str(path), adapter=None, data=str(data)), tmp_path / "ev", backend=b,
-                 progress=False, n_boot=10)
+    m = evaluate(EvalSettings(model=str(path), adapter=None, data=str(data), progress=False, n_boot=10),
+                 tmp_path / "ev", backend=b)
     truncated = LIMITS[family][1] < LONG_S
     assert m["audio_truncated"] == {"n": int(truncated), "limit_s": b.audio_seconds if truncated else None}
     row = json.loads((tmp_path / "ev" / "predictions.jsonl").read_text())

@@ -22,9 +22,10 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
+from aqa.config import doc
 from aqa.io import UserError, append_jsonl, drop_partial_last_line, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -32,146 +33,232 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class EvalSettings:
-    """What an eval dir was made with; a resume must match it."""
+    """One evaluation's settings. The predictions depend on those in `RESUME_KEYS`, which
+    eval_config.json keeps: a resume must match them. The rest say how the evaluation runs."""
 
-    model: str
-    adapter: str | None
-    data: str
-    mode: str = "score"
-    shuffles: int = 1
-    vote: str = "probs"
-    max_new_tokens: int = 16
-    seed: int = 0
-    #: normal; silence (each clip replaced by silence of its length); none (a prompt without audio)
-    audio: str = "normal"
-    #: The longest prompt (tokens) an item may have; longer ones are skipped. 0: the model's own limit.
-    max_prompt_tokens: int = 0
+    model: str = doc(help="Hugging Face id or local folder")
+    adapter: str | None = doc(help="peft adapter folder (RUN/adapter), or None for the base model")
+    data: str = doc(help="the AQA JSONL to answer")
+    mode: str = doc("score", help="score: option-letter probabilities from one forward pass; generate: greedy decoding")
+    shuffles: int = doc(1, help="answer each item under this many orders of its options")
+    vote: str = doc("probs", help="with shuffles: average the probabilities (probs), or a majority vote")
+    max_new_tokens: int = doc(16, help="generate mode: longest answer")
+    seed: int = doc(0, help="seed of the option orders and of the bootstrap intervals")
+    audio: str = doc("normal", help="normal; silence (each clip replaced by silence of its length); none (no audio "
+                                    "in the prompt)")
+    max_prompt_tokens: int = doc(0, help="skip items whose prompt is longer than this; 0: the model's own limit")
+    batch_size: int = doc(8, help="queries per forward pass (an item under K orders puts K)")
+    device: str | None = doc(None, help="torch device; None: cuda when available, else cpu")
+    dtype: str | None = doc(None, help="auto, bf16, fp16 or fp32; None: bf16 on GPU, fp32 on CPU")
+    trust_remote_code: bool = doc(False, help="let transformers run code shipped with the model")
+    allow_outside_root: bool = doc(False, help="accept audio paths outside the data file's folder")
+    allow_pickle: bool = doc(False, help="load weights saved as pickles (.bin/.pt), which can run code")
+    limit: int = doc(0, help="answer only the first N items (0: all)")
+    name: str | None = doc(None, help="row name in reports; None: the folder's name")
+    overwrite: bool = doc(False, help="discard the predictions already in the folder")
+    n_boot: int = doc(1000, help="bootstrap resamples of the 95% intervals")
+    reference: str | None = doc(None, help="with audio silence/none: the eval dir made with the audio, for each "
+                                           "item's audio contribution")
+    group_by_length: bool = doc(True, help="batch clips of like length together (predictions do not change)")
+    shard: tuple[int, int] | None = doc(None, help="(i, n): answer only shard i of n, into that shard's files")
+    compile: bool = doc(False, help="run the decoder through torch.compile")
+    cache_dir: str | None = doc(None, help="where the backend keeps per-clip work (Kimi-Audio's speech tokens)")
+    progress: bool = doc(True, help="a progress bar and the summary on stdout")
+
+    #: The settings the predictions depend on: eval_config.json holds them, and a resume must match.
+    RESUME_KEYS = ("model", "adapter", "data", "mode", "shuffles", "vote", "max_new_tokens", "seed", "audio",
+                   "max_prompt_tokens")
+
+    def __post_init__(self):
+        if self.mode not in ("score", "generate"):
+            raise UserError(f"mode must be score or generate, got {self.mode!r}")
+        if self.shuffles < 1:
+            raise UserError("shuffles must be >= 1")
+        if self.audio not in ("normal", "silence", "none"):
+            raise UserError(f"audio must be normal, silence or none, got {self.audio!r}")
+        index, n = self.shard or (0, 1)
+        if not 0 <= index < n:
+            raise UserError(f"shard {index} of {n} does not exist (0 <= I < N)")
+
+    def resume_key(self) -> dict:
+        """What eval_config.json holds."""
+        return {k: getattr(self, k) for k in self.RESUME_KEYS}
 
 
 SHARDS = "shards"
 
 
-def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch_size: int = 8,
-             device: str | None = None, dtype: str | None = None, trust_remote_code: bool = False,
-             allow_outside_root: bool = False, limit: int = 0, name: str | None = None,
-             overwrite: bool = False, n_boot: int = 1000, progress: bool = True,
-             reference: str | Path | None = None, group_by_length: bool = True,
-             shard: tuple[int, int] | None = None, barrier: Callable[[], None] | None = None,
-             compile: bool = False, cache_dir: str | Path | None = None, allow_pickle: bool = False) -> dict:
-    """Evaluate and return the metrics dict. `backend` may be passed to reuse a loaded model.
-    With `reference` (an eval dir of the same model with the audio), a silent or audio-free
-    evaluation also reports each item's audio contribution.
+@dataclass
+class EvalFolder:
+    """The files of one eval folder, and those this process appends to (its shard's, when sharded)."""
 
-    `shard=(i, n)`: answer only every n-th batch from the i-th, into shard i's files.
+    out: Path
+    index: int  # this process's shard
+    n_shards: int
+
+    @property
+    def predictions(self) -> Path:
+        return self.out / "predictions.jsonl"
+
+    @property
+    def skipped(self) -> Path:
+        return self.out / "skipped.jsonl"
+
+    @property
+    def my_predictions(self) -> Path:
+        return (self.out / SHARDS / f"predictions-{self.index}-of-{self.n_shards}.jsonl" if self.n_shards > 1
+                else self.predictions)
+
+    @property
+    def my_skipped(self) -> Path:
+        return (self.out / SHARDS / f"skipped-{self.index}-of-{self.n_shards}.jsonl" if self.n_shards > 1
+                else self.skipped)
+
+    def done_files(self) -> list[Path]:
+        """The prediction files, the eval dir's own and every shard's."""
+        return [f for f in (self.predictions, *sorted((self.out / SHARDS).glob("predictions-*.jsonl"))) if f.is_file()]
+
+    def skip_files(self) -> list[Path]:
+        return [f for f in (self.skipped, *(self.out / SHARDS).glob("skipped-*.jsonl")) if f.is_file()]
+
+
+def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None,
+             barrier: Callable[[], None] | None = None) -> dict:
+    """Evaluate and return the metrics dict: load the items, open the folder (resume or start),
+    plan what is left, load the model, answer in batches, then merge the shards and write the
+    metrics. `backend` may be passed to reuse a loaded model.
+
+    `settings.shard=(i, n)`: answer only every n-th batch from the i-th, into shard i's files.
     `barrier`: a barrier of the n processes of one launch; then shard 0 merges the shards and
     writes the metrics, and every process returns them. Without it a shard returns a summary of
-    its own work, and a later run without `shard` merges. `compile`: the decoder runs through
-    torch.compile. `cache_dir`: where the backend keeps per-clip work (Kimi-Audio's speech
-    tokens) for later evaluations of the same clips."""
-    import numpy as np
-    from tqdm.auto import tqdm
+    its own work, and a later run without `shard` merges."""
+    records = load_items(settings)
+    folder = open_folder(settings, Path(out_dir), barrier)
+    todo, skipped = plan(settings, records, folder)
+    if todo and backend is None:
+        from aqa.models.registry import load_backend
 
-    from aqa.data.audio import AudioError, header_duration, load_audio
+        backend = load_backend(settings.model, adapter=settings.adapter, device=settings.device,
+                               dtype=settings.dtype, trust_remote_code=settings.trust_remote_code,
+                               allow_pickle=settings.allow_pickle)
+        if settings.compile:
+            backend.compile_decoder()
+    if backend is not None:
+        backend.model.eval()
+        if settings.cache_dir:
+            backend.set_cache_dir(settings.cache_dir)
+    if todo:
+        todo = skip_too_long(backend, todo, settings, folder, skipped)
+    answer(backend, todo, settings, folder, skipped)
+    return finish(settings, records, folder, barrier)
+
+
+def load_items(settings: EvalSettings) -> list:
+    """The records to answer. The data first: a file that cannot be evaluated leaves no
+    half-made eval folder behind."""
     from aqa.data.records import load_records
-    from aqa.eval.metrics import format_summary
-    from aqa.eval.score import combine, generate_queries, make_queries, score_queries
 
-    if settings.mode not in ("score", "generate"):
-        raise UserError(f"mode must be score or generate, got {settings.mode!r}")
-    if settings.shuffles < 1:
-        raise UserError("shuffles must be >= 1")
-    if settings.audio not in ("normal", "silence", "none"):
-        raise UserError(f"audio must be normal, silence or none, got {settings.audio!r}")
-    index, n_shards = shard or (0, 1)
-    if not 0 <= index < n_shards:
-        raise UserError(f"shard {index} of {n_shards} does not exist (0 <= I < N)")
-    # The data first: a file that cannot be evaluated leaves no half-made eval folder behind.
-    records = load_records(settings.data, allow_outside_root=allow_outside_root, require_answer=False)
+    records = load_records(settings.data, allow_outside_root=settings.allow_outside_root, require_answer=False)
     repeated = sorted(i for i, n in Counter(r.id for r in records).items() if n > 1)
     if repeated:
         raise UserError(f"{settings.data}: {len(repeated)} id(s) appear more than once ({', '.join(repeated[:5])}"
                         f"{', ...' if len(repeated) > 5 else ''}); predictions are kept by id, so each question "
                         f"needs its own (aqa data check lists them)")
-    if limit:
-        records = records[:limit]
-    out = Path(out_dir)
+    return records[:settings.limit] if settings.limit else records
+
+
+def open_folder(settings: EvalSettings, out: Path, barrier) -> EvalFolder:
+    """The eval folder, locked for this process, emptied with `overwrite`, else checked to hold
+    predictions of the same settings; its settings written."""
+    index, n_shards = settings.shard or (0, 1)
     out.mkdir(parents=True, exist_ok=True)
     _lock(out, index)  # let go when this evaluation returns (or, failed, when the next one starts)
-    pred_file, skip_file, settings_file = out / "predictions.jsonl", out / "skipped.jsonl", out / "eval_config.json"
-    # Where this process appends: the eval dir's own files, or its shard's.
-    my_pred, my_skip = ((out / SHARDS / f"predictions-{index}-of-{n_shards}.jsonl",
-                         out / SHARDS / f"skipped-{index}-of-{n_shards}.jsonl") if shard else (pred_file, skip_file))
-    if overwrite:
+    folder = EvalFolder(out, index, n_shards)
+    if settings.overwrite:
         if index == 0:
-            for f in (pred_file, skip_file, out / "metrics.json"):
+            for f in (folder.predictions, folder.skipped, out / "metrics.json"):
                 f.unlink(missing_ok=True)
-            if barrier or not shard:
+            if barrier or not settings.shard:
                 for f in (out / SHARDS).glob("*.jsonl"):
                     f.unlink()
-        for f in (my_pred, my_skip):
+        for f in (folder.my_predictions, folder.my_skipped):
             f.unlink(missing_ok=True)
     if barrier:
         barrier()  # nobody reads what shard 0 is deleting
-    done_files = [f for f in (pred_file, *sorted((out / SHARDS).glob("predictions-*.jsonl"))) if f.is_file()]
-    if settings_file.is_file() and done_files:
+    settings_file = out / "eval_config.json"
+    if settings_file.is_file() and folder.done_files():
         old = json.loads(settings_file.read_text())
         # A key an older aqa did not write had its default then.
         defaults = {f.name: f.default for f in fields(EvalSettings) if f.default is not MISSING}
-        diff = {k: (old.get(k, defaults.get(k)), v) for k, v in asdict(settings).items()
+        diff = {k: (old.get(k, defaults.get(k)), v) for k, v in settings.resume_key().items()
                 if old.get(k, defaults.get(k)) != v}
         if diff:
             raise UserError(f"{out} holds predictions made with other settings {diff}; "
                              f"use another -o folder or --overwrite")
-    write_json(settings_file, asdict(settings))
-    drop_partial_last_line(my_pred)
-    drop_partial_last_line(my_skip)
+    write_json(settings_file, settings.resume_key())
+    drop_partial_last_line(folder.my_predictions)
+    drop_partial_last_line(folder.my_skipped)
+    return folder
 
-    # Done anywhere: in the eval dir's files or any shard's (another process may be appending
-    # to its own; a half-written last line there is skipped).
-    done = {r["id"] for f in done_files for r in _rows(f)}
-    skipped = {r["id"]: r for f in (skip_file, *(out / SHARDS).glob("skipped-*.jsonl")) if f.is_file()
-               for r in _rows(f)}
-    # Items per forward: each item puts K queries to the model.
-    per_batch = max(1, batch_size // settings.shuffles)
-    if shard:
+
+def plan(settings: EvalSettings, records: list, folder: EvalFolder) -> tuple[list, dict]:
+    """(the records this process answers, in order; the ids skipped so far, with why). Done
+    anywhere counts: in the eval dir's files or any shard's (another process may be appending to
+    its own; a half-written last line there is skipped)."""
+    from aqa.data.audio import header_duration
+
+    done = {r["id"] for f in folder.done_files() for r in _rows(f)}
+    skipped = {r["id"]: r for f in folder.skip_files() for r in _rows(f)}
+    per_batch = items_per_batch(settings)
+    if settings.shard:
         # The batches one process makes of every item; this shard takes every n-th. Dealt from
         # all items, not those left, so that every shard deals alike whatever it finds done.
-        order = _length_order(records, header_duration) if group_by_length else records
-        mine = [r for lo in range(index * per_batch, len(order), n_shards * per_batch)
+        order = _length_order(records, header_duration) if settings.group_by_length else records
+        mine = [r for lo in range(folder.index * per_batch, len(order), folder.n_shards * per_batch)
                 for r in order[lo:lo + per_batch]]
         todo = [r for r in mine if r.id not in done and r.id not in skipped]
     else:
         todo = [r for r in records if r.id not in done and r.id not in skipped]
-        if group_by_length and len(todo) > 1:
+        if settings.group_by_length and len(todo) > 1:
             # Clips of like length share a batch, so the trimmed encoder pads little; the header
             # read is cheap, and predictions do not depend on the batch an item lands in.
             todo = _length_order(todo, header_duration)
     if done:
-        log.info("%s: %d item(s) already done, %d to go%s", out, len(done), len(todo),
-                 f" in shard {index} of {n_shards}" if shard else "")
-    if todo and backend is None:
-        from aqa.models.registry import load_backend
+        log.info("%s: %d item(s) already done, %d to go%s", folder.out, len(done), len(todo),
+                 f" in shard {folder.index} of {folder.n_shards}" if settings.shard else "")
+    return todo, skipped
 
-        backend = load_backend(settings.model, adapter=settings.adapter, device=device, dtype=dtype,
-                               trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-        if compile:
-            backend.compile_decoder()
-    if backend is not None:
-        backend.model.eval()
-        if cache_dir:
-            backend.set_cache_dir(cache_dir)
-    if todo:
-        # Before batching: one overlong question would make its whole batch fail to allocate.
-        too_long = {r.id: why for r, why in too_long_prompts(backend, todo, settings)}
-        for r in todo:
-            if r.id in too_long:
-                log.warning("skipping %s: %s", r.id, too_long[r.id])
-                append_jsonl(my_skip, [{"id": r.id, "subset": r.subset, "problem": too_long[r.id],
-                                        "kind": PROMPT_TOO_LONG}])
-                skipped[r.id] = too_long[r.id]
-        todo = [r for r in todo if r.id not in too_long]
-    bar = tqdm(total=len(todo), desc=f"eval {settings.mode}" + (f" {index}/{n_shards}" if shard else ""),
-               disable=not progress or index > 0)
+
+def items_per_batch(settings: EvalSettings) -> int:
+    """Items per forward: each item puts `shuffles` queries to the model."""
+    return max(1, settings.batch_size // settings.shuffles)
+
+
+def skip_too_long(backend, todo: list, settings: EvalSettings, folder: EvalFolder, skipped: dict) -> list:
+    """`todo` without the items whose prompt the model does not take, each written to skipped
+    (before batching: one overlong question would make its whole batch fail to allocate)."""
+    too_long = {r.id: why for r, why in too_long_prompts(backend, todo, settings)}
+    for r in todo:
+        if r.id in too_long:
+            log.warning("skipping %s: %s", r.id, too_long[r.id])
+            append_jsonl(folder.my_skipped, [{"id": r.id, "subset": r.subset, "problem": too_long[r.id],
+                                              "kind": PROMPT_TOO_LONG}])
+            skipped[r.id] = too_long[r.id]
+    return [r for r in todo if r.id not in too_long]
+
+
+def answer(backend, todo: list, settings: EvalSettings, folder: EvalFolder, skipped: dict) -> None:
+    """Answer `todo` batch by batch, appending each batch's predictions as it is done (and each
+    clip that cannot be decoded to skipped)."""
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from aqa.data.audio import AudioError, load_audio
+    from aqa.eval.score import combine, generate_queries, make_queries, score_queries
+
+    per_batch = items_per_batch(settings)
+    bar = tqdm(total=len(todo), desc=f"eval {settings.mode}" + (
+        f" {folder.index}/{folder.n_shards}" if settings.shard else ""), disable=not settings.progress or folder.index > 0)
     truncated: dict[str, dict] = {}  # id -> clip and heard seconds of the clips cut to the model's limit
     for lo in range(0, len(todo), per_batch):
         chunk = todo[lo:lo + per_batch]
@@ -181,7 +268,7 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
                 a = load_audio(r.audio_path or r.audio, max_seconds=backend.audio_seconds, long_policy="truncate")
             except AudioError as e:
                 log.warning("skipping %s: %s", r.id, e)
-                append_jsonl(my_skip, [{"id": r.id, "subset": r.subset, "problem": str(e), "kind": e.kind}])
+                append_jsonl(folder.my_skipped, [{"id": r.id, "subset": r.subset, "problem": str(e), "kind": e.kind}])
                 skipped[r.id] = e
                 continue
             if a.too_long:
@@ -204,14 +291,24 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
             for row in rows:
                 if row["id"] in truncated:
                     row["truncated"] = truncated[row["id"]]
-            append_jsonl(my_pred, rows)
+            append_jsonl(folder.my_predictions, rows)
         bar.update(len(chunk))
     bar.close()
 
-    if shard and not barrier:
-        log.info("%s: shard %d of %d done; a run without --shard merges the shards", out, index, n_shards)
+
+def finish(settings: EvalSettings, records: list, folder: EvalFolder, barrier) -> dict:
+    """The metrics, once every shard has answered: shard 0 (or a run without shards) merges the
+    shards' lines and writes metrics.json; the others wait and read it. A shard of runs that do
+    not talk to each other returns a summary of its own work."""
+    from aqa.data.audio import header_duration
+    from aqa.eval.metrics import format_summary
+
+    out, index = folder.out, folder.index
+    if settings.shard and not barrier:
+        log.info("%s: shard %d of %d done; a run without --shard merges the shards", out, index, folder.n_shards)
         _unlock(out, index)
-        return {"shard": [index, n_shards], "answered": len(_rows(my_pred)) if my_pred.is_file() else 0}
+        mine = folder.my_predictions
+        return {"shard": [index, folder.n_shards], "answered": len(_rows(mine)) if mine.is_file() else 0}
     if barrier:
         barrier()  # every shard has written its last line
         if index > 0:
@@ -219,12 +316,12 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None, batch
             _unlock(out, index)
             return json.loads((out / "metrics.json").read_text())
     if (out / SHARDS).is_dir():
-        order = _length_order(records, header_duration) if group_by_length else records
-        _merge_shards(out, pred_file, skip_file, {r.id: i for i, r in enumerate(order)})
-    metrics = _finish(out, settings, records, name, n_boot, reference)
+        order = _length_order(records, header_duration) if settings.group_by_length else records
+        _merge_shards(out, folder.predictions, folder.skipped, {r.id: i for i, r in enumerate(order)})
+    metrics = write_eval_metrics(out, settings, records)
     if barrier:
         barrier()
-    if progress:
+    if settings.progress:
         print(format_summary(metrics))
     _unlock(out, index)
     return metrics
@@ -271,7 +368,7 @@ def _merge_shards(out: Path, pred_file: Path, skip_file: Path, position: dict) -
             write_jsonl(target, sorted(rows.values(), key=lambda r: position.get(r["id"], end)))
 
 
-def _finish(out: Path, settings: EvalSettings, records: list, name: str | None, n_boot: int, reference) -> dict:
+def write_eval_metrics(out: Path, settings: EvalSettings, records: list) -> dict:
     """metrics.json (and unparsed.jsonl, contribution.jsonl) from predictions.jsonl and
     skipped.jsonl."""
     from aqa.eval.metrics import load_predictions, write_metrics
@@ -282,14 +379,14 @@ def _finish(out: Path, settings: EvalSettings, records: list, name: str | None, 
     rows = [r for r in rows if r["id"] in keep]
     skips = _rows(skip_file) if skip_file.is_file() else []
     cut = [r["truncated"] for r in rows if r.get("truncated")]
-    extra = {"name": name or out.name, "mode": settings.mode, "model": settings.model,
+    extra = {"name": settings.name or out.name, "mode": settings.mode, "model": settings.model,
              "adapter": settings.adapter, "data": settings.data, "n_skipped": len(skips),
              "skipped": dict(sorted(Counter(r.get("kind", "unknown") for r in skips).items())),
              # Clips longer than the model hears, answered from their first `limit_s` seconds.
              "audio_truncated": {"n": len(cut), "limit_s": cut[0]["heard_s"] if cut else None}}
-    if reference:
-        extra["audio_contribution"] = audio_contribution(load_predictions(reference), rows, out)
-    metrics = write_metrics(out, rows, n_boot=n_boot, seed=settings.seed, extra=extra)
+    if settings.reference:
+        extra["audio_contribution"] = audio_contribution(load_predictions(settings.reference), rows, out)
+    metrics = write_metrics(out, rows, n_boot=settings.n_boot, seed=settings.seed, extra=extra)
     if settings.mode == "generate":
         unparsed = [r for r in rows if r.get("pred") is None]
         write_jsonl(out / "unparsed.jsonl", [{"id": r["id"], "raw": r.get("raw")} for r in unparsed])
@@ -402,9 +499,6 @@ def launched_processes() -> tuple[int, int, int] | None:
 def _run(args) -> int:
     import datetime
 
-    s = EvalSettings(model=args.model, adapter=args.adapter, data=args.data, mode=args.mode,
-                     shuffles=args.shuffles, vote=args.vote, max_new_tokens=args.max_new_tokens, seed=args.seed,
-                     audio=args.audio, max_prompt_tokens=args.max_prompt_tokens)
     shard, barrier, device = None, None, args.device
     launched = launched_processes()
     if args.shard:
@@ -424,12 +518,15 @@ def _run(args) -> int:
         shard, barrier = (rank, world), dist.barrier
         if not device and torch.cuda.is_available():
             device = f"cuda:{local}"
+    s = EvalSettings(model=args.model, adapter=args.adapter, data=args.data, mode=args.mode,
+                     shuffles=args.shuffles, vote=args.vote, max_new_tokens=args.max_new_tokens, seed=args.seed,
+                     audio=args.audio, max_prompt_tokens=args.max_prompt_tokens, batch_size=args.batch_size,
+                     device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
+                     allow_outside_root=args.allow_outside_root, allow_pickle=args.allow_pickle, limit=args.limit,
+                     name=args.name, overwrite=args.overwrite, reference=args.reference, shard=shard,
+                     compile=args.compile, cache_dir=args.cache_dir)
     try:
-        evaluate(s, args.output, batch_size=args.batch_size, device=device, dtype=args.dtype,
-                 trust_remote_code=args.trust_remote_code, allow_outside_root=args.allow_outside_root,
-                 allow_pickle=args.allow_pickle,
-                 limit=args.limit, name=args.name, overwrite=args.overwrite, reference=args.reference,
-                 shard=shard, barrier=barrier, compile=args.compile, cache_dir=args.cache_dir)
+        evaluate(s, args.output, barrier=barrier)
     finally:
         if barrier:
             import torch.distributed as dist
