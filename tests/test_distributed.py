@@ -65,11 +65,15 @@ ADAPTER_ATOL = 1e-6
     pytest.param("zero2", "grpo", marks=pytest.mark.slow),
     pytest.param("ddp", "sft", marks=pytest.mark.slow),  # tests/test_sft.py has a fast one without resume
     pytest.param("ddp", "grpo", marks=pytest.mark.slow),
+    # policy=sft: the reference weights swapped in and out of the wrapped module's parameters.
+    pytest.param("zero2", "grpo-sft", marks=pytest.mark.slow),
+    pytest.param("ddp", "grpo-sft", marks=pytest.mark.slow),
 ])
 def test_two_processes_resume_and_match_one(kind, recipe, tiny_model, synth_data, sft_adapter, tmp_path):
     """2 processes x 1 item per micro-batch x 2 accumulated == 1 process x 4 accumulated, with
     SpecAugment (SFT) or rollouts (GRPO) drawn per micro-batch of the step, the run stopped
     after 2 of 4 steps and resumed from its checkpoint (a ZeRO checkpoint under DeepSpeed)."""
+    recipe, _, policy = recipe.partition("-")
     if kind == "zero2":
         pytest.importorskip("deepspeed")
     common = dict(model=str(tiny_model), train_data=[str(synth_data / "train.jsonl")], batch_size=4,
@@ -78,7 +82,7 @@ def test_two_processes_resume_and_match_one(kind, recipe, tiny_model, synth_data
         common.update(lora_dropout=0.0)  # dropout draws from each process's own RNG
         cfg_cls, train = SFTConfig, sft_train
     else:
-        common.update(sft_adapter=str(sft_adapter), group_size=3)
+        common.update(sft_adapter=str(sft_adapter), group_size=3, policy=policy or "new")
         cfg_cls, train = GRPOConfig, grpo_train
     one = tmp_path / "one"
     train(cfg_cls(output_dir=str(one), **common))
