@@ -179,3 +179,73 @@ def test_policy_sft_trains_the_sft_adapter_on_with_the_sft_model_as_reference(ti
     assert all(torch.equal(after[k], resumed[k]) for k in after)
     with pytest.raises(ValueError, match="policy"):
         GRPOConfig(policy="fresh")
+
+
+@pytest.mark.parametrize("family", ["qwen2-audio", "qwen3-omni"])
+def test_policy_sft_reference_weights_are_read_once_and_swapped_in(family, tiny_model, sft_adapter, tiny_family,
+                                                                   synth_data, tmp_path):
+    """policy=sft's reference: the SFT adapter's saved weights, read once; each pass swaps them
+    in and back. The folder can be gone after setup and the reference still equals a freshly
+    loaded SFT model, on the same held tensors every pass; afterwards the policy has its own
+    parameters back (the same objects and storage, the trained values). Qwen3-Omni's expert and
+    router LoRA (peft target_parameters) swaps with the rest."""
+    from aqa.models.base import BackendModule, Example
+    from aqa.models.registry import load_backend
+
+    if family == "qwen2-audio":
+        model, saved = tiny_model, sft_adapter
+    else:  # an SFT adapter of its own: LoRA with B moved off zero, saved as training saves it
+        model, saved = tiny_family("qwen3-omni"), tmp_path / "q3-sft"
+        b = load_backend(str(model), device="cpu")
+        b.add_lora(r=4, alpha=8, dropout=0.0)
+        with torch.no_grad():
+            for n, p in b.model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.3, generator=torch.Generator().manual_seed(4))
+        b.model.save_pretrained(saved)
+    folder = tmp_path / "adapter"
+    shutil.copytree(saved, folder)
+
+    rows = [json.loads(x) for x in (synth_data / "train.jsonl").read_text().splitlines()][:3]
+    n = [len(r["choices"]) for r in rows]
+
+    def scores(backend):
+        ex = [example(r, synth_data) for r in rows]
+        m = BackendModule(backend)
+        return (m(backend.collate(ex), "option_logits", n_options=n),
+                m(backend.collate([Example(e.audio, e.text, "B") for e in ex], with_target=True))[0])
+
+    policy = load_backend(str(model), device="cpu", adapter=str(folder), is_trainable=True)
+    policy.model.eval()  # dropout aside: the comparison is of weights
+    params = {k: p for k, p in policy.model.named_parameters() if p.requires_grad}
+    assert any(".mlp.experts." in k for k in params) == (family == "qwen3-omni")
+    with torch.no_grad():  # as if GRPO had moved the adapter
+        for k, p in params.items():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(k))) * 0.2)
+    trained = {k: (p.data_ptr(), p.detach().clone()) for k, p in params.items()}
+
+    weights = policy.adapter_weights_from(folder)
+    assert len(weights) == len(params)
+    shutil.rmtree(folder)  # nothing reads it after setup
+    with torch.no_grad():
+        own = scores(policy)
+        sft = scores(load_backend(str(model), device="cpu", adapter=str(saved)))
+        held = []
+        for _ in range(2):
+            with weights.swapped_in():
+                got = scores(policy)
+                held.append([p.data_ptr() for p in params.values()])
+            assert all(torch.equal(a, b) for a, b in zip(got, sft))
+            assert all(torch.equal(a, b) for a, b in zip(scores(policy), own))
+            for k, p in params.items():
+                assert policy.model.get_parameter(k) is p and p.data_ptr() == trained[k][0], k
+                assert torch.equal(p, trained[k][1]), k
+    assert held[0] == held[1] and not set(held[0]) & {ptr for ptr, _ in trained.values()}
+    assert not any(torch.equal(a, b) for a, b in zip(own, sft))  # the two differ, so the test can tell
+    with pytest.raises(RuntimeError, match="without gradients"):
+        with weights.swapped_in():
+            pass
+    with torch.no_grad(), weights.swapped_in(), pytest.raises(RuntimeError, match="already active"):
+        with weights.swapped_in():
+            pass
+    assert all(torch.equal(p, trained[k][1]) for k, p in params.items())

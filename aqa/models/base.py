@@ -371,22 +371,47 @@ class Backend:
         """Context in which the model computes without its active LoRA adapter."""
         return self.model.disable_adapter()
 
-    @contextmanager
-    def adapter_weights_from(self, adapter: str | Path, *, allow_pickle: bool = False):
-        """Context in which the active adapter holds the weights saved in `adapter` (the
-        weights it had before training moved them); they are put back on exit."""
-        from peft import get_peft_model_state_dict, load_peft_weights, set_peft_model_state_dict
+    def adapter_weights_from(self, adapter: str | Path, *, allow_pickle: bool = False) -> AdapterWeights:
+        """The weights saved in `adapter` for the active adapter, read once onto the device
+        beside its own: `swapped_in()` is the context in which the model computes with them
+        (GRPO's `policy=sft` reference), for as many passes as asked, without reading the
+        folder or copying weights again. Make it on the model as it will run (after
+        accelerate's `prepare`, which may change the weights' dtype and storage)."""
+        from peft import load_peft_weights, set_peft_model_state_dict
 
         require_safetensors(adapter, allow_pickle=allow_pickle)
-        saved = load_peft_weights(str(adapter), device=str(self.device))
-        now = {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+        name = getattr(self.model, "active_adapter", "default")
+        # Keyed as load_state_dict reports them; peft puts the adapter's name in the key of every
+        # tensor of that adapter, never in a base weight's.
+        live = {k: t for k, t in [*self.model.named_parameters(remove_duplicate=False),
+                                  *self.model.named_buffers(remove_duplicate=False)] if f".{name}." in f".{k}."}
+        # Read to the CPU: the device then holds one more copy of the adapter, never two.
+        saved = load_peft_weights(str(adapter), device="cpu")
+        own = {k: t.data for k, t in live.items()}
         with torch.no_grad():
-            set_peft_model_state_dict(self.model, saved)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                set_peft_model_state_dict(self.model, now)
+            try:
+                # peft maps the file's keys to the model's (adapter name, transformers' weight
+                # conversions, `target_parameters` wrappers) and casts to each tensor's dtype: here
+                # into fresh tensors, which become the held weights; the model's own are untouched.
+                for t in live.values():
+                    t.data = torch.empty_like(t)
+                result = set_peft_model_state_dict(self.model, saved, adapter_name=name)
+                missing = set(result.missing_keys)
+                fresh = {k: t.data for k, t in live.items() if k not in missing}
+            finally:
+                for k, t in live.items():
+                    t.data = own[k]
+        # Whatever peft wrote outside the fresh tensors went into the model's own weights.
+        outside = sorted(self.model.state_dict().keys() - missing - live.keys())
+        if outside:
+            raise RuntimeError(f"{adapter}: peft loaded weights outside adapter {name!r} ({', '.join(outside[:5])}); "
+                               f"the model is no longer the one trained")
+        if result.unexpected_keys or not fresh:
+            raise ValueError(f"{adapter}: its weights do not fit the model's adapter {name!r} (not in the model: "
+                             f"{', '.join(result.unexpected_keys[:5]) or 'none'}; {len(fresh)} tensors loaded)")
+        # A tensor under two names (tied) is swapped once.
+        unique = {id(live[k]): (live[k], v) for k, v in fresh.items()}
+        return AdapterWeights([t for t, _ in unique.values()], [v for _, v in unique.values()])
 
     def compile_decoder(self, **options) -> None:
         """Run the language model's decoder through `torch.compile` (`options`: its keyword
@@ -528,6 +553,50 @@ def attach_adapter(model, adapter: str, *, is_trainable: bool = False):
 
     model, _ = merge_adapter_stack(model, adapter, include_self=False)
     return PeftModel.from_pretrained(model, adapter, is_trainable=is_trainable)
+
+
+class AdapterWeights:
+    """Weights held on the device for some of a model's tensors (`Backend.adapter_weights_from`),
+    which `swapped_in()` puts in their place for a no-grad pass.
+
+    The swap exchanges each tensor's storage with the held one (`.data`) and back: nothing is
+    allocated or copied, and the model keeps its parameter objects, so the optimizer's state,
+    DDP's gradient hooks and a ZeRO-1/2 flat buffer (whose views the parameters are, and which
+    the optimizer step writes through) all find theirs again on exit, exactly as they were."""
+
+    def __init__(self, tensors: list[torch.Tensor], held: list[torch.Tensor]):
+        self._tensors, self._held = tensors, held
+        self._inside = False
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+    @contextmanager
+    def swapped_in(self):
+        """Context in which the model's tensors hold these weights."""
+        if torch.is_grad_enabled():
+            # A graph built inside would save the held weights under the model's names (the
+            # swap bumps no version counter), and its backward would run after they are gone.
+            raise RuntimeError("AdapterWeights.swapped_in is for passes without gradients (torch.no_grad)")
+        if self._inside:
+            raise RuntimeError("AdapterWeights.swapped_in is already active")
+        self._swap()
+        self._inside = True
+        try:
+            yield
+        finally:
+            self._swap()
+            self._inside = False
+
+    def _swap(self) -> None:
+        for i, t in enumerate(self._tensors):
+            if (t.shape, t.dtype, t.device) != (self._held[i].shape, self._held[i].dtype, self._held[i].device):
+                # Setting .data of another dtype or device would drop the parameter's gradient
+                # accumulator and with it DDP's hooks: the module was changed since (prepare()?).
+                raise RuntimeError(f"a model tensor changed to {tuple(t.shape)} {t.dtype} {t.device} since its "
+                                   f"weights were held; make the AdapterWeights after accelerate's prepare()")
+        for i, t in enumerate(self._tensors):
+            self._held[i], t.data = t.data, self._held[i]
 
 
 def default_device(device: str | None = None) -> torch.device:

@@ -9,9 +9,11 @@ answer's token terms averaged over its length, then over the answers (aqa.train.
 Reference = the SFT model. With `policy=new` (the default) the SFT adapter is merged into the
 base weights in memory, the policy trains a new LoRA adapter on top (its B starts at zero, so
 the policy starts as the SFT model), and the reference log-probs come from the same weights
-with that adapter disabled. With `policy=sft` the SFT adapter itself trains on, and the
-reference log-probs come from its saved weights swapped in for the forward pass. Either way
-no second copy of the model is held.
+with that adapter disabled. With `policy=sft` the SFT adapter itself trains on; its saved
+weights are read once at setup into a second copy of the adapter (not of the model) on the
+device, and each reference pass swaps them in place of the trained ones and back
+(`Backend.adapter_weights_from`: the parameters' storage exchanged, nothing copied or read per
+pass). Either way no second copy of the model is held.
 
 Rollouts (aqa.train.rollouts): `choice` (default) samples the G answers as option letters
 from the policy's distribution over the letters at the answer position, one forward pass per
@@ -91,9 +93,10 @@ def train(cfg: GRPOConfig) -> dict:
     run = setup(cfg, name=f"grpo ({cfg.rollout})", adapter=cfg.sft_adapter if continued else "",
                 merge="" if continued else cfg.sft_adapter, steps_factor=cfg.ppo_epochs)
     module, backend = run.module, run.backend
-    # The reference is the SFT model: the new adapter switched off, or the SFT adapter's saved weights.
-    reference = ((lambda: backend.adapter_weights_from(cfg.sft_adapter, allow_pickle=cfg.allow_pickle)) if continued
-                 else backend.without_adapter)
+    # The reference is the SFT model: the new adapter switched off, or the SFT adapter's saved
+    # weights, read once here (after prepare and resume) and swapped in for each reference pass.
+    reference = (backend.adapter_weights_from(cfg.sft_adapter, allow_pickle=cfg.allow_pickle).swapped_in
+                 if continued else backend.without_adapter)
     sample = {"choice": rollout_choice, "generate": rollout_generate}[cfg.rollout]
     extra = {"max_new_tokens": cfg.max_new_tokens} if cfg.rollout == "generate" else {}
 

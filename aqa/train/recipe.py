@@ -56,7 +56,8 @@ class TrainConfig:
     shuffle_options: bool = doc(True, help="shuffle the options each time an item is sampled")
     bf16: bool = doc(True, help="bf16 weights and autocast on GPU (CPU always runs fp32)")
     gradient_checkpointing: bool = doc(False, help="recompute activations to save memory")
-    seed: int = doc(0, help="seed of the data order, option shuffles, masks, rollouts and LoRA init")
+    seed: int = doc(0, help="seed of the data order, option shuffles, masks, rollouts and LoRA init; with the "
+                            "process's rank, of its LoRA dropout")
     save_every: int = doc(100, help="checkpoint every N optimizer steps (and at the end)")
     keep_checkpoints: int = doc(2, help="how many checkpoints to keep")
     log_every: int = doc(1, help="log every N optimizer steps")
@@ -402,6 +403,13 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(int(cfg.warmup_ratio * total), total,
                                                                        cfg.schedule))
     module, optimizer, scheduler = accelerator.prepare(module, optimizer, scheduler)
+    # The processes built the same adapter from the same seed above. From here on the global RNG
+    # draws LoRA dropout (the data, masks and choice rollouts have generators of their own;
+    # generate rollouts reseed it per micro-batch), so each process gets a stream of its own, or
+    # all would drop the same units; process 0 keeps the seed's, which single-process runs
+    # always drew. A resumed run restores every process's from its checkpoint.
+    if accelerator.process_index:
+        torch.manual_seed(hash((cfg.seed, accelerator.process_index)) & (2**63 - 1))
     start = resume(folder, cfg.resume, accelerator, module, optimizer, scheduler)
     accelerator.init_trackers("tensorboard")
     log.info("%s: %d items, %d steps (%d per epoch), %d items per step = %d process(es) x %d accumulation x %d "
