@@ -249,3 +249,35 @@ def test_policy_sft_reference_weights_are_read_once_and_swapped_in(family, tiny_
         with weights.swapped_in():
             pass
     assert all(torch.equal(p, trained[k][1]) for k, p in params.items())
+
+
+def test_weighted_rewards_gdpo_and_dapo_log_every_completion_and_resume(tiny_model, sft_adapter, synth_data,
+                                                                          tmp_path):
+    """Generate rollouts with two weighted rewards, GDPO advantages and DAPO's token loss:
+    completions.jsonl holds every sampled answer of every step once (also across a resume),
+    each with its rewards, their weighted total and an advantage normalised over its step."""
+    kw = dict(rollout="generate", rewards=["accuracy", "format", "overlong"], reward_weights=[1.0, 0.5, 1.0],
+              advantage="gdpo", loss_type="dapo", group_size=3, max_new_tokens=6, overlong_buffer=0.5,
+              temperature=2.0, max_steps=2, batch_size=4, micro_batch_size=2)
+    grpo_train(cfg(tiny_model, sft_adapter, synth_data / "train.jsonl", tmp_path / "full", **kw))
+    rows = [json.loads(x) for x in (tmp_path / "full" / "completions.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1] * 12 + [2] * 12  # 4 questions x 3 answers a step
+    for r in rows:
+        w = r["rewards"]
+        assert r["reward"] == pytest.approx(w["accuracy"] + 0.5 * w["format"] + w["overlong"])
+        assert 1 <= r["length"] <= 6 and w["overlong"] == (0 if r["length"] <= 3 else (3 - r["length"]) / 3)
+    for step in (1, 2):
+        adv = torch.tensor([r["advantage"] for r in rows if r["step"] == step])
+        assert abs(adv.mean()) < 1e-5 and abs(adv.std() - 1) < 1e-4  # normalised over the step
+    grpo_train(cfg(tiny_model, sft_adapter, synth_data / "train.jsonl", tmp_path / "part", stop_after=1, **kw))
+    grpo_train(cfg(tiny_model, sft_adapter, synth_data / "train.jsonl", tmp_path / "part", **kw))
+    again = [json.loads(x) for x in (tmp_path / "part" / "completions.jsonl").read_text().splitlines()]
+    assert again == rows  # the resumed run's lines once each, as the uninterrupted run wrote them
+    from aqa.eval.report import build_report
+
+    md = build_report([tmp_path / "full"], tmp_path / "report")["markdown"].read_text()
+    assert "## GRPO completions (samples)" in md and rows[0]["id"] in md and "overlong" in md
+    for bad, match in [(dict(reward_weights=[1.0]), "one weight per reward"), (dict(advantage="sum"), "advantage"),
+                       (dict(loss_type="bnpo"), "loss_type")]:
+        with pytest.raises(ValueError, match=match):
+            GRPOConfig(**{**kw, **bad})

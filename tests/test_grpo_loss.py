@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from aqa.train.grpo_loss import grpo_loss, group_advantages, kl_k3
+from aqa.train.grpo_loss import batch_normalize, gdpo_group_sum, grpo_loss, group_advantages, kl_k3
 
 
 def test_advantages_normalise_within_each_group():
@@ -63,3 +63,48 @@ def test_gradient_pushes_towards_good_answers():
     loss, _ = grpo_loss(logp, logp.detach(), logp.detach(), torch.ones(2, 1), torch.tensor([1.0, -1.0]))
     loss.backward()
     assert logp.grad[0, 0] < 0 < logp.grad[1, 0]  # descending raises the good answer's log-prob
+
+
+R3 = 1 / math.sqrt(3)  # a group of three with one value apart: sample std sqrt(1/3)
+
+
+def test_gdpo_normalises_each_reward_in_its_group_then_the_weighted_sum_over_the_batch():
+    """Two questions, three answers, rewards (accuracy, format) weighted (1, 0.5)."""
+    acc = [[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]]
+    fmt = [[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]]
+    parts = torch.tensor([acc, fmt]).permute(1, 2, 0)  # (Q, G, K)
+    summed = gdpo_group_sum(parts, torch.tensor([1.0, 0.5]))
+    # accuracy, question 1: mean 1/3, std sqrt(1/3): 2/sqrt(3), -1/sqrt(3), -1/sqrt(3); question 2: all
+    # equal, zeros. format, question 1: 1/sqrt(3), 1/sqrt(3), -2/sqrt(3); question 2: the same, reordered.
+    want = [[2 * R3 + 0.5 * R3, -R3 + 0.5 * R3, -R3 - R3], [0.5 * R3, -R3, 0.5 * R3]]
+    assert summed.tolist() == [pytest.approx(w) for w in want]
+    # Over the batch: mean 0; squares 25/12, 1/12, 4/3, 1/12, 1/3, 1/12 sum to 4, sample std sqrt(4/5).
+    a = batch_normalize(summed.reshape(-1), summed.reshape(-1))
+    assert a.tolist() == pytest.approx([x / math.sqrt(0.8) for row in want for x in row])
+    # GRPO sums first: question 1's totals 1.5, 0.5, 0 normalise otherwise.
+    totals = (parts * torch.tensor([1.0, 0.5])).sum(-1)
+    assert not torch.allclose(group_advantages(totals)[0], a[:3])
+    assert batch_normalize(torch.ones(3), torch.ones(6)).tolist() == [0.0, 0.0, 0.0]  # no spread: zeros
+
+
+@pytest.mark.parametrize("loss_type, want", [
+    ("grpo", 0.0),  # answers' means 1 and -1, averaged
+    ("dapo", -(3 - 1) / 4),  # 3 tokens of +1, 1 of -1, over the 4 tokens
+    ("dr_grpo", -(3 - 1) / (2 * 4)),  # over 2 answers x 4 tokens allowed
+])
+def test_loss_types_by_hand(loss_type, want):
+    """Ratio 1 and no KL: each token's term is its answer's advantage."""
+    logp = torch.zeros(2, 3)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    loss, _ = grpo_loss(logp, logp, logp, mask, torch.tensor([1.0, -1.0]), loss_type=loss_type, tokens=4, max_len=4)
+    assert loss.item() == pytest.approx(want)
+
+
+def test_loss_types_agree_on_one_token_answers():
+    logp = torch.log(torch.tensor([[0.3], [0.6], [0.1]]))
+    old, adv = logp - 0.1, torch.tensor([1.0, -0.5, 0.2])
+    got = [grpo_loss(logp, old, logp, torch.ones(3, 1), adv, loss_type=t, tokens=3, max_len=1)[0].item()
+           for t in ("grpo", "dapo", "dr_grpo")]
+    assert got == pytest.approx([got[0]] * 3)
+    with pytest.raises(ValueError, match="loss_type"):
+        grpo_loss(logp, old, logp, torch.ones(3, 1), adv, loss_type="bnpo")

@@ -38,7 +38,24 @@ def test_total_is_the_sum_and_each_part_is_kept():
     total, parts = score_completions(["accuracy", "format"], ["B", "A", "nope"], [1, 1, 1], [OPTS] * 3)
     assert total == [2.0, 1.0, 0.0]
     assert parts == {"accuracy": [1.0, 0.0, 0.0], "format": [1.0, 1.0, 0.0]}
-    assert set(REWARDS) == {"accuracy", "format"}
+    assert set(REWARDS) == {"accuracy", "format", "overlong"}
+
+
+def test_weights_scale_each_reward_in_the_total():
+    total, parts = score_completions(["accuracy", "format"], ["B", "A", "nope"], [1, 1, 1], [OPTS] * 3,
+                                     weights=[2.0, 0.5])
+    assert total == [2.5, 0.5, 0.0]  # 2 x 1 + 0.5 x 1, 2 x 0 + 0.5 x 1, 0
+    assert parts == {"accuracy": [1.0, 0.0, 0.0], "format": [1.0, 1.0, 0.0]}  # unweighted
+
+
+def test_overlong_penalty_by_hand():
+    """DAPO's soft overlong punishment, L_max 10, L_cache 0.2 x 10 = 2: nothing up to 8 tokens,
+    then -1/2 per token to -1 at 10, -1 past it."""
+    from aqa.train.rewards import overlong_reward
+
+    got = overlong_reward(["x"] * 6, lengths=[5, 8, 9, 10, 11, 1], max_new_tokens=10, overlong_buffer=0.2)
+    assert got == pytest.approx([0.0, 0.0, -0.5, -1.0, -1.0, 0.0])
+    assert overlong_reward(["x"] * 2, lengths=[9, 10], max_new_tokens=10, overlong_buffer=0.0) == [0.0, 0.0]
 
 
 def test_unknown_reward_is_a_config_error():

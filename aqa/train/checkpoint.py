@@ -28,6 +28,8 @@ class RunDir:
         self.path = Path(path)
         self.ckpts = self.path / "checkpoints"
         self.log_file = self.path / "train_log.jsonl"
+        #: GRPO's sampled completions, a line each, with their step.
+        self.completions_file = self.path / "completions.jsonl"
 
     def write_config(self, cfg) -> None:
         atomic_write_text(self.path / "config.yaml", dump_yaml(cfg))
@@ -42,17 +44,19 @@ class RunDir:
         append_jsonl(self.log_file, [row])
 
     def truncate_log(self, step: int) -> None:
-        """Drop log lines past `step`, written after the checkpoint a run resumes from."""
-        if not self.log_file.is_file():
-            return
-        keep = []
-        for line in self.log_file.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= step:
-                    keep.append(line)
-            except json.JSONDecodeError:
+        """Drop the log's and the completions' lines past `step`, written after the checkpoint
+        a run resumes from."""
+        for f in (self.log_file, self.completions_file):
+            if not f.is_file():
                 continue
-        atomic_write_text(self.log_file, "".join(k + "\n" for k in keep))
+            keep = []
+            for line in f.read_text().splitlines():
+                try:
+                    if json.loads(line).get("step", 0) <= step:
+                        keep.append(line)
+                except json.JSONDecodeError:
+                    continue
+            atomic_write_text(f, "".join(k + "\n" for k in keep))
 
 
 def _sharded(accelerator) -> bool:
@@ -145,12 +149,11 @@ def save_adapter(run: RunDir, accelerator, model, name: str = "adapter") -> Path
 def resume(run: RunDir, how: str, accelerator, module, optimizer, scheduler) -> int:
     """Restore the checkpoint `how` names (auto: the latest) and return its step, or 0."""
     ckpt = resolve_resume(run, how)
-    if ckpt is None:
-        return 0
-    step = load_checkpoint(ckpt, accelerator, module, optimizer, scheduler)["step"]
+    step = 0 if ckpt is None else load_checkpoint(ckpt, accelerator, module, optimizer, scheduler)["step"]
     if accelerator.is_main_process:
-        run.truncate_log(step)
-    log.info("resumed from %s at step %d", ckpt, step)
+        run.truncate_log(step)  # a fresh start keeps no line of an earlier run in this folder
+    if ckpt is not None:
+        log.info("resumed from %s at step %d", ckpt, step)
     return step
 
 

@@ -18,7 +18,12 @@ pass). Either way no second copy of the model is held.
 Rollouts (aqa.train.rollouts): `choice` (default) samples the G answers as option letters
 from the policy's distribution over the letters at the answer position, one forward pass per
 question; `generate` samples G completions. Rewards (aqa.train.rewards) read either through
-the answer parser of `aqa eval`; `rewards` names those summed (default: accuracy alone).
+the answer parser of `aqa eval`; `rewards` names those used (default: accuracy alone), with
+`reward_weights`; `advantage` says how several become one advantage (grpo: weighted sum, then
+normalised in the group, the report's; gdpo: each normalised in its group, the weighted sum
+normalised over the step) and `loss_type` how token terms are averaged (grpo, the report's;
+dapo; dr_grpo): aqa.train.grpo_loss. Every step's sampled completions, with each reward and
+the advantage, go to completions.jsonl (`log_completions`).
 
 Departures: with `ppo_epochs` = 1 (the default, as in TRL) each batch of rollouts feeds one
 optimizer step, so pi_old equals pi_theta at the step and the ratio is 1 in value (its gradient
@@ -57,7 +62,15 @@ class GRPOConfig(TrainConfig):
     policy: str = doc("new", help="new: a fresh LoRA adapter (B = 0) on the SFT weights merged in memory; "
                                   "sft: keep training the SFT adapter itself")
     rollout: str = doc("choice", help="choice: sample option letters; generate: sample completions")
-    rewards: list[str] = doc(["accuracy"], help="reward functions summed (aqa.train.rewards: accuracy, format)")
+    rewards: list[str] = doc(["accuracy"], help="reward functions (aqa.train.rewards: accuracy, format, overlong)")
+    reward_weights: list[float] = doc([], help="one weight per reward, in order (empty: 1 each)")
+    advantage: str = doc("grpo", help="grpo: weighted reward sum normalised in its group (the report's); gdpo: each "
+                                      "reward normalised in its group, the weighted sum normalised over the step")
+    loss_type: str = doc("grpo", help="grpo: each answer's tokens averaged, then the answers (the report's); dapo: "
+                                      "the step's token sum over its token count; dr_grpo: over answers x max_new_tokens")
+    overlong_buffer: float = doc(0.2, help="overlong reward: the share of max_new_tokens before it over which the "
+                                           "penalty grows from 0 to -1 (DAPO: 0.2)")
+    log_completions: bool = doc(True, help="write every step's sampled completions and rewards to completions.jsonl")
     group_size: int = doc(6, help="G, answers sampled per question (reference report: 6)")
     temperature: float = doc(1.0, help="sampling temperature of the rollouts")
     max_new_tokens: int = doc(16, help="generate rollouts: longest completion")
@@ -66,6 +79,7 @@ class GRPOConfig(TrainConfig):
     ppo_epochs: int = doc(1, help="optimizer steps per batch of rollouts (1: pi_old = pi_theta)")
 
     def __post_init__(self):
+        from aqa.train.grpo_loss import LOSS_TYPES
         from aqa.train.rewards import REWARDS
 
         super().__post_init__()
@@ -80,13 +94,23 @@ class GRPOConfig(TrainConfig):
         unknown = [r for r in self.rewards if r not in REWARDS]
         if unknown or not self.rewards:
             raise ValueError(f"rewards must name at least one of {', '.join(REWARDS)}; got {self.rewards}")
+        if self.reward_weights and len(self.reward_weights) != len(self.rewards):
+            raise ValueError(f"reward_weights needs one weight per reward ({len(self.rewards)}: {self.rewards}), "
+                             f"got {self.reward_weights}")
+        if self.advantage not in ("grpo", "gdpo"):
+            raise ValueError(f"advantage must be grpo or gdpo, got {self.advantage!r}")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {', '.join(LOSS_TYPES)}, got {self.loss_type!r}")
+        if not 0 <= self.overlong_buffer <= 1:
+            raise ValueError(f"overlong_buffer must be within [0, 1], got {self.overlong_buffer}")
 
 
 def train(cfg: GRPOConfig) -> dict:
     """Run GRPO; returns a summary dict."""
     from aqa.train.grpo_loss import grpo_loss
     from aqa.train.recipe import setup
-    from aqa.train.rollouts import policy_logprobs, rollout_choice, rollout_generate
+    from aqa.train.rewards import RewardSpec
+    from aqa.train.rollouts import normalize_over_step, policy_logprobs, rollout_choice, rollout_generate
 
     # ---- setup -----------------------------------------------------------------------------
     continued = cfg.policy == "sft"
@@ -99,14 +123,23 @@ def train(cfg: GRPOConfig) -> dict:
                  if continued else backend.without_adapter)
     sample = {"choice": rollout_choice, "generate": rollout_generate}[cfg.rollout]
     extra = {"max_new_tokens": cfg.max_new_tokens} if cfg.rollout == "generate" else {}
+    spec = RewardSpec(cfg.rewards, cfg.reward_weights, cfg.advantage, cfg.max_new_tokens, cfg.overlong_buffer)
+    max_len = cfg.max_new_tokens if cfg.rollout == "generate" else 1
 
     # ---- loop ------------------------------------------------------------------------------
     for step, micros in run.batches(with_target=False):
         # Rollouts for every micro-batch of this step, from pi_old (the policy as it stands); the
         # DataLoader collated their prompts ahead.
         rolls = [sample(module, backend, reference, mb.items, batch=mb.batch, group_size=cfg.group_size,
-                        temperature=cfg.temperature, rewards=cfg.rewards, seed=mb.seed, **extra)
+                        temperature=cfg.temperature, rewards=spec, seed=mb.seed, **extra)
                  for mb in micros]
+        if cfg.advantage == "gdpo":
+            normalize_over_step(rolls, run.accelerator.gather)
+        # dapo: the step's tokens on every process, per micro-batch loss (see grpo_loss).
+        tokens = (run.sum_over_processes(sum(max(n, 1) for r in rolls for n in r.lengths)) / (run.accum * run.world)
+                  if cfg.loss_type == "dapo" else None)
+        if cfg.log_completions:
+            log_completions(run, step + 1, micros, rolls, cfg.group_size)
         # ppo_epochs passes over the rollouts, one optimizer step each.
         for ppo_epoch in range(cfg.ppo_epochs):
             stats = {"loss": [], "reward": [], "accuracy": [], "kl": [], "clip_fraction": [], "entropy": []}
@@ -117,7 +150,7 @@ def train(cfg: GRPOConfig) -> dict:
                     if r.old_logp is None:  # first pass: the weights that sampled the rollouts
                         r.old_logp = logp.detach()
                     loss, s = grpo_loss(logp, r.old_logp, r.ref_logp, mask, r.advantages, eps=cfg.eps,
-                                        beta=cfg.beta)
+                                        beta=cfg.beta, loss_type=cfg.loss_type, tokens=tokens, max_len=max_len)
                     run.optimizer_step(loss)
                 for key, value in [("loss", loss.item()), ("reward", r.rewards.mean().item()),
                                    ("accuracy", r.greedy_accuracy), ("kl", s["kl"]),
@@ -130,6 +163,25 @@ def train(cfg: GRPOConfig) -> dict:
 
     # ---- save ------------------------------------------------------------------------------
     return run.finish(questions=len(run.items))
+
+
+def log_completions(run, step: int, micros, rolls, group_size: int) -> None:
+    """Append the step's sampled completions (every process's) to RUN/completions.jsonl: the
+    question, the answer as text, its length, each reward, the total and the advantage."""
+    from accelerate.utils import gather_object
+
+    from aqa.io import append_jsonl
+
+    rows = []
+    for mb, r in zip(micros, rolls):
+        adv = r.advantages.tolist()
+        for i, text in enumerate(r.completions):
+            rows.append({"step": step, "id": mb.items[i // group_size].record.id, "completion": text,
+                         "length": r.lengths[i], "reward": float(r.rewards.reshape(-1)[i]),
+                         "rewards": {k: v[i] for k, v in r.reward_parts.items()}, "advantage": adv[i]})
+    rows = gather_object(rows) if run.world > 1 else rows
+    if run.accelerator.is_main_process:
+        append_jsonl(run.folder.completions_file, rows)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

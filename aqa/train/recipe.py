@@ -239,6 +239,12 @@ class TrainRun:
             self.scheduler.step()
         self.optimizer.zero_grad()
 
+    def sum_over_processes(self, value: float) -> float:
+        import torch
+
+        acc = self.accelerator
+        return acc.reduce(torch.tensor(float(value), device=acc.device), "sum").item()
+
     def mean_over_processes(self, values: dict[str, list[float]]) -> dict[str, float]:
         import torch
 

@@ -1,6 +1,7 @@
 """GRPO reward functions: pure functions in TRL's style (completions and solutions in, one
 float per completion out), so that each can be tested from a table and a new one added by
-name (`rewards=[accuracy,format]` in the GRPO config; the reward is their sum).
+name (`rewards=[accuracy,format]` in the GRPO config, weighted by `reward_weights`; how they
+become one advantage: aqa.train.grpo_loss).
 
 Completions are answer texts exactly as `aqa eval` reads them: the backend's `decode` of the
 generated ids for `generate` rollouts, the sampled option's letter for `choice` rollouts. Each
@@ -11,6 +12,7 @@ can never read an answer differently from the evaluation.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from aqa.prompts import parse_answer
 
@@ -27,14 +29,49 @@ def format_reward(completions: Sequence[str], choices: Sequence[Sequence[str]], 
     return [float(parse_answer(c, opts) is not None) for c, opts in zip(completions, choices)]
 
 
+def overlong_reward(completions: Sequence[str], lengths: Sequence[int], max_new_tokens: int,
+                    overlong_buffer: float = 0.2, **_) -> list[float]:
+    """DAPO's soft overlong punishment (arXiv 2503.14476, eq. 13) of a completion of `lengths`
+    tokens, with L_max = `max_new_tokens` and L_cache = `overlong_buffer` x L_max (DAPO: 4,096 of
+    20,480, 0.2): 0 up to L_max - L_cache, then falling linearly to -1 at L_max, -1 beyond."""
+    cache = overlong_buffer * max_new_tokens
+    start = max_new_tokens - cache
+    return [0.0 if n <= start else -1.0 if n > max_new_tokens or cache <= 0 else (start - n) / cache
+            for n in lengths]
+
+
 #: Reward functions by the name the GRPO config uses.
-REWARDS: dict[str, Callable[..., list[float]]] = {"accuracy": accuracy_reward, "format": format_reward}
+REWARDS: dict[str, Callable[..., list[float]]] = {"accuracy": accuracy_reward, "format": format_reward,
+                                                 "overlong": overlong_reward}
 
 
 def score_completions(names: Sequence[str], completions: Sequence[str], solutions: Sequence[int],
-                      choices: Sequence[Sequence[str]]) -> tuple[list[float], dict[str, list[float]]]:
-    """The total reward of each completion (the sum of the named rewards) and each reward's
-    own values, for logging."""
-    per = {n: REWARDS[n](completions, solutions=solutions, choices=choices) for n in names}
-    total = [float(sum(v)) for v in zip(*per.values())]
+                      choices: Sequence[Sequence[str]], *, weights: Sequence[float] | None = None,
+                      **context) -> tuple[list[float], dict[str, list[float]]]:
+    """The total reward of each completion (the named rewards times their `weights`, 1 each
+    when None, summed) and each reward's own values. `context`: what some rewards also read
+    (`lengths` in tokens, `max_new_tokens`, `overlong_buffer`)."""
+    per = {n: REWARDS[n](completions, solutions=solutions, choices=choices, **context) for n in names}
+    w = list(weights) if weights else [1.0] * len(names)
+    total = [float(sum(wk * v for wk, v in zip(w, vals))) for vals in zip(*per.values())]
     return total, per
+
+
+@dataclass
+class RewardSpec:
+    """Which rewards a GRPO run sums, with what weights, and how they become advantages."""
+
+    names: list[str]
+    weights: list[float] = field(default_factory=list)  # one per name; empty: 1 each
+    advantage: str = "grpo"  # grpo: sum, then normalise in the group; gdpo: see aqa.train.grpo_loss
+    max_new_tokens: int = 16  # the overlong reward's L_max
+    overlong_buffer: float = 0.2  # the overlong reward's L_cache, as a share of L_max
+
+    def score(self, completions: Sequence[str], solutions: Sequence[int], choices: Sequence[Sequence[str]],
+              lengths: Sequence[int]) -> tuple[list[float], dict[str, list[float]]]:
+        return score_completions(self.names, completions, solutions, choices, weights=self.weights,
+                                 lengths=lengths, max_new_tokens=self.max_new_tokens,
+                                 overlong_buffer=self.overlong_buffer)
+
+    def weight_list(self) -> list[float]:
+        return list(self.weights) if self.weights else [1.0] * len(self.names)

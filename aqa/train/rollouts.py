@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 
 from aqa.prompts import LETTERS
-from aqa.train.grpo_loss import group_advantages
-from aqa.train.rewards import score_completions
+from aqa.train.grpo_loss import gdpo_group_sum, group_advantages
+from aqa.train.rewards import RewardSpec
 
 
 @dataclass
@@ -33,11 +33,14 @@ class Rollouts:
     n_options: list[int]  # (Q,) options of each question
     samples: torch.Tensor | None  # choice: (Q, G) option indices sampled; generate: None
     completions: list[str]  # (N,) the answers as text
-    rewards: torch.Tensor  # (Q, G) total reward
+    rewards: torch.Tensor  # (Q, G) total reward (the weighted sum)
     reward_parts: dict[str, list[float]]  # each named reward's (N,) values
+    lengths: list[int]  # (N,) answer tokens (1 for choice)
     greedy_accuracy: float  # share of the Q questions the policy's top option gets right
-    advantages: torch.Tensor  # (N,)
-    ref_logp: torch.Tensor  # (N, L) log-probs under the reference (the new adapter off)
+    # (N,); with advantage=gdpo the weighted sum of the in-group normalised rewards until the
+    # recipe normalises it over the step (`normalize_over_step`)
+    advantages: torch.Tensor
+    ref_logp: torch.Tensor  # (N, L) log-probs under the reference (the SFT model)
     old_logp: torch.Tensor | None = None  # (N, L) under pi_old, set on the first pass
 
 
@@ -63,24 +66,33 @@ def policy_logprobs(module, r: Rollouts, temperature: float):
     return logp, mask, (ent * mask).sum(1) / mask.sum(1).clamp_min(1)
 
 
-def _finish(kind, module, backend, reference, batch, n, samples, completions, items, group_size, rewards_used,
-            greedy, temperature) -> Rollouts:
+def reward_spec(rewards: RewardSpec | list[str]) -> RewardSpec:
+    return rewards if isinstance(rewards, RewardSpec) else RewardSpec(list(rewards))
+
+
+def _finish(kind, module, backend, reference, batch, n, samples, completions, lengths, items, group_size,
+            spec: RewardSpec, greedy, temperature) -> Rollouts:
     """Rewards, advantages and the reference log-probs of sampled answers."""
-    G = group_size
+    G, Q = group_size, len(items)
     shown = [[it.record.choices[o] for o in it.order] for it in items]
-    total, parts = score_completions(rewards_used, completions, [it.answer for it in items for _ in range(G)],
-                                     [opts for opts in shown for _ in range(G)])
-    rewards = torch.tensor(total).reshape(len(items), G)
+    total, parts = spec.score(completions, [it.answer for it in items for _ in range(G)],
+                              [opts for opts in shown for _ in range(G)], lengths)
+    rewards = torch.tensor(total).reshape(Q, G)
+    if spec.advantage == "gdpo":
+        kinds = torch.tensor([parts[name] for name in spec.names]).T.reshape(Q, G, -1)  # (Q, G, K)
+        advantages = gdpo_group_sum(kinds, torch.tensor(spec.weight_list()))
+    else:
+        advantages = group_advantages(rewards)
     r = Rollouts(kind=kind, batch=batch, n_options=n, samples=samples, completions=completions, rewards=rewards,
-                 reward_parts=parts, greedy_accuracy=greedy,
-                 advantages=group_advantages(rewards).reshape(-1).to(backend.device), ref_logp=None)
+                 reward_parts=parts, lengths=list(lengths), greedy_accuracy=greedy,
+                 advantages=advantages.reshape(-1).to(backend.device), ref_logp=None)
     with torch.no_grad(), reference():
         r.ref_logp = policy_logprobs(module, r, temperature)[0]
     return r
 
 
-def rollout_choice(module, backend, reference, items, *, group_size: int, temperature: float, rewards: list[str],
-                   seed: int, batch: dict | None = None) -> Rollouts:
+def rollout_choice(module, backend, reference, items, *, group_size: int, temperature: float,
+                   rewards: RewardSpec | list[str], seed: int, batch: dict | None = None) -> Rollouts:
     """G option letters per question from one forward pass (`batch`: the items' prompts,
     collated already)."""
     batch = backend.collate([it.example for it in items]) if batch is None else batch
@@ -93,12 +105,13 @@ def rollout_choice(module, backend, reference, items, *, group_size: int, temper
     answers = torch.tensor([it.answer for it in items])
     greedy = (logits.argmax(-1).cpu() == answers).float().mean().item()
     completions = [LETTERS[int(s)] for s in samples.reshape(-1)]
-    return _finish("choice", module, backend, reference, batch, n, samples, completions, items, group_size, rewards,
-                   greedy, temperature)
+    return _finish("choice", module, backend, reference, batch, n, samples, completions, [1] * len(completions), items,
+                   group_size, reward_spec(rewards), greedy, temperature)
 
 
 def rollout_generate(module, backend, reference, items, *, group_size: int, temperature: float,
-                     rewards: list[str], seed: int, max_new_tokens: int, batch: dict | None = None) -> Rollouts:
+                     rewards: RewardSpec | list[str], seed: int, max_new_tokens: int,
+                     batch: dict | None = None) -> Rollouts:
     """G sampled completions per question; the policy then scores them as targets (`batch`:
     the items' prompts, collated already)."""
     from aqa.models.base import Example
@@ -116,5 +129,16 @@ def rollout_generate(module, backend, reference, items, *, group_size: int, temp
     batch = backend.collate([Example(it.example.audio, it.example.text, target_ids=seqs[q * group_size + g]
                                      or backend.end_ids)
                              for q, it in enumerate(items) for g in range(group_size)], with_target=True)
-    return _finish("generate", module, backend, reference, batch, n, None, completions, items, group_size, rewards,
-                   greedy, temperature)
+    return _finish("generate", module, backend, reference, batch, n, None, completions, [len(q) for q in seqs], items,
+                   group_size, reward_spec(rewards), greedy, temperature)
+
+
+def normalize_over_step(rolls: list[Rollouts], gather) -> None:
+    """GDPO's last step: every rollout's advantages (the weighted sums of its in-group
+    normalised rewards) normalised over the whole optimizer step, `gather` collecting the
+    values of every process (accelerate's `gather`)."""
+    from aqa.train.grpo_loss import batch_normalize
+
+    everything = gather(torch.cat([r.advantages for r in rolls]))
+    for r in rolls:
+        r.advantages = batch_normalize(r.advantages, everything)

@@ -19,6 +19,8 @@ from aqa.io import iter_jsonl, read_json
 log = logging.getLogger(__package__)
 
 TRAIN_LOG = "train_log.jsonl"
+#: GRPO's sampled completions (aqa.train.grpo), a line each.
+COMPLETIONS = "completions.jsonl"
 #: the two headline means, by column label, and their keys in metrics.json
 MEANS = {"arithmetic mean": "arithmetic_mean", "weighted mean": "weighted_mean"}
 
@@ -39,11 +41,12 @@ class EvalRun:
 
 @dataclass
 class TrainRun:
-    """One training run: its log lines, for the loss plot."""
+    """One training run: its log lines, for the loss plot, and GRPO's sampled completions."""
 
     name: str
     path: Path
     log: list[dict] = field(default_factory=list)
+    completions: list[dict] = field(default_factory=list)
 
     def values(self, key: str) -> list[float]:
         """The finite values of `key`, in log order (lines without one are skipped)."""
@@ -99,7 +102,7 @@ def _discover_dir(path: Path, given: str | None, evals: list[EvalRun], trains: l
     if _is_eval_dir(path):
         evals.append(_load_eval(path, given, n_boot, seed))
     if is_train:
-        trains.append(TrainRun(run_name, path, _load_train_log(path)))
+        trains.append(TrainRun(run_name, path, _load_train_log(path), _load_jsonl(path / COMPLETIONS)))
     # rows of a training run carry the run's name, since several runs often share
     # eval names such as "dev"; a plain container adds its name only when given one
     prefix = f"{run_name}/" if is_train or given else ""
@@ -147,7 +150,14 @@ def _read_metrics(path: Path, can_recompute: bool) -> dict | None:
 
 
 def _load_train_log(path: Path) -> list[dict]:
-    return [obj for _, obj in iter_jsonl(path / TRAIN_LOG, skip_bad=True) if isinstance(obj, dict)]
+    return _load_jsonl(path / TRAIN_LOG)
+
+
+def _load_jsonl(path: Path) -> list[dict]:
+    """The object lines of a JSON Lines file (none when it does not exist)."""
+    if not path.is_file():
+        return []
+    return [obj for _, obj in iter_jsonl(path, skip_bad=True) if isinstance(obj, dict)]
 
 
 def _dedupe(runs: Sequence[EvalRun | TrainRun]) -> None:

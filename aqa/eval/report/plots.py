@@ -139,15 +139,22 @@ def _chance_lines(ax, evals: Sequence[EvalRun], groups: Sequence[str]) -> None:
 
 
 def plot_training(run: TrainRun, path: Path) -> Path | None:
-    """Loss against step, and reward in a second panel when the log has it (GRPO)."""
+    """Loss against step, and reward in a second panel when the log has it (GRPO): the total,
+    and each named reward's own mean (`reward_<name>`) when there are several."""
     panels = [(k, *run.series(k)) for k in ("loss", "reward")]
     panels = [p for p in panels if p[1]]
     if not panels:
         log.warning("%s: no loss or reward values; no plot", run.path / TRAIN_LOG)
         return None
+    parts = sorted({k for r in run.log for k in r if k.startswith("reward_")})
     fig, axes = _figure(6.5, 2.6 * len(panels) + 0.6, nrows=len(panels))
     for ax, (key, xs, ys) in zip(axes, panels):
-        ax.plot(xs, ys, linewidth=1, marker="." if len(xs) < 60 else None)
+        marker = "." if len(xs) < 60 else None
+        ax.plot(xs, ys, linewidth=1, marker=marker, label="total" if key == "reward" and len(parts) > 1 else None)
+        if key == "reward" and len(parts) > 1:
+            for part in parts:
+                ax.plot(*run.series(part), linewidth=1, marker=marker, label=part[len("reward_"):])
+            ax.legend(fontsize=7)
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
     axes[-1].set_xlabel("step")

@@ -21,7 +21,7 @@ def report_tables(evals: Sequence[EvalRun], trains: Sequence[TrainRun], ece: dic
         tables += [accuracy_table(evals), details_table(evals, ece), question_type_table(evals),
                    contribution_table(evals)]
     if trains:
-        tables.append(training_table(trains, train_plots))
+        tables += [training_table(trains, train_plots), completions_table(trains)]
     return [t for t in tables if t is not None]
 
 
@@ -165,3 +165,31 @@ def training_table(trains: Sequence[TrainRun], plots: dict[str, str]) -> Table:
                      f"{losses[-1]:.4g}" if losses else NONE,
                      f"{rewards[-1]:.4g}" if rewards else NONE, plots.get(t.name, NONE)])
     return Table(["run", "last step", "last loss", "last reward", "plot"], rows, title="Training runs")
+
+
+#: Completions the report shows per step, and the steps it shows them for.
+COMPLETIONS_PER_STEP, COMPLETION_STEPS, COMPLETION_CHARS = 2, 3, 80
+
+
+def completions_table(trains: Sequence[TrainRun]) -> Table | None:
+    """A few of GRPO's sampled completions at the first, middle and last step of each run that
+    logged them: what the policy said, what each reward made of it, its advantage."""
+    rows = []
+    for t in trains:
+        steps = sorted({int(c["step"]) for c in t.completions if "step" in c})
+        shown = sorted({steps[round(i * (len(steps) - 1) / max(COMPLETION_STEPS - 1, 1))]
+                        for i in range(COMPLETION_STEPS)}) if steps else []
+        for step in shown:
+            for c in [c for c in t.completions if c.get("step") == step][:COMPLETIONS_PER_STEP]:
+                text = str(c.get("completion", "")).replace("\n", " ")
+                text = text if len(text) <= COMPLETION_CHARS else text[:COMPLETION_CHARS - 1] + "…"
+                parts = ", ".join(f"{k} {v:.3g}" for k, v in (c.get("rewards") or {}).items())
+                rows.append([t.name, str(step), str(c.get("id", NONE)), text or NONE,
+                             f"{c['reward']:.3g}" if finite(c.get("reward")) is not None else NONE, parts or NONE,
+                             f"{c['advantage']:+.3g}" if finite(c.get("advantage")) is not None else NONE])
+    if not rows:
+        return None
+    return Table(["run", "step", "question", "completion", "reward", "each reward", "advantage"], rows,
+                 title="GRPO completions (samples)",
+                 caption=f"Up to {COMPLETIONS_PER_STEP} sampled answers at the first, middle and last step, from "
+                         f"the run's completions.jsonl (every answer of every step is there).")
