@@ -14,6 +14,11 @@ What is checked:
   truncated to it;
 - with ``--model``: prompts longer than the model takes (``max_prompt_tokens``, counted from
   the question, options and clip length without running the model), which eval and training skip;
+- records whose question or options hold a special-token string (``<|im_end|>``, an audio
+  placeholder such as ``<|AUDIO|>`` or ``<sound>``, ``[INST]``): the model's own with ``--model``,
+  else the six families' (`SPECIAL_MARKERS`). The models read such text as plain text, never as
+  the token, but it is rarely what the question meant (the answer is an option's index, so the
+  options cover it);
 - duplicate ids, duplicate audio (different paths with identical bytes) and duplicate items
   (same audio bytes and same question) within the file;
 - with ``--against OTHER.jsonl``: leakage, i.e. audio whose bytes also occur in OTHER (by
@@ -26,15 +31,17 @@ Hard errors and warnings (the exit code):
 - exit 1: hard errors in FILE, i.e. lines that are not valid records (they would be
   silently dropped by every command downstream) or duplicate ids (predictions, resumption
   and submissions are keyed by id, so a repeated id loses an item);
-- exit 0 otherwise. Defects, undecodable audio, long clips, overlong prompts, duplicate audio,
-  duplicate items and leakage are warnings: reported, and fatal only with ``--strict``. Problems in
-  OTHER are reported but never change the exit code: the command checks FILE.
+- exit 0 otherwise. Defects, undecodable audio, long clips, overlong prompts, special-token
+  strings, duplicate audio, duplicate items and leakage are warnings: reported, and fatal only
+  with ``--strict``. Problems in OTHER are reported but never change the exit code: the
+  command checks FILE.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
@@ -51,6 +58,49 @@ from aqa.textnorm import question_key
 
 #: Exit codes of `aqa data check`.
 EXIT_OK, EXIT_HARD, EXIT_UNREADABLE = 0, 1, 2
+
+#: Special-token strings of the six families' tokenizers, looked for without --model (with it,
+#: the model's own `special_strings`). The data layer reads no tokenizer, so they are written
+#: out here; tests/test_special_text.py checks that they match every special string of each
+#: family's tiny model (whose tokenizers carry the released token names).
+#: - `<|name|>`: Qwen2-Audio, Qwen2.5-Omni, Qwen3-Omni and Audio Flamingo 3 (Qwen2/Qwen2.5/Qwen3
+#:   tokenizers: <|endoftext|>, <|im_start|>, <|im_end|>, <|AUDIO|>, <|audio_bos|>, <|audio_pad|>,
+#:   <|vision_start|>, <|fim_prefix|>, ...) and Kimi-Audio (<|im_kimia_text_blank|>,
+#:   <|im_media_begin|>, <|reserved_token_N|>, ...: tokenization_kimia.py's table, as
+#:   aqa/models/kimi_audio.py's `special_token_names` copies it);
+#: - Audio Flamingo 3's audio placeholder <sound>, and the added tokens Qwen2.5 and Qwen3
+#:   tokenizers write without bars: <tool_call>, <tool_response>, <think> and their closing tags;
+#: - Kimi-Audio's [BOS], [EOS], [EOT];
+#: - Voxtral: mistral-common's control tokens (`mistral_common.tokens.tokenizers.base.SpecialTokens`,
+#:   mistral-common 1.13) and Tekken's fillers <SPECIAL_N>.
+SPECIAL_MARKERS = re.compile("|".join([
+    r"<\|[A-Za-z0-9_]+\|>", r"<SPECIAL_\d+>",
+    *map(re.escape, ["<sound>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>",
+                     "</think>", "[BOS]", "[EOS]", "[EOT]", "<unk>", "<s>", "</s>", "<pad>", "[INST]", "[/INST]",
+                     "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]", "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]",
+                     "[IMG]", "[IMG_BREAK]", "[IMG_END]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]",
+                     "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]", "[ARGS]", "[CALL_ID]", "[AUDIO]", "[BEGIN_AUDIO]",
+                     "[TRANSCRIBE]", "[THINK]", "[/THINK]", "[STREAMING_PAD]", "[STREAMING_WORD]",
+                     "[NEXT_AUDIO_TEXT]", "[REPEAT_AUDIO_TEXT]", "[MODEL_SETTINGS]", "[/MODEL_SETTINGS]"])]))
+
+
+def marker_pattern(strings: Iterable[str]) -> re.Pattern:
+    """A pattern matching any of `strings`, the longest first (`<|im_end|>` before `<|im|>`)."""
+    names = sorted(set(strings), key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, names)) if names else "(?!)")
+
+
+def special_text(records: Iterable[AQARecord], markers: re.Pattern = SPECIAL_MARKERS) -> list[dict]:
+    """One entry per record whose question or options hold a string `markers` matches: its id
+    and, per field ("question", "choice B"), the strings found, in order."""
+    out = []
+    for r in records:
+        texts = [("question", r.question), *((f"choice {LETTERS[i]}", c) for i, c in enumerate(r.choices))]
+        found = {f: list(dict.fromkeys(markers.findall(t))) for f, t in texts}
+        found = {f: m for f, m in found.items() if m}
+        if found:
+            out.append({"id": r.id, "found": found})
+    return out
 
 
 @dataclass
@@ -97,6 +147,9 @@ class CheckReport:
     prompt_limit: int | None = None
     #: One entry per record whose prompt is longer than `prompt_limit`: id, tokens.
     long_prompts: list[dict] = field(default_factory=list)
+    #: One entry per record whose question or options hold a special-token string (the model's
+    #: with --model, else `SPECIAL_MARKERS`): id, found (field -> strings).
+    special_text: list[dict] = field(default_factory=list)
     #: Groups of different paths with identical bytes: sha256, files, ids.
     duplicate_audio: list[dict] = field(default_factory=list)
     #: Groups of records asking the same question about the same audio bytes.
@@ -118,7 +171,8 @@ class CheckReport:
     @property
     def warnings(self) -> int:
         return (sum(len(v) for v in self.defects.values()) + len(self.audio_errors) + len(self.long_clips)
-                + len(self.long_prompts) + len(self.duplicate_audio) + len(self.duplicate_items) + len(self.leaked_audio)
+                + len(self.long_prompts) + len(self.special_text) + len(self.duplicate_audio)
+                + len(self.duplicate_items) + len(self.leaked_audio)
                 + len(self.leaked_questions))
 
     def exit_code(self, strict: bool = False) -> int:
@@ -221,8 +275,9 @@ def check_records(path: str | os.PathLike, against: str | os.PathLike | None = N
     collected in the returned report.
 
     `model`: a backend without weights (`aqa.models.registry.load_without_weights`; anything
-    with its `audio_seconds`, `max_prompt_tokens` and `too_long`), whose limits the clips and
-    prompts are checked against; `audio_limit` and `max_prompt_tokens` override them."""
+    with its `audio_seconds`, `max_prompt_tokens`, `too_long` and `special_strings`), whose limits
+    the clips and prompts are checked against, and whose special tokens the text; `audio_limit`
+    and `max_prompt_tokens` override the limits."""
     path = Path(path)
     records, errors = read_records(path, root=root, allow_outside_root=allow_outside_root)
     rep = CheckReport(file=str(path), against=str(against) if against is not None else None,
@@ -287,6 +342,9 @@ def check_records(path: str | os.PathLike, against: str | os.PathLike | None = N
         over = model.too_long(records, lambda r: cache[r.audio_path].duration or header_duration(r.audio_path),
                               limit=rep.prompt_limit)
         rep.long_prompts = [{"id": r.id, "tokens": n} for r, n in over]
+
+    markers = SPECIAL_MARKERS if model is None else marker_pattern(model.special_strings)
+    rep.special_text = special_text(records, markers)
 
     def item_key(r: AQARecord) -> tuple[str, str] | None:
         h = cache[r.audio_path].sha256
@@ -415,6 +473,12 @@ def format_report(rep: CheckReport, *, limit: int = 20) -> str:
     if rep.long_prompts:
         section(f"  {len(rep.long_prompts)} prompt(s) longer than {whose} {rep.prompt_limit} tokens: eval and "
                 f"training skip them", rep.long_prompts, lambda p: f"    {p['id']}: {p['tokens']} tokens")
+    if rep.special_text:
+        whose_tokens = f"{rep.model}'s tokenizer" if rep.model else "the six families' tokenizers"
+        section(f"  {len(rep.special_text)} record(s) hold special-token strings of {whose_tokens}: the models "
+                f"read them as plain text", rep.special_text,
+                lambda x: f"    {rep.file}: {x['id']}: "
+                          + ", ".join(f"{' '.join(ms)} in {f}" for f, ms in x["found"].items()))
     if rep.duplicate_audio:
         section(f"  identical audio under different paths ({len(rep.duplicate_audio)} group(s)):",
                 rep.duplicate_audio,

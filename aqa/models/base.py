@@ -10,6 +10,10 @@ every recipe needs are written once here, on top of that:
 - `target_logprobs`: log-probabilities of the target tokens (SFT loss, GRPO ratios),
   computed only at the target positions.
 
+Text from data (a question, its options, an answer) is plain text: a special-token string in
+it (`<|im_end|>`, the audio placeholder) is encoded as the characters it is, never as the
+token, so it can neither forge a turn nor add an audio slot (`hide_special`, `restore_text`).
+
 Both multiply the hidden states by the head in float32, also in a bf16 model
 (`float32_logits`), and so does generation's next-token choice.
 """
@@ -17,6 +21,7 @@ Both multiply the hidden states by the head in float32, also in a bf16 model
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +144,103 @@ class Backend:
         """The answer's token ids, its end token(s) included."""
         if example.target_ids is not None:
             return list(example.target_ids)
-        return self.tokenizer.encode(example.target, add_special_tokens=False) + self.end_ids
+        return self.text_ids(example.target) + self.end_ids
+
+    # --- text from data ----------------------------------------------------------------------
+    #: True for a family whose tokenizer already encodes any text as plain text (never as one
+    #: of its special tokens), so that nothing has to be hidden from it.
+    text_is_plain: bool = False
+
+    @property
+    def special_strings(self) -> tuple[str, ...]:
+        """The strings of the tokenizer's own tokens that plain text never gives: its added
+        tokens, special or not (Qwen's `<tool_call>` is not special, yet one id), less those
+        that are whitespace or that its plain encoding gives anyway."""
+        cache = self.__dict__
+        if "_special_strings" not in cache:
+            tok = self.tokenizer
+            added = getattr(tok, "added_tokens_decoder", None)
+            names = [t.content for t in added.values()] if isinstance(added, dict) else list(tok.all_special_tokens)
+            cache["_special_strings"] = tuple(
+                s for s in dict.fromkeys(names)
+                if s.strip() and self.plain_ids(s) != [tok.convert_tokens_to_ids(s)])
+        return cache["_special_strings"]
+
+    def plain_ids(self, text: str) -> list[int]:
+        """`text`'s token ids as plain text: the tokenizer's normalizer, pre-tokenizer and
+        model over the whole text, which is what it does to text between two added tokens,
+        without matching any added token inside it. (A SentencePiece-style pre-tokenizer would
+        put its prefix space here; every family here is byte-level.)"""
+        if self.text_is_plain:
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        bt = self.tokenizer.backend_tokenizer
+        if bt.normalizer is not None:
+            text = bt.normalizer.normalize_str(text)
+        parts = [p for p, _ in bt.pre_tokenizer.pre_tokenize_str(text)] if bt.pre_tokenizer is not None else [text]
+        return [t.id for p in parts for t in bt.model.tokenize(p)]
+
+    def text_ids(self, text: str) -> list[int]:
+        """Token ids of `text` from data, alone (an answer): as the tokenizer encodes it, and
+        as plain text when it holds a special-token string."""
+        if self.has_special(text):
+            return self.plain_ids(text)
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def has_special(self, text: str) -> bool:
+        """Whether `text` holds a special-token string that this tokenizer would read as the token."""
+        if self.text_is_plain:
+            return False
+        cache = self.__dict__
+        if "_special_re" not in cache:
+            names = sorted(self.special_strings, key=len, reverse=True)
+            cache["_special_re"] = re.compile("|".join(map(re.escape, names))) if names else None
+        return cache["_special_re"] is not None and cache["_special_re"].search(text) is not None
+
+    @property
+    def sentinel(self) -> tuple[str, int]:
+        """(token, id) that stands in the rendered prompt for a user text holding a special-token
+        string: one of the tokenizer's special tokens that the chat template does not write and
+        that the processor does not expand (its audio, image and video placeholders)."""
+        cache = self.__dict__
+        if "_sentinel" not in cache:
+            tok = self.tokenizer
+            rendered = self.prompt("", with_audio=True) + self.prompt("", with_audio=False)
+            placeholders = {getattr(self.processor, a, None) for a in ("audio_token", "image_token", "video_token")}
+            for s in (tok.pad_token, tok.eos_token, *self.special_strings):
+                if s in self.special_strings and s not in rendered and s not in placeholders:
+                    cache["_sentinel"] = s, tok.convert_tokens_to_ids(s)
+                    break
+            else:
+                raise ValueError(f"the {self.family} tokenizer has no special token that its chat template leaves "
+                                 f"free to stand for a question holding a special-token string")
+        return cache["_sentinel"]
+
+    def hide_special(self, text: str) -> tuple[str, list[int] | None]:
+        """(what the chat template renders in place of the user `text`, the ids that take the
+        sentinel's place once the prompt is tokenised; None: `text` itself, as it is).
+
+        Text without a special-token string goes through the template and the processor as it
+        is, so its ids are exactly the processor's. Text with one is replaced by the sentinel
+        token, which the processor tokenises as one id, and the text's plain ids go in its
+        place after (`restore_text`): the processor counts and expands only the template's
+        audio placeholder, and every special id in the row is one the template wrote."""
+        if not self.has_special(text):
+            return text, None
+        if not all(isinstance(self.prompt_around(with_audio), str) for with_audio in (True, False)):
+            # The template changes the text it is given, which the sentinel would not show.
+            raise ValueError(f"the {self.family} chat template changes the question's text, so a question holding "
+                             f"a special-token string cannot be encoded as plain text")
+        return self.sentinel[0], self.plain_ids(text)
+
+    def restore_text(self, ids: list[int], plain: list[int] | None) -> list[int]:
+        """The prompt ids of `hide_special`'s text with the sentinel replaced by the text's plain ids."""
+        if plain is None:
+            return ids
+        at = [i for i, t in enumerate(ids) if t == self.sentinel[1]]
+        if len(at) != 1:
+            raise RuntimeError(f"the {self.family} prompt holds the sentinel {self.sentinel[0]} {len(at)} times, "
+                               f"not once")
+        return ids[:at[0]] + plain + ids[at[0] + 1:]
 
     def prompt_tokens(self, text: str, seconds: float | None, target: str | None = None) -> int:
         """Length of the batch row `collate` makes for the question `text` with a clip of
@@ -151,10 +252,12 @@ class Backend:
     def prompt_token_counts(self, items: list[tuple[str, float | None, str | None]]) -> list[int]:
         """`prompt_tokens` of many (text, seconds, target) at once: the prompts are tokenised
         in one batch (one call per item took twice as long on 10,000 items)."""
-        prompts = [self.prompt_around(seconds is not None).format(text=text) for text, seconds, _ in items]
+        hidden = [self.hide_special(text) for text, _, _ in items]
+        prompts = [self.prompt_around(seconds is not None).format(text=shown)
+                   for (shown, _), (_, seconds, _) in zip(hidden, items)]
         counts = []
-        for ids, (text, seconds, target) in zip(self.tokenizer(prompts)["input_ids"], items):
-            n = len(ids)
+        for ids, (_, plain), (text, seconds, target) in zip(self.tokenizer(prompts)["input_ids"], hidden, items):
+            n = len(ids) + (0 if plain is None else len(plain) - 1)
             if seconds is not None:
                 # The rendered prompt holds one placeholder, which the processor repeats per audio token.
                 n += self.clip_tokens(seconds) - ids.count(self.audio_token_id)

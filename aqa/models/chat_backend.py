@@ -80,14 +80,15 @@ class ChatProcessorBackend(Backend):
 
     def encode(self, example: Example) -> tuple[list[int], dict[str, torch.Tensor] | None]:
         """Prompt ids of one example and its audio inputs, as the processor gives them for the
-        example alone (the clip cut to `audio_seconds` first)."""
+        example alone (the clip cut to `audio_seconds` first), its text as plain text."""
+        text, plain = self.hide_special(example.text)
         if example.audio is None:
-            return self.process(example.text, None)["input_ids"][0].tolist(), None
+            return self.restore_text(self.process(text, None)["input_ids"][0].tolist(), plain), None
         clip = np.asarray(example.audio, dtype=np.float32)
         if self.audio_seconds is not None:
             clip = clip[: int(self.audio_seconds * self.processor.feature_extractor.sampling_rate)]
-        enc = self.process(example.text, clip)
-        return enc["input_ids"][0].tolist(), self.audio_inputs(enc)
+        enc = self.process(text, clip)
+        return self.restore_text(enc["input_ids"][0].tolist(), plain), self.audio_inputs(enc)
 
     def process(self, text: str, clip: np.ndarray | None):
         """The processor's output (`input_ids` and the audio inputs) for one user turn: `clip`

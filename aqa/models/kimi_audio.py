@@ -341,6 +341,9 @@ class SpeechTokenCache:
 
 class KimiAudioBackend(Backend):
     family = "moonshot_kimia"
+    #: The text tokenizer encodes with split_special_tokens (`load_text_tokenizer`), as upstream
+    #: encodes with tiktoken's disallowed_special=(); every one of its added tokens is special.
+    text_is_plain = True
 
     @classmethod
     def load(cls, path: str, *, adapter: str | None = None, device: str | None = None,

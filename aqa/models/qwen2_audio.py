@@ -51,32 +51,35 @@ class Qwen2AudioBackend(Backend):
     def collate(self, examples: list[Example], *, with_target: bool = False) -> dict[str, torch.Tensor]:
         fe = self.processor.feature_extractor
         window = int(fe.chunk_length * fe.sampling_rate)
+        hidden = [self.hide_special(e.text) for e in examples]
         text_only = [e.audio is None for e in examples]
         if all(text_only):  # a prompt without audio: the tokenizer alone
-            enc = self.tokenizer([self.prompt(e.text, with_audio=False) for e in examples], padding=True,
+            enc = self.tokenizer([self.prompt(text, with_audio=False) for text, _ in hidden], padding=True,
                                  return_tensors="pt")
         elif any(text_only):
             raise ValueError("a batch mixes examples with and without audio")
         else:
-            enc = self.processor(text=[self.prompt(e.text) for e in examples],
+            enc = self.processor(text=[self.prompt(text) for text, _ in hidden],
                                  audio=[e.audio[:window] for e in examples], sampling_rate=fe.sampling_rate,
                                  padding=True, return_tensors="pt")
-        ids, att = enc["input_ids"], enc["attention_mask"]
-        if with_target:
-            # Append the target ids to each unpadded prompt, then left-pad again: tokenising the
-            # target apart keeps the prompt's tokens exactly those that scoring sees.
-            pad = self.tokenizer.pad_token_id
-            rows, lab_rows = [], []
-            for i, e in enumerate(examples):
+        # Each unpadded prompt gets its text's plain ids back and the target ids appended, then
+        # the rows are left-padded again: tokenising the target apart keeps the prompt's tokens
+        # exactly those that scoring sees.
+        pad = self.tokenizer.pad_token_id
+        rows, lab_rows = [], []
+        for e, (_, plain), ids, att in zip(examples, hidden, enc["input_ids"], enc["attention_mask"]):
+            p = self.restore_text(ids[att.bool()].tolist(), plain)
+            t = []
+            if with_target:
                 if e.target is None and e.target_ids is None:
                     raise ValueError("with_target=True needs a target on every example")
-                p = ids[i][att[i].bool()].tolist()
                 t = self.target_ids(e)
-                rows.append(p + t)
-                lab_rows.append([-100] * len(p) + t)
-            T = max(len(r) for r in rows)
-            ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows])
-            att = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
+            rows.append(p + t)
+            lab_rows.append([-100] * len(p) + t)
+        T = max(len(r) for r in rows)
+        ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows])
+        att = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
+        if with_target:
             enc["labels"] = torch.tensor([[-100] * (T - len(r)) + r for r in lab_rows])
         enc["input_ids"], enc["attention_mask"] = ids, att
         # Explicit positions make a left-padded row compute exactly what it would alone.

@@ -76,6 +76,10 @@ def wav_base64(clip: np.ndarray, sampling_rate: int) -> str:
 class VoxtralBackend(ChatProcessorBackend):
     family = "voxtral"
     transformers_class = "VoxtralForConditionalGeneration"
+    #: mistral-common's Tekken encodes text with a tiktoken encoding that has no special tokens
+    #: (its control tokens are ids below `num_special_tokens`, added only by the instruct
+    #: encoder), so `[INST]` or `[AUDIO]` in a question is its characters (tests/test_special_text.py).
+    text_is_plain = True
 
     @classmethod
     def load(cls, path: str, **kw):
