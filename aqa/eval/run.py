@@ -402,7 +402,11 @@ def launched_processes() -> tuple[int, int, int] | None:
 def _run(args) -> int:
     import datetime
 
-    s = EvalSettings(model=args.model, adapter=args.adapter, data=args.data, mode=args.mode,
+    from aqa.models.registry import find_adapter
+
+    # Before any folder is made; the settings (and a resume's check) name the adapter folder itself.
+    adapter = find_adapter(args.adapter) if args.adapter else None
+    s = EvalSettings(model=args.model, adapter=adapter, data=args.data, mode=args.mode,
                      shuffles=args.shuffles, vote=args.vote, max_new_tokens=args.max_new_tokens, seed=args.seed,
                      audio=args.audio, max_prompt_tokens=args.max_prompt_tokens)
     shard, barrier, device = None, None, args.device
