@@ -8,6 +8,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -152,9 +153,12 @@ def run_parsed(args: argparse.Namespace) -> int:
     error (`classify_error`); `--debug` lets every error through with its traceback."""
     try:
         rc = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe can be caught, not at the interpreter's exit
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
     except Exception as e:
         known = None if getattr(args, "debug", False) else classify_error(e, args)
         if known is None:
@@ -163,6 +167,16 @@ def run_parsed(args: argparse.Namespace) -> int:
         print(f"aqa: error: {' '.join(message.split())}", file=sys.stderr)
         return code
     return int(rc or 0)
+
+
+def _reader_went_away() -> int:
+    """What `aqa ... | head -1` gets once head has read its line: no error, as with any command
+    whose reader stops listening (Python's docs, "Note on SIGPIPE"). Standard output is pointed
+    at /dev/null, so that the interpreter's last flush of what is left finds nothing to fail on."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
 
 
 def expand_config_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:

@@ -264,3 +264,38 @@ def test_an_adapter_made_for_a_model_of_another_name_loads_with_a_warning(tiny_m
     with caplog.at_level("WARNING", logger="aqa.models.base"):
         load_backend(str(hub_cache), adapter=str(adapter), device="cpu")
     assert not caplog.messages
+
+
+# --------------------------------------------------------------------------- issue 21, item 5: pipes
+
+@pytest.mark.parametrize("command, unbuffered", [
+    ("export", "1"), ("export", ""),  # ./run sets PYTHONUNBUFFERED: each print meets the closed pipe
+    ("import", "1"), ("check", "1"),
+])
+def test_a_reader_that_stops_listening_is_no_error(tmp_path, command, unbuffered):
+    """`aqa data export ... | head -1`: once head has its line, the pipe is closed. Here it is
+    closed before the command starts, so that every write meets it."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    data = data_file(tmp_path)
+    swift = tmp_path / "swift.jsonl"
+    assert main(["data", "export", str(data), "-o", str(swift)]) == 0
+    args = {"export": ["data", "export", str(data), "--format", "llamafactory", "-o", str(tmp_path / "lf.jsonl")],
+            "import": ["data", "import", str(swift), "-o", str(tmp_path / "back.jsonl")],
+            "check": ["data", "check", str(data)]}[command]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": unbuffered}
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        r = subprocess.run([sys.executable, "-m", "aqa", *args], stdout=write, stderr=subprocess.PIPE, text=True,
+                           env=env, cwd=root, timeout=120)
+    finally:
+        os.close(write)
+    assert "Broken pipe" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr
+    assert r.returncode == 0
+    if command != "check":
+        assert Path(args[-1]).is_file()  # the work is done; only its report went unread
