@@ -153,7 +153,6 @@ def run_parsed(args: argparse.Namespace) -> int:
     error (`classify_error`); `--debug` lets every error through with its traceback."""
     try:
         rc = args.func(args)
-        sys.stdout.flush()  # here, where a closed pipe can be caught, not at the interpreter's exit
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -165,14 +164,26 @@ def run_parsed(args: argparse.Namespace) -> int:
             raise
         code, message = known
         print(f"aqa: error: {' '.join(message.split())}", file=sys.stderr)
+        _flush_stdout()
         return code
+    _flush_stdout()
     return int(rc or 0)
+
+
+def _flush_stdout() -> None:
+    """Flush here, where a closed pipe can be caught, not at the interpreter's exit; the
+    command's own exit code stands, since it ran to its end."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _reader_went_away()
 
 
 def _reader_went_away() -> int:
     """What `aqa ... | head -1` gets once head has read its line: no error, as with any command
-    whose reader stops listening (Python's docs, "Note on SIGPIPE"). Standard output is pointed
-    at /dev/null, so that the interpreter's last flush of what is left finds nothing to fail on."""
+    whose reader stops listening (Python's docs, "Note on SIGPIPE"), and exit 0 where the command
+    was stopped by it. Standard output is pointed at /dev/null, so that the interpreter's last
+    flush of what is left finds nothing to fail on."""
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     os.close(devnull)

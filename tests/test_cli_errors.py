@@ -270,11 +270,12 @@ def test_an_adapter_made_for_a_model_of_another_name_loads_with_a_warning(tiny_m
 
 @pytest.mark.parametrize("command, unbuffered", [
     ("export", "1"), ("export", ""),  # ./run sets PYTHONUNBUFFERED: each print meets the closed pipe
-    ("import", "1"), ("check", "1"),
+    ("import", "1"), ("check", "1"), ("check-fails", ""),
 ])
 def test_a_reader_that_stops_listening_is_no_error(tmp_path, command, unbuffered):
     """`aqa data export ... | head -1`: once head has its line, the pipe is closed. Here it is
-    closed before the command starts, so that every write meets it."""
+    closed before the command starts, so that every write meets it. A command that ran to its
+    end keeps its own exit code (a check that fails, its output buffered till the end)."""
     import os
     import subprocess
     import sys
@@ -285,7 +286,9 @@ def test_a_reader_that_stops_listening_is_no_error(tmp_path, command, unbuffered
     assert main(["data", "export", str(data), "-o", str(swift)]) == 0
     args = {"export": ["data", "export", str(data), "--format", "llamafactory", "-o", str(tmp_path / "lf.jsonl")],
             "import": ["data", "import", str(swift), "-o", str(tmp_path / "back.jsonl")],
-            "check": ["data", "check", str(data)]}[command]
+            "check": ["data", "check", str(data)], "check-fails": ["data", "check", str(data), "--strict"]}[command]
+    if command == "check-fails":
+        (tmp_path / "a.wav").unlink()
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": unbuffered}
     read, write = os.pipe()
@@ -296,6 +299,6 @@ def test_a_reader_that_stops_listening_is_no_error(tmp_path, command, unbuffered
     finally:
         os.close(write)
     assert "Broken pipe" not in r.stderr and "BrokenPipeError" not in r.stderr, r.stderr
-    assert r.returncode == 0
-    if command != "check":
+    assert r.returncode == (1 if command == "check-fails" else 0)
+    if command in ("export", "import"):
         assert Path(args[-1]).is_file()  # the work is done; only its report went unread

@@ -315,7 +315,8 @@ def test_a_system_prompt_is_kept_in_meta_and_counted(tmp_path, capsys):
     rows = [  # ms-swift messages with a system turn, its ShareGPT `system` column, and none
         {"messages": [{"role": "system", "content": "You are an audio expert."}, {"role": "user", "content": MC_USER},
                       {"role": "assistant", "content": "B"}], "audios": ["clips/1.wav"]},
-        {"system": "Answer briefly.", "conversation": [{"human": MC_USER, "assistant": "A"}], "audios": ["clips/2.wav"]},
+        {"system": "Answer briefly.", "conversation": [{"human": MC_USER, "assistant": "A"}],
+         "audios": ["clips/2.wav"]},
         {"messages": [{"role": "user", "content": MC_USER}, {"role": "assistant", "content": "C"}],
          "audios": ["clips/1.wav"], "images": [], "solution": "C"},
     ]

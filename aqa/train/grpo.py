@@ -82,11 +82,10 @@ class GRPOConfig(TrainConfig):
 
 def train(cfg: GRPOConfig) -> dict:
     """Run GRPO; returns a summary dict."""
+    from aqa.models.registry import find_adapter
     from aqa.train.grpo_loss import grpo_loss
     from aqa.train.recipe import setup
     from aqa.train.rollouts import policy_logprobs, rollout_choice, rollout_generate
-
-    from aqa.models.registry import find_adapter
 
     # ---- setup -----------------------------------------------------------------------------
     continued = cfg.policy == "sft"
