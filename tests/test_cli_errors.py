@@ -173,6 +173,16 @@ def test_an_adapter_folder_that_does_not_exist_says_so_before_anything_loads(tin
     assert not (tmp_path / "ev").exists()
 
 
+def test_sft_on_an_adapter_that_does_not_exist_says_so_before_the_run_folder_is_made(tiny_model, tmp_path, capsys):
+    missing = tmp_path / "runs" / "sft" / "adapter"
+    assert main(["sft", "configs/qwen2_audio/sft_lora.yaml", f"model={tiny_model}",
+                 f"train_data=[{data_file(tmp_path)}]", f"adapter={missing}", f"output_dir={tmp_path / 'run'}",
+                 "device=cpu"]) == 2
+    assert one_line(capsys) == (f"aqa: error: {missing}: no such adapter folder (and not a Hugging Face id, "
+                                f"which is 'name' or 'owner/name')")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_folder_that_holds_no_adapter_is_named(tiny_model, tmp_path, capsys):
     unfinished = tmp_path / "run"
     (unfinished / "checkpoints").mkdir(parents=True)
