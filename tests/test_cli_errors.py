@@ -312,3 +312,29 @@ def test_a_reader_that_stops_listening_is_no_error(tmp_path, command, unbuffered
     assert r.returncode == (1 if command == "check-fails" else 0)
     if command in ("export", "import"):
         assert Path(args[-1]).is_file()  # the work is done; only its report went unread
+
+
+def test_pickled_adapter_weights_are_one_line_from_the_command(tiny_model, adapter, tmp_path, capsys):
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(adapter, pickled)
+    torch.save(load_file(pickled / "adapter_model.safetensors"), pickled / "adapter_model.bin")
+    (pickled / "adapter_model.safetensors").unlink()
+    assert main(eval_args(tiny_model, pickled, tmp_path)) == 2
+    assert one_line(capsys).startswith(f"aqa: error: {pickled}: weights only as pickle files (adapter_model.bin)")
+
+
+@pytest.mark.parametrize("config, problem", [
+    ({"model_type": "qwen2"}, "model type 'qwen2' has no aqa backend (supported: qwen2_audio, "),
+    ({"architectures": ["X"]}, "cannot read model_type ('model_type')"),
+], ids=["text-only", "no-type"])
+def test_a_model_of_no_family_is_one_line(tmp_path, capsys, config, problem):
+    model = tmp_path / "Qwen2-7B"  # a text-only model, or a config without its type
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(config))
+    assert main(["eval", "--model", str(model), "--data", str(data_file(tmp_path)), "-o", str(tmp_path / "ev")]) == 2
+    line = one_line(capsys)
+    where = model if "model_type" in config else model / "config.json"
+    assert line.startswith(f"aqa: error: {where}: {problem}")

@@ -496,7 +496,9 @@ def require_safetensors(folder: str | Path, *, allow_pickle: bool = False) -> No
         return
     pickles = sorted(p.name for p in f.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise ValueError(f"{f}: weights only as pickle files ({', '.join(pickles)}), which can run code when "
+        from aqa.io import UserError  # one line from `aqa`, not a traceback
+
+        raise UserError(f"{f}: weights only as pickle files ({', '.join(pickles)}), which can run code when "
                          f"loaded; aqa loads safetensors. Convert them by loading once where you trust them and "
                          f"calling save_pretrained(folder, safe_serialization=True), or allow pickles "
                          f"(aqa eval --allow-pickle, or allow_pickle=true in a training config)")

@@ -62,7 +62,7 @@ def model_family(path: str) -> str:
     try:
         return json.loads(cfg.read_text())["model_type"]
     except (ValueError, KeyError) as e:
-        raise ValueError(f"{cfg}: cannot read model_type ({e})") from None
+        raise UserError(f"{cfg}: cannot read model_type ({e})") from None
 
 
 #: The file that makes a folder a peft adapter.
@@ -127,7 +127,7 @@ def load_backend(path: str, *, allow_pickle: bool = False, **kw: Any):
     try:
         cls = backend_class(family)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise UserError(f"{path}: {e}") from None
     return cls.load(path, **kw)
 
 
@@ -138,5 +138,5 @@ def load_without_weights(path: str, *, trust_remote_code: bool = False):
     try:
         cls = backend_class(family)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise UserError(f"{path}: {e}") from None
     return cls.without_weights(path, trust_remote_code=trust_remote_code)
