@@ -8,6 +8,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -155,14 +156,38 @@ def run_parsed(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_went_away()
     except Exception as e:
         known = None if getattr(args, "debug", False) else classify_error(e, args)
         if known is None:
             raise
         code, message = known
         print(f"aqa: error: {' '.join(message.split())}", file=sys.stderr)
+        _flush_stdout()
         return code
+    _flush_stdout()
     return int(rc or 0)
+
+
+def _flush_stdout() -> None:
+    """Flush here, where a closed pipe can be caught, not at the interpreter's exit; the
+    command's own exit code stands, since it ran to its end."""
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """What `aqa ... | head -1` gets once head has read its line: no error, as with any command
+    whose reader stops listening (Python's docs, "Note on SIGPIPE"), and exit 0 where the command
+    was stopped by it. Standard output is pointed at /dev/null, so that the interpreter's last
+    flush of what is left finds nothing to fail on."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
 
 
 def expand_config_flags(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:

@@ -10,7 +10,9 @@ otherwise). A model's log-probabilities serve as its logits: softmax(log p / T) 
 same as temperature-scaling the logits the probabilities came from. Items are aligned by id
 and by option text, so models that saw the options in different orders, or whose records
 list them differently, are matched option by option; items whose option texts differ
-between models are left out and counted.
+between models are left out and counted, and so are items a model skipped (its
+skipped.jsonl). Folders that hold different items otherwise (another data file, `--limit`, an
+eval not finished) are refused, naming the ids that differ.
 
 Honest numbers: the accuracy reported for the fitting set is cross-fitted. The items are cut
 into k folds (by a hash of the id, so the assignment does not depend on file order), each
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aqa.io import write_json, write_jsonl
+from aqa.io import UserError, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -53,19 +55,58 @@ class Aligned:
     left_out: dict[str, int]
 
 
+#: How many ids an error names.
+SHOWN_IDS = 3
+
+
+def _skipped_ids(pred_dir: str | Path) -> set:
+    """The ids an eval folder's skipped.jsonl names (audio it could not decode, a prompt too long
+    for its model): items that model left out, not items it was never given."""
+    from aqa.io import iter_jsonl
+
+    f = Path(pred_dir) / "skipped.jsonl"
+    if not f.is_file():
+        return set()
+    return {obj.get("id") for _, obj in iter_jsonl(f, skip_bad=True) if isinstance(obj, dict)}
+
+
+def _same_items(pred_dirs: list[str | Path], answered: list[set], skipped: list[set]) -> None:
+    """Refuse eval folders made on different items (another data file, --limit, an eval that has
+    not finished): the ensemble would be fitted and scored on their overlap only, and its table
+    would not compare with the folders' own numbers. An item a model skipped is no such difference."""
+    seen = [a | s for a, s in zip(answered, skipped)]
+    every = set().union(*seen)
+    short = [(d, every - s) for d, s in zip(pred_dirs, seen) if every - s]
+    if not short:
+        return
+    d, lacking = short[0]
+    first = sorted(lacking, key=str)[:SHOWN_IDS]
+    counts = ", ".join(f"{o}: {len(s)}" for o, s in zip(pred_dirs, seen))
+    raise UserError(f"the eval folders hold different items ({counts}); {d} lacks {len(lacking)} the others "
+                    f"hold: {', '.join(map(str, first))}{', ...' if len(lacking) > len(first) else ''}. Ensemble "
+                    f"evaluations of the same data file (an unfinished eval resumes when rerun)")
+
+
 def align(pred_dirs: list[str | Path]) -> Aligned:
     from aqa.eval.metrics import load_predictions
 
-    per_model = []
+    per_model, answered, skipped = [], [], []
     for d in pred_dirs:
         rows = load_predictions(d)
+        if not rows:
+            raise UserError(f"{d}: no predictions yet (an eval that answered nothing)")
         missing = sum(r.get("probs") is None for r in rows)
         if missing == len(rows):
-            raise ValueError(f"{d}: no per-option probabilities (evaluate with --mode score)")
+            raise UserError(f"{d}: no per-option probabilities (evaluate with --mode score)")
         per_model.append({r["id"]: r for r in rows if r.get("probs") is not None})
+        answered.append({r["id"] for r in rows})
+        skipped.append(_skipped_ids(d) - answered[-1])
+    _same_items(pred_dirs, answered, skipped)
     common = [i for i in per_model[0] if all(i in m for m in per_model[1:])]
     left = Counter()
-    left["not in every model"] = len(set().union(*[set(m) for m in per_model]) - set(common))
+    outside = set().union(*answered, *skipped) - set(common)
+    left["skipped by a model"] = len(outside & set().union(*skipped))
+    left["no option probabilities"] = len(outside - set().union(*skipped))
     ids, rows, logps, ns, answers = [], [], [], [], []
     for i in common:
         ref = per_model[0][i]
@@ -91,7 +132,8 @@ def align(pred_dirs: list[str | Path]) -> Aligned:
         ns.append(len(choices))
         answers.append(-1 if ref.get("answer") is None else int(ref["answer"]))
     if not ids:
-        raise ValueError("no item is common to every prediction dir with the same options")
+        raise UserError(f"{', '.join(map(str, pred_dirs))}: no item has the same options in every folder "
+                        f"({', '.join(f'{k}: {v}' for k, v in left.items() if v)})")
     K = max(ns)
     t = torch.full((len(pred_dirs), len(ids), K), float("-inf"), dtype=torch.float64)
     for j, per in enumerate(logps):
@@ -190,10 +232,21 @@ def run_fit(pred_dirs: list[str], out_dir: str | Path, *, folds: int = 5, steps:
 
     out = Path(out_dir)
     names = names or [Path(d).name for d in pred_dirs]
+    if folds < 2:
+        raise UserError(f"--folds {folds}: cross-fitting needs at least 2 folds")
     a = align(pred_dirs)
-    labelled = int((a.answers >= 0).sum())
-    if labelled < folds:
-        raise ValueError(f"{labelled} labelled items, fewer than the {folds} folds")
+    labelled_ids = [i for i, y in zip(a.ids, a.answers.tolist()) if y >= 0]
+    named = ", ".join(map(str, pred_dirs))
+    if len(labelled_ids) < folds:
+        what = f"{len(a.ids)} item(s) in common, {len(labelled_ids)} of them labelled"
+        raise UserError(f"{named}: {what}, fewer than the {folds} folds of cross-fitting; "
+                        + (f"pass --folds {len(labelled_ids)} or ensemble more items" if len(labelled_ids) >= 2 else
+                           "the ensemble is fitted against the answers: fit it on a labelled split, and "
+                           "`aqa ensemble apply` it to this one"))
+    if len(set(folds_of(labelled_ids, folds))) < 2:
+        # Each fold is scored by parameters fitted on the others, which would hold no answer.
+        raise UserError(f"{named}: the {len(labelled_ids)} labelled item(s) all fall in one of the {folds} folds "
+                        f"(a fold goes by a hash of the id); ensemble more items")
     cf_probs, fold_params = cross_fit(a, folds, steps, lr)
     params = fit(a.logp, a.answers, steps, lr)
     write_json(out / "params.json", {**params, "models": [str(Path(d).resolve()) for d in pred_dirs],
@@ -223,7 +276,7 @@ def run_apply(params_dir: str | Path, pred_dirs: list[str], out_dir: str | Path,
 
     params = json.loads((Path(params_dir) / "params.json").read_text())
     if len(params["weights"]) != len(pred_dirs):
-        raise ValueError(f"{params_dir}: fitted for {len(params['weights'])} models, given {len(pred_dirs)}")
+        raise UserError(f"{params_dir}: fitted for {len(params['weights'])} models, given {len(pred_dirs)}")
     a = align(pred_dirs)
     rows = rows_from_probs(a, apply_params(a.logp, params))
     out = Path(out_dir)
@@ -253,8 +306,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_fit(args) -> int:
     if len(args.pred_dirs) < 2:
-        print("an ensemble needs at least two prediction dirs")
-        return 2
+        raise UserError(f"{args.pred_dirs[0]}: an ensemble needs at least two eval folders")
     s = run_fit(args.pred_dirs, args.output, folds=args.folds, steps=args.steps, lr=args.lr,
                 names=args.names.split(",") if args.names else None)
     width = max(len(n) for n in s["comparison"])

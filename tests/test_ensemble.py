@@ -138,3 +138,57 @@ def test_full_precision_log_probabilities_are_the_ensembles_input(tmp_path):
     al = ens.align([a, b])
     assert torch.allclose(al.logp[0, 0], torch.tensor([-20.7, -1e-9, -34.5], dtype=torch.float64))
     assert torch.allclose(al.logp[1, 0], torch.log(torch.tensor([0.3, 0.5, 0.2], dtype=torch.float64)))
+
+
+# --------------------------------------------------------------------------- issue 21, item 5
+
+def two_models(tmp_path, ids_a, ids_b, answers=None):
+    rng = np.random.default_rng(4)
+    dirs = []
+    for name, ids in (("a", ids_a), ("b", ids_b)):
+        ans = answers if answers is not None else [int(x) for x in rng.integers(0, 3, len(ids))]
+        dirs.append(write_dir(tmp_path / name, ids, [["x", "y", "z"]] * len(ids),
+                              softmax(rng.normal(size=(len(ids), 3))), ans[:len(ids)]))
+    return dirs
+
+
+def test_fewer_labelled_items_than_folds_is_one_line_naming_the_folders(tmp_path, capsys):
+    a, b = two_models(tmp_path, ["q1", "q2", "q3"], ["q1", "q2", "q3"])
+    assert main(["ensemble", "fit", str(a), str(b), "-o", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"aqa: error: {a}, {b}: 3 item(s) in common, 3 of them labelled, fewer than the 5 folds of cross-fitting; "
+        f"pass --folds 3 or ensemble more items")
+    a, b = two_models(tmp_path, ["q1"], ["q1"], answers=[None])
+    assert main(["ensemble", "fit", str(a), str(b), "-o", str(tmp_path / "e")]) == 2
+    assert "0 of them labelled" in capsys.readouterr().err and not (tmp_path / "e").exists()
+
+
+def test_labelled_items_all_in_one_fold_are_refused(tmp_path, capsys):
+    ids = [i for i in (f"q{n}" for n in range(200)) if ens.folds_of([i], 5)[0] == 0][:6]
+    a, b = two_models(tmp_path, ids, ids)
+    assert main(["ensemble", "fit", str(a), str(b), "-o", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"aqa: error: {a}, {b}: the 6 labelled item(s) all fall in one of the 5 folds (a fold goes by a hash of the "
+        f"id); ensemble more items")
+
+
+def test_folders_with_different_items_are_refused_naming_the_ids(tmp_path, capsys):
+    ids = [f"q{n:02d}" for n in range(20)]
+    a, b = two_models(tmp_path, ids, ids[:15])  # b: evaluated with --limit 15, or not finished
+    assert main(["ensemble", "fit", str(a), str(b), "-o", str(tmp_path / "e")]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"aqa: error: the eval folders hold different items ({a}: 20, {b}: 15); {b} lacks 5 the others hold: "
+        f"q15, q16, q17, .... Ensemble evaluations of the same data file (an unfinished eval resumes when rerun)")
+    fitted = tmp_path / "fitted"  # parameters from folders that agree, applied to these two
+    ens.run_fit([str(a), str(a)], fitted, n_boot=0, steps=5)
+    assert main(["ensemble", "apply", str(fitted), str(a), str(b), "-o", str(tmp_path / "ap")]) == 2
+    assert capsys.readouterr().err.startswith("aqa: error: the eval folders hold different items")
+
+
+def test_an_item_a_model_skipped_is_left_out_and_counted(tmp_path):
+    ids = [f"q{n:02d}" for n in range(20)]
+    a, b = two_models(tmp_path, ids, ids[:19])
+    write_jsonl(b / "skipped.jsonl", [{"id": "q19", "subset": "s", "problem": "prompt of 9000 tokens is longer "
+                                       "than the 4096 the model takes", "kind": "prompt_too_long"}])
+    s = ens.run_fit([str(a), str(b)], tmp_path / "e", n_boot=0, steps=5)
+    assert s["n"] == 19 and s["left_out"] == {"skipped by a model": 1}

@@ -281,3 +281,25 @@ def test_weighted_rewards_gdpo_and_dapo_log_every_completion_and_resume(tiny_mod
                        (dict(loss_type="bnpo"), "loss_type")]:
         with pytest.raises(ValueError, match=match):
             GRPOConfig(**{**kw, **bad})
+
+
+@pytest.mark.parametrize("policy", ["new", "sft"])
+def test_sft_adapter_may_name_the_sft_run_folder(tiny_model, sft_adapter, synth_data, tmp_path, policy):
+    """sft_adapter=RUN (the SFT run's folder, not RUN/adapter) is that run's adapter: merged under
+    the new one, whose aqa_merge_first.json names it, or trained on with its saved weights as the
+    reference (the first step's KL is zero)."""
+    run = tmp_path / "g"
+    grpo_train(cfg(tiny_model, sft_adapter.parent, synth_data / "train.jsonl", run, policy=policy, max_steps=1))
+    if policy == "new":
+        stack = json.loads((run / "adapter" / "aqa_merge_first.json").read_text())
+        assert stack == {"merge_first": [str(sft_adapter.resolve())]}
+    else:
+        assert log(run)[0]["kl"] < 1e-7
+
+
+def test_a_missing_sft_adapter_is_one_line_before_the_run_folder_is_made(tiny_model, synth_data, tmp_path):
+    from aqa.io import UserError
+
+    with pytest.raises(UserError, match=r"^/\S+/runs/sft: no such adapter folder"):
+        grpo_train(cfg(tiny_model, tmp_path / "runs" / "sft", synth_data / "train.jsonl", tmp_path / "g"))
+    assert not (tmp_path / "g").exists()

@@ -306,3 +306,68 @@ def test_relative_paths_help_names_both_settings(capsys):
         main(["data", "export", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "ROOT_IMAGE_DIR" in text and "media_dir" in text
+
+
+# --------------------------------------------------------------------------- issue 21, item 5
+
+def test_a_system_prompt_is_kept_in_meta_and_counted(tmp_path, capsys):
+    d = audio_folder(tmp_path)
+    rows = [  # ms-swift messages with a system turn, its ShareGPT `system` column, and none
+        {"messages": [{"role": "system", "content": "You are an audio expert."}, {"role": "user", "content": MC_USER},
+                      {"role": "assistant", "content": "B"}], "audios": ["clips/1.wav"]},
+        {"system": "Answer briefly.", "conversation": [{"human": MC_USER, "assistant": "A"}],
+         "audios": ["clips/2.wav"]},
+        {"messages": [{"role": "user", "content": MC_USER}, {"role": "assistant", "content": "C"}],
+         "audios": ["clips/1.wav"], "images": [], "solution": "C"},
+    ]
+    p = write_example(d, "sys.jsonl", rows)
+    out = d / "out.jsonl"
+    assert main(["data", "import", str(p), "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "2 record(s) came with a system prompt, kept in meta 'system' (aqa's prompt has none)" in printed
+    assert "keys aqa does not read (images, solution) kept in meta 'interchange' 'unused' of 1 record(s)" in printed
+    back, errors = read_records(out)
+    assert not errors
+    assert [r.meta.get("system") for r in back] == ["You are an audio expert.", "Answer briefly.", None]
+    assert back[2].meta["interchange"]["unused"] == {"images": [], "solution": "C"}
+    with pytest.raises(RecordError, match="no user turn, only the system's"):
+        from_interchange({"messages": [{"role": "system", "content": "hi"}], "audios": ["a.wav"]})
+
+
+def test_an_import_with_audio_outside_its_folder_checks_clean_without_the_flag(records_file, tmp_path, capsys):
+    # The default export writes absolute paths (as ms-swift prefers); imported into another folder.
+    ex = tmp_path / "swift" / "train.jsonl"
+    assert main(["data", "export", str(records_file), "-o", str(ex)]) == 0
+    out = tmp_path / "work" / "data" / "imported.jsonl"
+    out.parent.mkdir(parents=True)
+    capsys.readouterr()
+    assert main(["data", "import", str(ex), "-o", str(out)]) == 0
+    audio = os.path.realpath(records_file.parent / "audio")
+    assert (f"4 audio path(s) lie outside {out.parent}, under {audio}: written absolute, that root recorded in "
+            f"{out.parent / 'imported.root.json'} for readers") in capsys.readouterr().out
+    assert main(["data", "check", str(out)]) == 0
+    back, errors = read_records(out)
+    assert not errors and [str(r.audio_path) for r in back] == [os.path.join(audio, f"{c}.wav") for c in "abcd"]
+    # The root holds for this file as written: a line added by hand is checked as before.
+    with open(out, "a") as fh:
+        fh.write(json.dumps(rec("r9", os.path.join(audio, "a.wav"))) + "\n")
+    back, errors = read_records(out)
+    assert not back and len(errors) == 5
+
+
+def test_the_recorded_root_is_the_input_folder_or_the_deepest_one_holding_every_clip(tmp_path):
+    from pathlib import Path
+
+    from aqa.data.interchange import imported_root
+
+    def records(*paths):
+        out = [AQARecord.from_dict(rec(f"r{i}", str(p))) for i, p in enumerate(paths)]
+        for r in out:
+            r.audio_path = Path(r.audio)
+        return out
+
+    here = Path(os.path.realpath(tmp_path))
+    assert imported_root(records(here / "a" / "1.wav", here / "b" / "2.wav"), here) == here
+    assert imported_root(records(here / "a" / "1.wav", here / "a" / "x" / "2.wav"), here / "b") == here / "a"
+    # Only "/" holds both: nothing a reader would trust (test_pipeline_paths.py), so nothing recorded.
+    assert imported_root(records(here / "a" / "1.wav", "/nonexistent-aqa/2.wav"), here) is None

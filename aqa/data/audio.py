@@ -1,5 +1,8 @@
 """Audio decoding for every command: by content (libsndfile sniffs the header, so MP3 bytes
 in a file named `.wav` decode as MP3), mixed down to mono, resampled to 16 kHz with soxr.
+What libsndfile does not read and downloaders deliver (AAC in MP4/M4A, as YouTube's audio
+for AudioSet comes; ADTS AAC; Opus or Vorbis in WebM/Matroska) is decoded by FFmpeg through
+PyAV, the container named by its first bytes.
 
 Every problem a real dataset has (missing, empty, truncated, not audio, silent, NaN) raises
 `AudioError`, which names the file and the problem; callers report it and skip the item.
@@ -75,7 +78,94 @@ def header_duration(path: str | os.PathLike) -> float:
         info = sf.info(str(path))
         return info.frames / info.samplerate
     except Exception:  # noqa: BLE001 - any unreadable header
+        pass
+    try:
+        with open(path, "rb") as fh:
+            container = ffmpeg_container(fh.read(16))
+        if container is None:
+            return 0.0
+        import av
+
+        with av.open(str(path), format=container[0]) as c:
+            return _declared_seconds(c, c.streams.audio[0]) or 0.0
+    except Exception:  # noqa: BLE001 - any unreadable header, or no PyAV
         return 0.0
+
+
+#: Containers decoded by FFmpeg when libsndfile cannot read them: the FFmpeg demuxer forced
+#: for each, and the name a message gives it.
+FFMPEG_CONTAINERS = {"mp4": ("mp4", "MP4/M4A"), "aac": ("aac", "ADTS AAC"), "matroska": ("matroska", "WebM/Matroska")}
+
+
+def ffmpeg_container(head: bytes) -> tuple[str, str] | None:
+    """(FFmpeg demuxer, name) of the container a file's first bytes announce, among those
+    FFmpeg decodes for aqa; None for any other. The demuxer is forced, never probed: a probed
+    text file can be a playlist that makes FFmpeg open other files."""
+    if head[4:8] == b"ftyp":
+        return FFMPEG_CONTAINERS["mp4"]
+    if head[:4] == b"\x1aE\xdf\xa3":  # EBML
+        return FFMPEG_CONTAINERS["matroska"]
+    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0:  # ADTS sync, layer 00
+        return FFMPEG_CONTAINERS["aac"]
+    return None
+
+
+def _declared_seconds(container, stream) -> float | None:
+    """The length a container states for `stream` (None: states none)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1e6 if container.duration else None
+
+
+def _decode_with_ffmpeg(data: bytes, path, container: tuple[str, str], why_not: str) -> tuple[np.ndarray, int, str]:
+    """decode_bytes for a container libsndfile cannot read (`why_not`): the first audio stream
+    as (frames, channels) float32 at its own rate, and its codec's name."""
+    demuxer, name = container
+    try:
+        import av
+    except ImportError:
+        raise AudioError(path, "not-audio", f"{name} audio, which libsndfile cannot read ({why_not}); install PyAV "
+                                            f"(pip install av), or convert it: ffmpeg -i {path} -ac 1 -ar 16000 "
+                                            f"{Path(str(path)).stem}.wav") from None
+    chunks, stopped = [], None
+    try:
+        with av.open(io.BytesIO(data), format=demuxer) as c:
+            if not c.streams.audio:
+                raise AudioError(path, "not-audio", f"{name} file without an audio stream")
+            stream = c.streams.audio[0]
+            sr, codec = stream.codec_context.sample_rate, stream.codec_context.name
+            declared = _declared_seconds(c, stream) if demuxer != "aac" else None  # ADTS states no length
+            # Sample format only: mixing down and resampling are load_audio's, as for every file.
+            to_float = av.AudioResampler(format="fltp")
+            try:
+                for frame in c.decode(stream):
+                    chunks += [f.to_ndarray() for f in to_float.resample(frame)]
+                chunks += [f.to_ndarray() for f in to_float.resample(None)]
+            except av.FFmpegError as e:
+                stopped = e
+    except av.FFmpegError as e:
+        raise AudioError(path, "not-audio", f"{name} file that FFmpeg cannot read ({e.strerror or e}): "
+                                            f"damaged or cut short") from None
+    x = np.ascontiguousarray(np.concatenate(chunks, axis=1).T, dtype=np.float32) if chunks else np.zeros((0, 1),
+                                                                                                         np.float32)
+    fmt = codec.upper()
+    if stopped is not None and not len(x):
+        raise AudioError(path, "not-audio", f"{name} file whose {fmt} stream FFmpeg cannot decode "
+                                            f"({stopped.strerror or stopped})")
+    if not len(x):
+        raise AudioError(path, "empty", f"{fmt} stream holds no audio frames")
+    if sr <= 0:
+        raise AudioError(path, "bad-rate", f"invalid sample rate {sr}")
+    heard = len(x) / sr
+    # As for libsndfile's formats: a stream that stops well short of its stated length was cut
+    # off (5% leaves room for encoder padding); so was one whose decoding failed part-way.
+    if declared and heard < 0.95 * declared:
+        raise AudioError(path, "truncated", f"truncated: {name} header declares {declared:.2f} s, only "
+                                            f"{heard:.2f} s decode")
+    if stopped is not None:
+        raise AudioError(path, "truncated", f"truncated: {fmt} decoding stops after {heard:.2f} s "
+                                            f"({stopped.strerror or stopped})")
+    return x, sr, fmt
 
 
 def _wav_truncation(data: bytes) -> str | None:
@@ -106,10 +196,12 @@ def decode_bytes(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[np.n
         with sf.SoundFile(io.BytesIO(data)) as f:
             declared, fmt, sr = f.frames, f.format, f.samplerate
             x = f.read(dtype="float32", always_2d=True)
-    except sf.LibsndfileError as e:
-        raise AudioError(path, "not-audio", f"not a decodable audio file ({e.error_string})") from None
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise AudioError(path, "not-audio", f"not a decodable audio file ({e})") from None
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as e:
+        why = e.error_string if isinstance(e, sf.LibsndfileError) else str(e)
+        container = ffmpeg_container(data[:16])
+        if container is not None:
+            return _decode_with_ffmpeg(data, path, container, why)
+        raise AudioError(path, "not-audio", f"not a decodable audio file ({why})") from None
     if len(x) == 0:
         raise AudioError(path, "empty", f"{fmt} stream holds no audio frames")
     # Compressed streams (MP3's Xing header, FLAC's STREAMINFO) declare their length; a file

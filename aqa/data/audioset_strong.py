@@ -294,7 +294,7 @@ def register(subparsers) -> None:
     p.add_argument("tsv", type=Path, help="segment_id, start_time_seconds, end_time_seconds, label")
     p.add_argument("--labels", type=Path, required=True, help="mid_to_display_name.tsv")
     p.add_argument("--audio-root", type=Path, required=True,
-                   help="folder holding <segment_id>.wav (or .flac/.mp3/.ogg)")
+                   help="folder holding <segment_id>.wav (or .flac/.mp3/.ogg/.opus/.m4a/.aac/.webm)")
     p.add_argument("-o", "--output", type=Path, required=True, help="output JSONL")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of every random choice, question types included (default 0)")

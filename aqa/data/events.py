@@ -19,7 +19,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg")
+#: Lossless first; .m4a and .webm are how downloaders save YouTube's audio (AudioSet's source).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac", ".webm")
 #: Bad lines logged one by one; the rest are counted in one line (all go to `problems`).
 _SHOWN_BAD_LINES = 20
 

@@ -45,7 +45,13 @@ Import reads the same layout back, and the other shapes the two tools document:
 The options come from the "A. text" lines of the user text, the answer from the assistant
 text with :func:`aqa.prompts.parse_answer`, the audio path is resolved against the input
 file's folder (or ``--audio-root``). A row it cannot use is reported with its file and line
-(or item, in an array) and skipped; a file that yields no record at all is an error.
+(or item, in an array) and skipped; a file that yields no record at all is an error. A
+system prompt (a ``system`` turn or column) is kept in the record's ``meta["system"]``, any
+key import does not read in ``meta["interchange"]["unused"]``, and the summary counts both.
+Audio outside the output's folder is written absolute, and the folder holding it recorded
+beside the output (:func:`imported_root`, ``records.write_root``), as the converters record
+their dataset root, so that ``aqa data check`` and the rest read the file without
+``--allow-outside-root``.
 
 Relative audio paths (``aqa data export --relative-paths``) are written relative to the
 output file's folder, which neither tool resolves against by itself; the export prints what
@@ -69,8 +75,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from aqa.data.records import (AQARecord, NoRecords, RecordError, parse_lines, read_records, why_no_records,
-                              write_records)
+from aqa.data.records import (AQARecord, NoRecords, RecordError, parse_lines, read_records, root_file,
+                              why_no_records, write_records)
 from aqa.io import UserError
 from aqa.prompts import INSTRUCTION, LETTERS, parse_answer, question_text, target_text
 
@@ -91,6 +97,8 @@ _OPTIONS_HEADER = re.compile(r"^\s*(options|choices)\s*:?\s*$", re.I)
 _USER_ROLES, _ASSISTANT_ROLES = ("user", "human"), ("assistant", "gpt", "bot")
 #: Where a conversation may sit in a row, first present wins (ms-swift's message_keys).
 _MESSAGE_KEYS = ("messages", "conversations", "conversation")
+#: The keys of a row import reads; any other is kept in the record's meta (interchange.unused).
+_READ_KEYS = frozenset((*_MESSAGE_KEYS, "audios", "audio", "system", *EXTRA_KEYS))
 #: What makes each tool find audio paths written relative to the output's folder: the
 #: setting, where it goes, and the source that says so (the module docstring).
 RELATIVE_PATH_SETTINGS = {
@@ -227,9 +235,16 @@ def from_interchange(row: Any, *, path: str | os.PathLike | None = None, line: i
     if not isinstance(row, dict):
         raise err(None, f"expected a JSON object, got {type(row).__name__}")
     try:
-        turns = [t for t in _turns(row) if t[0] != "system"]
+        turns = _turns(row)
     except ValueError as e:
         raise err("messages", str(e)) from None
+    # ms-swift's ShareGPT and LLaMA-Factory's sharegpt put it in a `system` column, the
+    # messages layouts in a system turn: the record keeps it (in meta), though aqa's prompt has none.
+    system = [text for text in (row.get("system"),) if isinstance(text, str) and text.strip()]
+    system += [content for role, content in turns if role == "system" and content.strip()]
+    turns = [t for t in turns if t[0] != "system"]
+    if not turns:
+        raise err("messages", "no user turn, only the system's")
     if turns[0][0] not in _USER_ROLES:
         raise err("messages", f"the first turn is {turns[0][0]!r}, expected the user's")
     if len(turns) > 2:
@@ -268,6 +283,11 @@ def from_interchange(row: Any, *, path: str | os.PathLike | None = None, line: i
         split = "test-unlabelled"
     place = {"item": item} if item is not None else {"line": line}
     meta: dict[str, Any] = {"interchange": {"file": str(path) if path is not None else None, **place}}
+    unused = {k: v for k, v in row.items() if k not in _READ_KEYS}
+    if unused:  # images, tools, a GRPO solution column...: kept, never dropped without a word
+        meta["interchange"]["unused"] = unused
+    if system:
+        meta["system"] = "\n\n".join(system)
     if tail and tail != INSTRUCTION:
         meta["instruction"] = tail
     number = item + 1 if item is not None else line or 0
@@ -309,19 +329,37 @@ def import_file(path: str | os.PathLike, *, subset: str | None = None,
     return records, errors
 
 
-def write_imported(records: list[AQARecord], out: str | os.PathLike) -> tuple[Path, int]:
+def _under(p: Path, folder: Path) -> bool:
+    return folder == p or folder in p.parents
+
+
+def imported_root(records: list[AQARecord], base: str | os.PathLike) -> Path | None:
+    """The dataset root an imported file's readers accept its audio under: `base` (the
+    folder relative paths started from: --audio-root or the input's folder) when it holds
+    every clip, else the deepest folder that does; None when only the filesystem's root does
+    (readers then need --allow-outside-root)."""
+    clips = [Path(os.path.realpath(r.audio_path or r.audio)) for r in records]
+    base = Path(os.path.realpath(base))
+    root = base if all(_under(p, base) for p in clips) else Path(os.path.commonpath([p.parent for p in clips]))
+    return None if root == Path(root.anchor) else root
+
+
+def write_imported(records: list[AQARecord], out: str | os.PathLike, *, root: str | os.PathLike | None = None,
+                   ) -> tuple[Path, int]:
     """Write imported records with audio paths relative to the output's folder where the
-    audio lies under it, absolute elsewhere. Returns (path, how many paths lie outside)."""
+    audio lies under it, absolute elsewhere; `root` (`imported_root`) is recorded for the
+    paths outside, as the converters record theirs, so that readers accept them without
+    --allow-outside-root. Returns (path, how many paths lie outside)."""
     out = Path(out)
     folder = Path(os.path.realpath(out.parent))
     outside = 0
     for r in records:
         p = r.audio_path or Path(r.audio)
-        if folder == p or folder in p.parents:
+        if _under(p, folder):
             r.audio = os.path.relpath(p, folder)
         else:
             r.audio, outside = str(p), outside + 1
-    return write_records(out, records), outside
+    return write_records(out, records, dataset_root=root), outside
 
 
 # --------------------------------------------------------------------------- CLI
@@ -399,15 +437,26 @@ def run_import(args: argparse.Namespace) -> int:
     records, errors = read
     if not records:
         raise _no_records(args.file, errors)
-    out, outside = write_imported(records, args.output)
+    root = imported_root(records, args.audio_root if args.audio_root is not None else args.file.parent)
+    out, outside = write_imported(records, args.output, root=root)
     unlabelled = sum(r.answer is None for r in records)
     print(f"wrote {out}: {len(records)} records ({unlabelled} unlabelled), {len(errors)} line(s) skipped")
-    if outside:
-        print(f"note: {outside} audio path(s) lie outside {out.parent}; they are written absolute and "
-              f"readers need --allow-outside-root", file=sys.stderr)
+    with_system = sum("system" in r.meta for r in records)
+    if with_system:
+        print(f"{with_system} record(s) came with a system prompt, kept in meta 'system' (aqa's prompt has none)")
+    unused = sorted({k for r in records for k in r.meta["interchange"].get("unused", {})})
+    if unused:
+        print(f"keys aqa does not read ({', '.join(unused)}) kept in meta 'interchange' 'unused' of "
+              f"{sum('unused' in r.meta['interchange'] for r in records)} record(s)")
+    if outside and root is not None:
+        print(f"{outside} audio path(s) lie outside {out.parent}, under {root}: written absolute, that root "
+              f"recorded in {root_file(out)} for readers")
+    elif outside:
+        print(f"note: {outside} audio path(s) lie outside {out.parent} and share no folder but the filesystem's "
+              f"root; they are written absolute and readers need --allow-outside-root", file=sys.stderr)
     return 1 if args.strict and errors else 0
 
 
 __all__ = ["FORMATS", "AUDIO_TOKEN", "LLAMAFACTORY_DATASET_INFO", "RELATIVE_PATH_SETTINGS", "to_interchange",
            "export_records", "relative_path_setting", "parse_user_text", "from_interchange", "import_file",
-           "write_imported"]
+           "imported_root", "write_imported"]

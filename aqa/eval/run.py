@@ -499,6 +499,10 @@ def launched_processes() -> tuple[int, int, int] | None:
 def _run(args) -> int:
     import datetime
 
+    from aqa.models.registry import find_adapter
+
+    # Before any folder is made; the settings (and a resume's check) name the adapter folder itself.
+    adapter = find_adapter(args.adapter) if args.adapter else None
     shard, barrier, device = None, None, args.device
     launched = launched_processes()
     if args.shard:
@@ -518,7 +522,7 @@ def _run(args) -> int:
         shard, barrier = (rank, world), dist.barrier
         if not device and torch.cuda.is_available():
             device = f"cuda:{local}"
-    s = EvalSettings(model=args.model, adapter=args.adapter, data=args.data, mode=args.mode,
+    s = EvalSettings(model=args.model, adapter=adapter, data=args.data, mode=args.mode,
                      shuffles=args.shuffles, vote=args.vote, max_new_tokens=args.max_new_tokens, seed=args.seed,
                      audio=args.audio, max_prompt_tokens=args.max_prompt_tokens, batch_size=args.batch_size,
                      device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,

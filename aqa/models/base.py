@@ -624,7 +624,9 @@ def require_safetensors(folder: str | Path, *, allow_pickle: bool = False) -> No
         return
     pickles = sorted(p.name for p in f.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickles:
-        raise ValueError(f"{f}: weights only as pickle files ({', '.join(pickles)}), which can run code when "
+        from aqa.io import UserError  # one line from `aqa`, not a traceback
+
+        raise UserError(f"{f}: weights only as pickle files ({', '.join(pickles)}), which can run code when "
                          f"loaded; aqa loads safetensors. Convert them by loading once where you trust them and "
                          f"calling save_pretrained(folder, safe_serialization=True), or allow pickles "
                          f"(aqa eval --allow-pickle, or allow_pickle=true in a training config)")
@@ -640,22 +642,103 @@ def merge_adapter_stack(model, adapter: str | Path, *, include_self: bool = True
     """Merge into `model`'s weights the adapters that `adapter`'s STACK_FILE names, in order,
     then (with `include_self`) `adapter` itself. Returns the merged transformers model and the
     list of adapter folders merged (what an adapter trained on top must record)."""
-    from peft import PeftModel
-
     merged = adapter_stack(adapter) + ([str(Path(adapter).resolve())] if include_self else [])
     for path in merged:
+        if not Path(path).is_dir():
+            from aqa.io import UserError
+
+            raise UserError(f"{Path(adapter) / STACK_FILE}: names {path}, the adapter this one was trained on top "
+                            f"of, which is not there any more; put it back, or train again")
         require_safetensors(path, allow_pickle=allow_pickle)
-        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        model = load_peft_adapter(model, path).merge_and_unload()
     return model, merged
 
 
 def attach_adapter(model, adapter: str, *, is_trainable: bool = False):
     """Wrap `model` with the peft adapter at `adapter`, first merging the adapters its
     STACK_FILE names (so a GRPO adapter loads on top of the SFT weights it was trained on)."""
-    from peft import PeftModel
-
     model, _ = merge_adapter_stack(model, adapter, include_self=False)
-    return PeftModel.from_pretrained(model, adapter, is_trainable=is_trainable)
+    return load_peft_adapter(model, adapter, is_trainable=is_trainable)
+
+
+def _model_name(name_or_path: str) -> str:
+    """The name a model goes by, whatever folder holds it: the last part of a path or Hugging
+    Face id, and for a snapshot in the Hub's cache (models--owner--name/snapshots/HASH) its name."""
+    parts = Path(str(name_or_path).rstrip("/")).parts
+    for part in reversed(parts):
+        if part.startswith("models--"):
+            return part.split("--")[-1].lower()
+    return parts[-1].lower() if parts else ""
+
+
+def _shape_mismatch(line: str) -> str:
+    """torch's "size mismatch for NAME: copying a param with shape torch.Size([2, 32]) from
+    checkpoint, the shape in current model is torch.Size([2, 48])." said shortly."""
+    import re
+
+    m = re.match(r"size mismatch for (\S+): copying a param with shape torch\.Size\(\[(.*?)\]\) from checkpoint, "
+                 r"the shape in current model is torch\.Size\(\[(.*?)\]\)", line)
+    if not m:
+        return line
+    name = m.group(1).removeprefix("base_model.model.").removesuffix(".weight").removesuffix(".default")
+    return f"{name} is [{m.group(2)}] in the adapter, [{m.group(3)}] in the model"
+
+
+def load_peft_adapter(model, adapter: str | Path, *, is_trainable: bool = False):
+    """`PeftModel.from_pretrained`, with an adapter made for another model refused in one line
+    naming both (peft raises a page of shape mismatches, or only warns of LoRA weights it did
+    not find, which leaves the adapter doing nothing); an adapter whose config names another
+    base model than this one's, and that loads, is a warning: the same shapes may be another
+    checkpoint (an instruct model's base), or the same one moved."""
+    import logging
+    import warnings
+
+    from peft import NoMatchingPeftModuleError, PeftModel
+
+    from aqa.io import UserError
+
+    log = logging.getLogger(__name__)
+    here = str(getattr(model, "name_or_path", "") or "")
+    try:
+        config = json.loads((Path(adapter) / "adapter_config.json").read_text())
+    except (OSError, ValueError):  # a Hub id, or a broken config that the loader names
+        config = {}
+    config = config if isinstance(config, dict) else {}
+    base = str(config.get("base_model_name_or_path") or "")
+    made_for = f" (made for {base}, says its adapter_config.json)" if base else ""
+
+    def misfit(why: str) -> UserError:
+        return UserError(f"{adapter}: this adapter does not fit the model {here or 'loaded'}{made_for}: {why}")
+
+    # peft records the class of the model an adapter was made on (for a model it has no task
+    # type for, as aqa's are): another class is another architecture, even where the shapes agree.
+    mapping = config.get("auto_mapping")
+    made_on = mapping.get("base_model_class") if isinstance(mapping, dict) else None
+    if made_on and made_on != type(model).__name__:
+        raise misfit(f"it adapts a {made_on}, this model is a {type(model).__name__}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            loaded = PeftModel.from_pretrained(model, str(adapter), is_trainable=is_trainable)
+        except RuntimeError as e:
+            mismatches = [line.strip() for line in str(e).splitlines() if line.strip().startswith("size mismatch")]
+            if not mismatches:
+                raise
+            more = f" (and {len(mismatches) - 1} more)" if len(mismatches) > 1 else ""
+            raise misfit(_shape_mismatch(mismatches[0]) + more) from None
+        except NoMatchingPeftModuleError:
+            raise misfit("none of the layers it adapts is in this model") from None
+    for w in caught:
+        text = str(w.message)
+        if "Found missing adapter keys" in text:
+            keys = text.split(": ", 1)[-1]
+            keys = keys if len(keys) <= 200 else keys[:200] + "..."
+            raise misfit(f"this model has LoRA layers the adapter holds no weights for ({keys})")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if base and here and _model_name(base) != _model_name(here):
+        log.warning("%s was made for %s (its adapter_config.json), and is loaded on %s: it fits, but is this "
+                    "the model it was trained on?", adapter, base, here)
+    return loaded
 
 
 class AdapterWeights:

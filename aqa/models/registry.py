@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
+
+from aqa.io import UserError
+
+log = logging.getLogger(__name__)
 
 #: config.json `model_type` -> "module:Class" of its backend (imported only when used).
 BACKENDS = {
@@ -57,7 +62,47 @@ def model_family(path: str) -> str:
     try:
         return json.loads(cfg.read_text())["model_type"]
     except (ValueError, KeyError) as e:
-        raise ValueError(f"{cfg}: cannot read model_type ({e})") from None
+        raise UserError(f"{cfg}: cannot read model_type ({e})") from None
+
+
+#: The file that makes a folder a peft adapter.
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def find_adapter(path: str) -> str:
+    """The peft adapter folder that `path` names: the folder itself, or, for a training run's
+    folder, RUN/adapter (said in a log line). A folder that does not exist or holds no adapter
+    is a UserError naming it, before any weights are read; a name that is no path is taken as a
+    Hugging Face id when its adapter_config.json can be fetched."""
+    p = Path(path)
+    if (p / ADAPTER_CONFIG).is_file():
+        return path
+    if (p / "adapter" / ADAPTER_CONFIG).is_file():
+        found = str(p / "adapter")
+        log.info("%s is a training run's folder: using its adapter, %s", path, found)
+        return found
+    if p.is_file():
+        if p.name == ADAPTER_CONFIG or (p.parent / ADAPTER_CONFIG).is_file():
+            log.info("%s is a file of an adapter: using its folder, %s", path, p.parent)
+            return str(p.parent)
+        raise UserError(f"{path}: a file, not a peft adapter folder (one holding {ADAPTER_CONFIG})")
+    if p.is_dir():
+        if (p / "checkpoints").is_dir() or (p / "config.yaml").is_file():
+            raise UserError(f"{path}: a training run's folder without its final adapter (adapter/{ADAPTER_CONFIG} "
+                            f"is written when the run finishes; rerun the same command to resume it)")
+        raise UserError(f"{path}: not a peft adapter folder (no {ADAPTER_CONFIG}, and no adapter/ in it)")
+    if not _looks_like_hub_id(path):
+        raise UserError(f"{path}: no such adapter folder (and not a Hugging Face id, which is 'name' or "
+                        f"'owner/name')")
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(path, ADAPTER_CONFIG)
+    except Exception as e:  # offline, unknown repository, gated: one message for all
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path}: no such adapter folder, and as a Hugging Face id its {ADAPTER_CONFIG} could "
+                        f"not be fetched ({first})") from e
+    return path
 
 
 def backend_class(family: str):
@@ -76,12 +121,13 @@ def load_backend(path: str, *, allow_pickle: bool = False, **kw: Any):
     family = model_family(path)
     require_safetensors(path, allow_pickle=allow_pickle)
     if kw.get("adapter"):
+        kw["adapter"] = find_adapter(kw["adapter"])
         for folder in [*adapter_stack(kw["adapter"]), kw["adapter"]]:
             require_safetensors(folder, allow_pickle=allow_pickle)
     try:
         cls = backend_class(family)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise UserError(f"{path}: {e}") from None
     return cls.load(path, **kw)
 
 
@@ -92,5 +138,5 @@ def load_without_weights(path: str, *, trust_remote_code: bool = False):
     try:
         cls = backend_class(family)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+        raise UserError(f"{path}: {e}") from None
     return cls.without_weights(path, trust_remote_code=trust_remote_code)

@@ -107,6 +107,7 @@ class GRPOConfig(TrainConfig):
 
 def train(cfg: GRPOConfig) -> dict:
     """Run GRPO; returns a summary dict."""
+    from aqa.models.registry import find_adapter
     from aqa.train.grpo_loss import grpo_loss
     from aqa.train.recipe import setup
     from aqa.train.rewards import RewardSpec
@@ -114,12 +115,14 @@ def train(cfg: GRPOConfig) -> dict:
 
     # ---- setup -----------------------------------------------------------------------------
     continued = cfg.policy == "sft"
-    run = setup(cfg, name=f"grpo ({cfg.rollout})", adapter=cfg.sft_adapter if continued else "",
-                merge="" if continued else cfg.sft_adapter, steps_factor=cfg.ppo_epochs)
+    # Before the run folder is made: a missing adapter said in one line, a run folder taken for its adapter/.
+    sft_adapter = find_adapter(cfg.sft_adapter) if cfg.sft_adapter else ""
+    run = setup(cfg, name=f"grpo ({cfg.rollout})", adapter=sft_adapter if continued else "",
+                merge="" if continued else sft_adapter, steps_factor=cfg.ppo_epochs)
     module, backend = run.module, run.backend
     # The reference is the SFT model: the new adapter switched off, or the SFT adapter's saved
     # weights, read once here (after prepare and resume) and swapped in for each reference pass.
-    reference = (backend.adapter_weights_from(cfg.sft_adapter, allow_pickle=cfg.allow_pickle).swapped_in
+    reference = (backend.adapter_weights_from(sft_adapter, allow_pickle=cfg.allow_pickle).swapped_in
                  if continued else backend.without_adapter)
     sample = {"choice": rollout_choice, "generate": rollout_generate}[cfg.rollout]
     extra = {"max_new_tokens": cfg.max_new_tokens} if cfg.rollout == "generate" else {}

@@ -40,10 +40,13 @@ def train(cfg: SFTConfig) -> dict:
     """Run SFT; returns a summary dict."""
     import torch
 
+    from aqa.models.registry import find_adapter
     from aqa.train.recipe import setup
 
     # ---- setup -----------------------------------------------------------------------------
-    run = setup(cfg, name="sft", adapter=cfg.adapter, lora_audio_tower=cfg.lora_audio_tower)
+    # Before the run folder is made: a missing adapter said in one line, a run folder taken for its adapter/.
+    adapter = find_adapter(cfg.adapter) if cfg.adapter else ""
+    run = setup(cfg, name="sft", adapter=adapter, lora_audio_tower=cfg.lora_audio_tower)
     backend, module = run.backend, run.module
 
     # ---- loop ------------------------------------------------------------------------------
