@@ -138,3 +138,76 @@ def test_an_empty_file_is_not_ok(tmp_path, capsys):
     assert main(["data", "check", str(p)]) == 1
     out = capsys.readouterr().out
     assert "no usable record in the file" in out and "FAILED: 1 hard error(s)" in out
+
+
+# --------------------------------------------------------------------------- issue 22, item 1
+# A training rationale that repeats an evaluation item's reference reasoning.
+
+def words(prefix: str, n: int) -> str:
+    return " ".join(f"{prefix}{i}" for i in range(n))
+
+
+SHARED = words("shared", 25)
+TEMPLATE = words("stock", 22)  # a stock opening, as a reasoning style repeats it
+
+
+@pytest.fixture
+def rationale_files(tmp_path):
+    d = tmp_path / "rat"
+    for i in range(10):
+        write_audio(d / "audio" / f"{i}.wav", tone(0.5, freq=200 + 50 * i))
+    for i in range(4):  # the evaluation file's own clips: no audio leak beside the rationales
+        write_audio(d / "audio" / f"e{i}.wav", tone(0.5, freq=1000 + 50 * i))
+    train = write_lines(d / "train.jsonl", [
+        rec("t1", "audio/0.wav", rationale="I hear a DOG, barking twice!"),
+        rec("t2", "audio/1.wav", rationale=f"{words('tra', 7)} {SHARED} {words('trb', 9)}"),
+        rec("t3", "audio/2.wav", rationale=f"{words('trc', 3)} {words('shared', 19)} {words('trd', 3)}"),
+        rec("t4", "audio/3.wav"),
+        *(rec(f"s{i}", f"audio/{4 + i}.wav", rationale=f"{TEMPLATE} {words(f'own{i}x', 5)}") for i in range(6)),
+    ])
+    ev = write_lines(d / "eval.jsonl", [
+        rec("e1", "audio/e0.wav", question="Other question", rationale="i hear a dog barking twice"),
+        # An evaluation converter keeps the item's reasoning in meta, out of any target.
+        rec("e2", "audio/e1.wav", question="Other question",
+            meta={"reference_reasoning": f"{words('eva', 4)} {SHARED} {words('evb', 30)}"}),
+        rec("e3", "audio/e2.wav", question="Other question", rationale=f"{words('evc', 2)} {words('shared', 19)}"),
+        # The template, then the word s0 has after it: one word past a template is no leak.
+        rec("e4", "audio/e3.wav", question="Other question", rationale=f"{TEMPLATE} own0x0 {words('eve', 8)}"),
+    ])
+    return train, ev
+
+
+def test_against_flags_repeated_rationales(rationale_files):
+    train, ev = rationale_files
+    rep = check_records(train, against=ev, decode_audio=False)
+    found = {(x["id"], x["other_id"]): x for x in rep.leaked_rationales}
+    # Same text once case, punctuation and spacing are set aside; a 25-word passage in common.
+    # 19 words in common (t3/e3) and the template six training rationales share (s*/e4), even
+    # with the word after it (s0/e4), are not leaks.
+    assert sorted(found) == [("t1", "e1"), ("t2", "e2")]
+    assert found["t1", "e1"]["kind"] == "same"
+    assert found["t2", "e2"]["kind"] == "passage" and found["t2", "e2"]["words"] == 25
+    assert found["t2", "e2"]["passage"] == SHARED
+    # Each pair is a warning, as the same question on the same audio is; nothing else is wrong here.
+    assert not rep.leaked_audio and rep.hard_errors == 0 and rep.warnings == 2
+
+
+def test_a_template_in_few_rationales_is_still_a_passage(rationale_files, tmp_path):
+    train, ev = rationale_files
+    few = write_lines(tmp_path / "few.jsonl", [json.loads(x) for x in train.read_text().splitlines()
+                                               if json.loads(x)["id"] in ("s0", "s1")])
+    rep = check_records(few, against=ev, decode_audio=False)
+    assert {(x["id"], x["other_id"], x["words"]) for x in rep.leaked_rationales} == {("s0", "e4", 23), ("s1", "e4", 22)}
+
+
+def test_cli_names_both_files_and_ids_per_pair(rationale_files, tmp_path, capsys):
+    train, ev = rationale_files
+    out = tmp_path / "report.json"
+    assert main(["data", "check", str(train), "--against", str(ev), "--no-audio", "--json", str(out)]) == EXIT_OK
+    text = capsys.readouterr().out
+    assert "rationale repeating a reference reasoning there: 2 pair(s)" in text
+    assert f"{train}: t1 ~ {ev}: e1: same rationale" in text
+    assert f"{train}: t2 ~ {ev}: e2: 25 words in common" in text
+    rep = json.loads(out.read_text())
+    assert len(rep["leaked_rationales"]) == 2 and rep["warnings"] == 2
+    assert main(["data", "check", str(train), "--against", str(ev), "--no-audio", "--strict"]) == EXIT_HARD

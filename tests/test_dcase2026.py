@@ -132,30 +132,44 @@ def test_eval_file_without_answers(tmp_path, capsys):
     assert not errors and all(r.answer is None for r in recs)
 
 
-def test_audiomcq_subset_and_cot(tmp_path):
-    for name in ("a", "b", "c"):
+def test_audiomcq_subset_and_rationale(tmp_path):
+    for name in ("a", "b", "c", "d", "e"):
         write_audio(tmp_path / "wav" / f"{name}.wav")
     lines = [
+        # The DCASE 2026 training file's key; it wins over the older guesses on the same item.
         {"source_dataset": "Clotho AQA", "id": "m1", "question_type": "sound", "audio_path": "wav/a.wav",
-         "question": "What?", "choices": ["bird", "dog"], "answer": "dog", "cot": "I hear barking."},
+         "question": "What?", "choices": ["bird", "dog"], "answer": "dog",
+         "gemini_cot": "I hear barking.\nSo it is a dog.", "cot": "older field"},
         {"source_dataset": "AudioCaps", "id": "m2", "question_type": "count", "audio_path": "wav/b.wav",
          "question": "How many?", "choices": ["1", "2"], "answer": "1", "reasoning": ["one", "onset"]},
         {"source_dataset": "AudioCaps", "id": "m3", "question_type": "count", "audio_path": "wav/c.wav",
          "question": "How many?", "choices": ["1", "2"], "answer": "3"},
+        # A blank gemini_cot is no rationale; the next key is read.
+        {"source_dataset": "AudioCaps", "id": "m4", "question_type": "count", "audio_path": "wav/d.wav",
+         "question": "How many?", "choices": ["1", "2"], "answer": "2", "gemini_cot": "  ",
+         "chain_of_thought": "Two knocks."},
+        {"source_dataset": "AudioCaps", "id": "m5", "question_type": "count", "audio_path": "wav/e.wav",
+         "question": "How many?", "choices": ["1", "2"], "answer": "2"},
     ]
     qfile = write_lines(tmp_path / "audiomcq.jsonl", lines)
     report = convert_audiomcq(qfile, show_progress=False)
     by_id = {r.id: r for r in report.records}
-    assert sorted(by_id) == ["m1", "m2"]
+    assert sorted(by_id) == ["m1", "m2", "m4", "m5"]
     assert by_id["m1"].subset == "audiomcq-clotho-aqa" and by_id["m2"].subset == "audiomcq-audiocaps"
-    assert by_id["m1"].meta["cot"] == "I hear barking." and by_id["m2"].meta["cot"] == ["one", "onset"]
+    assert by_id["m1"].rationale == "I hear barking.\nSo it is a dog." and "cot" not in by_id["m1"].meta
+    assert by_id["m4"].rationale == "Two knocks." and by_id["m5"].rationale is None
+    # A structured CoT is no text to train on: kept in meta, noted, no rationale.
+    assert by_id["m2"].rationale is None and by_id["m2"].meta["cot"] == ["one", "onset"]
+    assert "cot-not-text" in by_id["m2"].meta["notes"] and report.note_counts()["cot-not-text"] == 1
     assert (by_id["m1"].answer, by_id["m1"].question_type, by_id["m1"].split) == (1, "sound", "train")
     assert [(e["id"], e["kind"]) for e in report.errors] == [("m3", "answer-matches-no-choice")]
     assert audiomcq_subset("  Mixed  Case  Set ") == "audiomcq-mixed-case-set"
     out = tmp_path / "mcq.jsonl"
     assert run_cli(["audiomcq", str(qfile), "-o", str(out), "--no-progress"]) == 0
+    rows = {json.loads(x)["id"]: json.loads(x) for x in out.read_text().splitlines()}
+    assert rows["m1"]["rationale"] == "I hear barking.\nSo it is a dog." and "rationale" not in rows["m5"]
     recs, errors = read_records(out)
-    assert not errors and {r.meta["cot"] for r in recs if isinstance(r.meta.get("cot"), str)} == {"I hear barking."}
+    assert not errors and {r.id: r.rationale for r in recs} == {r.id: r.rationale for r in report.records}
 
 
 def eval_predictions(tmp_path):

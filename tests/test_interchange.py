@@ -371,3 +371,53 @@ def test_the_recorded_root_is_the_input_folder_or_the_deepest_one_holding_every_
     assert imported_root(records(here / "a" / "1.wav", here / "a" / "x" / "2.wav"), here / "b") == here / "a"
     # Only "/" holds both: nothing a reader would trust (test_pipeline_paths.py), so nothing recorded.
     assert imported_root(records(here / "a" / "1.wav", "/nonexistent-aqa/2.wav"), here) is None
+
+
+# --------------------------------------------------------------------------- issue 22, item 1
+# A think block in the assistant's answer is the record's rationale, and back.
+
+THINK_USER = "<audio>Which sound is heard?\nOptions:\nA. dog barking\nB. car horn\nC. rain\n" \
+             "Answer with the option's letter from the given choices directly."
+
+
+@pytest.mark.parametrize("fmt", ["swift", "llamafactory"])
+def test_rationale_round_trips_as_a_think_block(records_file, tmp_path, fmt):
+    recs, _ = read_records(records_file)
+    recs[0].rationale = "Two barks are heard.\nSo the count is 2."
+    recs[1].rationale = "It quotes the tag </think> and goes on."  # a rationale may hold the closing tag
+    recs[3].rationale = "unlabelled: nothing to put it before"
+    out, _ = export_records(recs, tmp_path / "x.jsonl", fmt)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["messages"][1]["content"] == "<think>\nTwo barks are heard.\nSo the count is 2.\n</think>\n\nB"
+    assert rows[2]["messages"][1]["content"] == "A"  # no rationale: the letter alone, as before
+    assert "nothing to put" not in json.dumps(rows[3])
+    back, errors = import_file(out)
+    assert not errors
+    assert [essentials(r) for r in back] == [essentials(r) for r in recs]
+    assert [r.rationale for r in back] == [recs[0].rationale, recs[1].rationale, None, None]
+
+
+def test_import_reads_think_blocks_of_client_rows(tmp_path):
+    d = audio_folder(tmp_path)
+    replies = [
+        "<think>\nA dog barks.\n</think>\n\nA",                   # Qwen3 layout
+        "  <THINK>horn honks</THINK> The answer is B",              # spacing and case vary
+        "<think>\n\n</think>\n\nC",                                # Qwen3 without thinking: no rationale
+        "<think>It rains.</think><answer>C</answer>",               # R1-style tags after it
+        "<think>a dog</think>",                                     # reasoning, no answer
+        "<think>never closed. A",                                   # unclosed block
+        "A. dog barking <think>afterthought</think>",               # not leading: no block, as before
+    ]
+    rows = [{"messages": [{"role": "user", "content": THINK_USER}, {"role": "assistant", "content": r}],
+             "audios": ["clips/1.wav"]} for r in replies]
+    p = write_example(d, "think.jsonl", rows)
+    recs, errors = import_file(p)
+    assert [(r.id, r.answer, r.rationale) for r in recs] == [
+        ("think-1", 0, "A dog barks."), ("think-2", 1, "horn honks"), ("think-3", 2, None),
+        ("think-4", 2, "It rains."), ("think-7", 0, None)]
+    assert [(e.line, e.field) for e in errors] == [(5, "messages"), (6, "messages")]
+    assert "no answer after it" in str(errors[0]) and "never closed" in str(errors[1])
+    out = tmp_path / "recs.jsonl"
+    assert main(["data", "import", str(p), "-o", str(out)]) == 0
+    written = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x.get("rationale") for x in written] == ["A dog barks.", "horn honks", None, "It rains.", None]

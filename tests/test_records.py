@@ -39,6 +39,8 @@ def test_roundtrip(tmp_path):
     (rec(choices=["a", "a"]), "choices"),
     ({k: v for k, v in rec().items() if k != "question"}, "question"),
     (rec(meta=[1]), "meta"),
+    (rec(rationale=["I hear", "a dog"]), "rationale"),
+    (rec(rationale=3), "rationale"),
 ])
 def test_errors_name_file_line_field(tmp_path, bad, field):
     p = write_lines(tmp_path / "d.jsonl", [rec(id="ok"), bad])
@@ -85,3 +87,25 @@ def test_from_dict_direct():
     assert r.choices[r.answer] == "y"
     with pytest.raises(RecordError):
         AQARecord.from_dict("nope")
+
+
+def test_rationale_is_optional_and_written_only_when_present(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"x")
+    old = write_lines(tmp_path / "old.jsonl", [rec(), rec(id="r2")])
+    recs, errs = read_records(old)
+    assert not errs and [r.rationale for r in recs] == [None, None]
+    # A file written before rationales existed is written back byte for byte.
+    write_records(tmp_path / "again.jsonl", recs)
+    assert (tmp_path / "again.jsonl").read_bytes() == old.read_bytes()
+
+    p = write_lines(tmp_path / "d.jsonl", [rec(rationale="A dog barks twice.\nSo: 2."), rec(id="r2"),
+                                           rec(id="r3", rationale=None)])
+    recs, errs = read_records(p)
+    assert not errs and [r.rationale for r in recs] == ["A dog barks twice.\nSo: 2.", None, None]
+    out = write_records(tmp_path / "out.jsonl", recs)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["rationale"] == "A dog barks twice.\nSo: 2."
+    assert "rationale" not in rows[1] and "rationale" not in rows[2]
+    again, _ = read_records(out)
+    assert [r.rationale for r in again] == [r.rationale for r in recs]
+

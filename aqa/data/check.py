@@ -23,7 +23,17 @@ What is checked:
   (same audio bytes and same question) within the file;
 - with ``--against OTHER.jsonl``: leakage, i.e. audio whose bytes also occur in OTHER (by
   content hash, so copies under other names count) and, stricter, the same question asked
-  about the same audio in both files. OTHER's audio is hashed, not decoded.
+  about the same audio in both files. OTHER's audio is hashed, not decoded. Also rationales:
+  a record of FILE whose ``rationale`` repeats the reference reasoning of an item of OTHER
+  (its ``rationale``, or ``meta["reference_reasoning"]`` where evaluation converters keep it),
+  one pair per line. Texts are compared as case-folded words, punctuation and spacing
+  ignored (`aqa.textnorm.loose_key`); a pair is flagged when the two texts are the same, or
+  when they share a passage of `PASSAGE_WORDS` (20) or more consecutive words. Twenty words
+  is longer than any stock phrase of a reasoning style ("let me listen to the audio
+  carefully") yet far shorter than a reasoning, so a copied sentence or two is found while
+  two independent reasonings about similar sounds are not. A text or passage found in more
+  than `STOCK_RATIONALES` (5) rationales of either file is a template, not a copy of one
+  item: it is not flagged, and its words do not count towards the 20 of another passage.
 
 Hard errors and warnings (the exit code):
 
@@ -32,9 +42,9 @@ Hard errors and warnings (the exit code):
   silently dropped by every command downstream) or duplicate ids (predictions, resumption
   and submissions are keyed by id, so a repeated id loses an item);
 - exit 0 otherwise. Defects, undecodable audio, long clips, overlong prompts, special-token
-  strings, duplicate audio, duplicate items and leakage are warnings: reported, and fatal only
-  with ``--strict``. Problems in OTHER are reported but never change the exit code: the
-  command checks FILE.
+  strings, duplicate audio, duplicate items and leakage (rationales too) are warnings:
+  reported, and fatal only with ``--strict``. Problems in OTHER are reported but never
+  change the exit code: the command checks FILE.
 """
 
 from __future__ import annotations
@@ -51,10 +61,10 @@ from pathlib import Path
 from typing import Any
 
 from aqa.data.audio import MODEL_WINDOW_S, AudioError, file_hash, header_duration, load_audio
-from aqa.data.records import AQARecord, read_records
+from aqa.data.records import REFERENCE_REASONING, AQARecord, read_records
 from aqa.io import iter_jsonl, write_json
 from aqa.prompts import LETTERS
-from aqa.textnorm import question_key
+from aqa.textnorm import loose_key, question_key
 
 #: Exit codes of `aqa data check`.
 EXIT_OK, EXIT_HARD, EXIT_UNREADABLE = 0, 1, 2
@@ -82,6 +92,88 @@ SPECIAL_MARKERS = re.compile("|".join([
                      "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]", "[ARGS]", "[CALL_ID]", "[AUDIO]", "[BEGIN_AUDIO]",
                      "[TRANSCRIBE]", "[THINK]", "[/THINK]", "[STREAMING_PAD]", "[STREAMING_WORD]",
                      "[NEXT_AUDIO_TEXT]", "[REPEAT_AUDIO_TEXT]", "[MODEL_SETTINGS]", "[/MODEL_SETTINGS]"])]))
+
+
+#: A shared run of this many words makes two rationales a leak (the module docstring says why).
+PASSAGE_WORDS = 20
+#: A text or passage in more rationales than this, in either file, is a template, not a leak.
+STOCK_RATIONALES = 5
+
+
+def reference_reasonings(record: AQARecord) -> list[str]:
+    """The reference reasoning texts an item carries: its rationale and the evaluation
+    reasoning a converter kept in meta (`REFERENCE_REASONING`)."""
+    texts = [record.rationale, record.meta.get(REFERENCE_REASONING)]
+    return list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()))
+
+
+def _passages(words: list[str]) -> list[str]:
+    return [" ".join(words[i:i + PASSAGE_WORDS]) for i in range(len(words) - PASSAGE_WORDS + 1)]
+
+
+def _runs(positions: list[int]) -> list[tuple[int, int]]:
+    """(first, last) of each run of consecutive numbers in the ascending `positions`."""
+    runs: list[tuple[int, int]] = []
+    for i in positions:
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
+
+
+def leaked_rationales(records: Iterable[AQARecord], others: Iterable[AQARecord]) -> list[dict]:
+    """One entry per (record, other) pair whose texts match under the rule in the module
+    docstring: id, other_id, kind ("same" or "passage"), words (the length of the record's
+    longest stretch made of passages the other text has; the whole text for "same") and
+    passage (that stretch, cut to 30 words)."""
+    theirs = [(o.id, loose_key(t).split()) for o in others for t in reference_reasonings(o)]
+    mine = [(r.id, loose_key(r.rationale).split()) for r in records if r.rationale and r.rationale.strip()]
+    # Indexes count rationales, not occurrences: one text repeating itself is no template.
+    whole: dict[str, set[str]] = defaultdict(set)
+    grams: dict[str, set[str]] = defaultdict(set)
+    for oid, words in theirs:
+        if words:
+            whole[" ".join(words)].add(oid)
+        for g in set(_passages(words)):
+            grams[g].add(oid)
+    mine_whole = Counter(" ".join(w) for _, w in mine if w)
+    mine_grams: Counter[str] = Counter()
+    found: list[tuple[str, list[str], dict[int, str]]] = []
+    for rid, words in mine:
+        shared = {i: g for i, g in enumerate(_passages(words)) if g in grams}
+        mine_grams.update(set(shared.values()))
+        found.append((rid, words, shared))
+
+    def template(other_ids: set[str], n_mine: int) -> bool:
+        return len(other_ids) > STOCK_RATIONALES or n_mine > STOCK_RATIONALES
+
+    out: list[dict] = []
+    for rid, words, shared in found:
+        text = " ".join(words)
+        same = whole.get(text, set())
+        if not text or template(same, mine_whole[text]):
+            same = set()
+        out += [{"id": rid, "other_id": oid, "kind": "same", "words": len(words), "passage": " ".join(words[:30])}
+                for oid in sorted(same)]
+        # A word inside a template passage counts for no pair: otherwise the passage that
+        # runs one word past a template would be a 20-word match of its own.
+        stock = [False] * len(words)
+        at: dict[str, list[int]] = defaultdict(list)
+        for i, g in shared.items():
+            if template(grams[g], mine_grams[g]):
+                stock[i:i + PASSAGE_WORDS] = [True] * PASSAGE_WORDS
+            else:
+                for oid in grams[g] - same:
+                    at[oid].append(i)
+        for oid, positions in sorted(at.items()):
+            spans = [(a, b + PASSAGE_WORDS) for a, b in _runs(positions)
+                     if sum(not stock[k] for k in range(a, b + PASSAGE_WORDS)) >= PASSAGE_WORDS]
+            if spans:
+                a, b = max(spans, key=lambda ab: ab[1] - ab[0])
+                out.append({"id": rid, "other_id": oid, "kind": "passage", "words": b - a,
+                            "passage": " ".join(words[a:min(b, a + 30)])})
+    return out
 
 
 def marker_pattern(strings: Iterable[str]) -> re.Pattern:
@@ -158,6 +250,9 @@ class CheckReport:
     leaked_audio: list[dict] = field(default_factory=list)
     #: The same question on the same audio in both files: sha256, question, ids, other_ids.
     leaked_questions: list[dict] = field(default_factory=list)
+    #: Rationales of this file that repeat an item's reference reasoning in the --against file,
+    #: one entry per pair (`leaked_rationales`): id, other_id, kind, words, passage.
+    leaked_rationales: list[dict] = field(default_factory=list)
     #: Invalid lines of the --against file (reported, never fatal).
     against_invalid: list[dict] = field(default_factory=list)
     against_n_records: int = 0
@@ -173,7 +268,7 @@ class CheckReport:
         return (sum(len(v) for v in self.defects.values()) + len(self.audio_errors) + len(self.long_clips)
                 + len(self.long_prompts) + len(self.special_text) + len(self.duplicate_audio)
                 + len(self.duplicate_items) + len(self.leaked_audio)
-                + len(self.leaked_questions))
+                + len(self.leaked_questions) + len(self.leaked_rationales))
 
     def exit_code(self, strict: bool = False) -> int:
         if self.hard_errors or (strict and self.warnings):
@@ -401,6 +496,7 @@ def _check_leakage(rep: CheckReport, records: list[AQARecord], other_path: Path,
     for k, group in mine_items.items():
         rep.leaked_questions.append({"sha256": k[0], "question": group[0].question,
                                      "ids": [r.id for r in group], "other_ids": their_items[k]})
+    rep.leaked_rationales = leaked_rationales(records, others)
 
 
 # --------------------------------------------------------------------------- text report
@@ -496,6 +592,11 @@ def format_report(rep: CheckReport, *, limit: int = 20) -> str:
                 lambda g: f"    {', '.join(map(short, g['files']))} == {', '.join(map(short, g['other_files']))}")
         section(f"  same question on the same audio: {len(rep.leaked_questions)}", rep.leaked_questions,
                 lambda g: f"    {_ids(g['ids'])} ~ {_ids(g['other_ids'])}: {g['question']!r}")
+        section(f"  rationale repeating a reference reasoning there: {len(rep.leaked_rationales)} pair(s)",
+                rep.leaked_rationales,
+                lambda x: f"    {rep.file}: {x['id']} ~ {rep.against}: {x['other_id']}: "
+                          + ("same rationale" if x["kind"] == "same" else f"{x['words']} words in common")
+                          + f": {x['passage']!r}")
     return "\n".join(out)
 
 
@@ -508,7 +609,8 @@ def register(subparsers) -> None:
         epilog="Exit codes: 0 no hard errors; 1 invalid records or duplicate ids (or any "
                "warning with --strict); 2 the file cannot be read.")
     p.add_argument("file", type=Path, help="records JSONL")
-    p.add_argument("--against", type=Path, help="another records JSONL to check leakage into (by audio content)")
+    p.add_argument("--against", type=Path,
+                   help="another records JSONL to check leakage into (by audio content, question and rationale)")
     p.add_argument("--json", type=Path, dest="json_out", metavar="REPORT.json", help="also write the full report as JSON")
     p.add_argument("--no-audio", action="store_true",
                    help="do not decode audio (files are still hashed for duplicate and leakage checks)")

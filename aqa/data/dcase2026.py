@@ -8,11 +8,22 @@ Both inputs are JSONL, one question per line:
   texts) and ``answer`` (the option *text*; absent or null in the evaluation file). Records
   get subset ``adqa``, source ``dcase2026`` and, when the item carries one, its own
   ``question_type`` (or ``category``).
-- AudioMCQ: ``source_dataset``, ``id``, ``question_type``, ``audio_path``, ``question``,
-  ``choices``, ``answer`` (text) and a chain-of-thought field (``cot``, ``chain_of_thought``
-  or ``reasoning``; kept in ``meta["cot"]``). Records get subset
+- AudioMCQ, and the DCASE 2026 training file built from it (AudioMCQ-StrongAC-GeminiCoT,
+  ``data.jsonl``, 19,480 items): ``source_dataset``, ``id``, ``question_type``, ``audio_path``,
+  ``question``, ``choices``, ``answer`` (text) and a chain of thought. Records get subset
   ``audiomcq-<source_dataset>`` (lower-case, spaces as dashes), source ``audiomcq`` and
   split ``train``.
+
+  The chain of thought becomes the record's ``rationale``, taken from the first of
+  `COT_KEYS` the item has as non-empty text: ``gemini_cot`` (the training file's Gemini CoT;
+  the name is what two public conversion scripts of that file read, Harland's dataset card
+  was not readable here), then ``cot``, ``chain_of_thought`` and ``reasoning`` (this
+  converter's earlier guesses for the full AudioMCQ release, whose card names two CoT kinds
+  but not their keys; kept so that such files still convert). A CoT that is not text (a
+  structured object or a list) cannot be a rationale: it is kept as written in
+  ``meta["cot"]`` with the note ``cot-not-text``. The other fields are the ones NVIDIA NeMo
+  RL's AudioMCQ loader reads from the same file (nemo_rl/data/datasets/response_datasets/
+  audiomcq.py and its test).
 
 What each record holds and how defects are handled:
 
@@ -65,8 +76,9 @@ SUBSET = "adqa"
 SPLITS = ("dev", "eval")
 #: Splits published without answers.
 UNLABELLED = frozenset({"eval"})
-#: Keys a chain-of-thought may sit under in AudioMCQ, first present wins.
-COT_KEYS = ("cot", "chain_of_thought", "reasoning")
+#: Keys a chain of thought may sit under in AudioMCQ, first present wins (the module docstring
+#: says where each name comes from).
+COT_KEYS = ("gemini_cot", "cot", "chain_of_thought", "reasoning")
 DEFECT_SEVERAL = "answer-matches-several-choices"
 DEFECT_NONE = "answer-matches-no-choice"
 
@@ -121,13 +133,14 @@ def answer_index(raw_answer: Any, raw_choices: list[str]) -> int:
 def _build_record(*, rid: str, original_id: Any, audio: str, question: str, raw_choices: Any,
                   raw_answer: Any, labelled: bool, subset: str, question_type: str, source: str,
                   split: str, root: Path, allow_outside_root: bool,
-                  extra_meta: dict[str, Any] | None = None) -> AQARecord:
+                  extra_meta: dict[str, Any] | None = None, rationale: str | None = None,
+                  extra_notes: list[str] | None = None) -> AQARecord:
     """What both formats share once their fields are picked out: options, answer, audio
     checks, meta and validation. Raises `SkipItem` for an item that cannot be stored."""
     if not isinstance(raw_choices, list) or not all(isinstance(c, str) for c in raw_choices):
         raise SkipItem("missing-field", "options missing or not a list of strings")
     options = checked_options(raw_choices, strip_letters=False)
-    notes = list(options.notes)
+    notes = list(options.notes) + list(extra_notes or [])
     defects: list[str] = []
 
     meta: dict[str, Any] = {"original_id": original_id, "audio_path": audio,
@@ -147,6 +160,8 @@ def _build_record(*, rid: str, original_id: Any, audio: str, question: str, raw_
     d = {"id": rid, "audio": str(audio_path), "question": clean_whitespace(question),
          "choices": options.choices, "answer": answer, "subset": subset,
          "question_type": question_type, "source": source, "split": split, "meta": meta}
+    if rationale is not None:
+        d["rationale"] = rationale
     return make_record(d, audio_path, notes=notes, defects=defects, require_answer=labelled)
 
 
@@ -184,17 +199,24 @@ def convert_audiomcq_item(obj: Any, root: Path, split: str = "train",
     rid = _string_id(obj)
     source_dataset = _text_field(obj, "source_dataset")
     extra: dict[str, Any] = {"source_dataset": source_dataset}
+    rationale, notes = None, []
     for k in COT_KEYS:
-        if obj.get(k) is not None:
-            # Kept as written (string or structured): training code decides how to use it.
-            extra["cot"] = obj[k]
+        value = obj.get(k)
+        if isinstance(value, str) and value.strip():
+            rationale = value
+            break
+        if value is not None and not isinstance(value, str):
+            # A structured CoT has no one text to train on; kept whole so that nothing is lost.
+            extra["cot"] = value
+            notes.append("cot-not-text")
             break
     return _build_record(
         rid=rid, original_id=obj["id"], audio=_text_field(obj, "audio_path"),
         question=_text_field(obj, "question"), raw_choices=obj.get("choices"),
         raw_answer=obj.get("answer"), labelled=True, subset=audiomcq_subset(source_dataset),
         question_type=_question_type(obj, "question_type"), source=AUDIOMCQ_SOURCE, split=split,
-        root=root, allow_outside_root=allow_outside_root, extra_meta=extra)
+        root=root, allow_outside_root=allow_outside_root, extra_meta=extra, rationale=rationale,
+        extra_notes=notes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +306,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "audiomcq", help="convert the AudioMCQ training JSONL to AQA records",
         description="Convert the AudioMCQ training file (JSONL: source_dataset, id, question_type, "
                     "audio_path, question, choices, answer text, chain of thought) to an AQA JSONL "
-                    "with subset audiomcq-<source_dataset> and the chain of thought in meta['cot'].")
+                    "with subset audiomcq-<source_dataset> and the chain of thought (gemini_cot, cot, "
+                    "chain_of_thought or reasoning) as each record's rationale.")
     m.add_argument("jsonl", type=Path, help="the AudioMCQ JSONL")
     _common_args(m)
     m.set_defaults(func=run_audiomcq)

@@ -12,6 +12,9 @@ What export writes, one JSON object per line::
   "A. text" line per option, the instruction) behind one ``<audio>`` placeholder, and the
   assistant text is :func:`aqa.prompts.target_text` (the letter), so a model tuned in either
   tool sees the prompt ``aqa eval`` uses.
+- A record with a ``rationale`` gets it as a think block before the letter,
+  ``"<think>\n" + rationale + "\n</think>\n\n" + letter`` (the layout Qwen3's reasoning
+  templates write); import reads such a block back into ``rationale`` (below).
 - ms-swift: this is its standard "messages" format; multimodal paths go in ``audios`` and
   ``<audio>`` marks where each one goes in the text; absolute paths are preferred.
   Source: ms-swift docs, Customization/Custom-dataset.md, sections "Standard Dataset Format"
@@ -43,7 +46,9 @@ Import reads the same layout back, and the other shapes the two tools document:
   LLaMA-Factory's converter wraps a lone path too: src/llamafactory/data/converter.py).
 
 The options come from the "A. text" lines of the user text, the answer from the assistant
-text with :func:`aqa.prompts.parse_answer`, the audio path is resolved against the input
+text with :func:`aqa.prompts.parse_answer` (after a leading ``<think>...</think>`` block,
+whose text becomes the record's ``rationale``; an empty block, as Qwen3 writes when not
+thinking, is no rationale), the audio path is resolved against the input
 file's folder (or ``--audio-root``). A row it cannot use is reported with its file and line
 (or item, in an array) and skipped; a file that yields no record at all is an error. A
 system prompt (a ``system`` turn or column) is kept in the record's ``meta["system"]``, any
@@ -92,6 +97,9 @@ LLAMAFACTORY_DATASET_INFO: dict[str, Any] = {
              "assistant_tag": "assistant", "system_tag": "system"},
 }
 
+#: A leading think block, to the last closing tag: a rationale that quotes "</think>" still
+#: comes back whole, and an answer (a letter or an option) never holds the tag.
+_THINK = re.compile(r"\s*<think>(.*)</think>", re.S | re.I)
 _OPTION = re.compile(r"^\s*\(?([A-Z])[.)]\s*(.*?)\s*$")
 _OPTIONS_HEADER = re.compile(r"^\s*(options|choices)\s*:?\s*$", re.I)
 _USER_ROLES, _ASSISTANT_ROLES = ("user", "human"), ("assistant", "gpt", "bot")
@@ -118,13 +126,32 @@ def to_interchange(record: AQARecord, fmt: str = "swift", *, audio: str | None =
         audio = str(record.audio_path) if record.audio_path is not None else record.audio
     messages = [{"role": "user", "content": AUDIO_TOKEN + question_text(record.question, record.choices)}]
     if record.answer is not None:
-        messages.append({"role": "assistant", "content": target_text(record.answer)})
+        messages.append({"role": "assistant", "content": assistant_text(record)})
     elif fmt == "llamafactory":
         messages.append({"role": "assistant", "content": ""})
     row: dict[str, Any] = {"messages": messages, "audios": [audio]}
     for k in EXTRA_KEYS:
         row[k] = getattr(record, k) or ""
     return row
+
+
+def assistant_text(record: AQARecord) -> str:
+    """The answer's letter, behind the record's rationale as a think block when it has one."""
+    letter = target_text(record.answer)
+    if record.rationale and record.rationale.strip():
+        return f"<think>\n{record.rationale.strip()}\n</think>\n\n{letter}"
+    return letter
+
+
+def split_think(reply: str) -> tuple[str | None, str]:
+    """(the text of the reply's leading ``<think>...</think>`` block, or None when it has
+    none, and the reply after the block). Raises ValueError for a block never closed."""
+    m = _THINK.match(reply)
+    if m is None:
+        if reply.lstrip().lower().startswith("<think>"):
+            raise ValueError("the assistant's answer opens a <think> block that is never closed")
+        return None, reply
+    return m.group(1).strip(), reply[m.end():].strip()
 
 
 def export_records(records: Iterable[AQARecord], out: str | os.PathLike, fmt: str = "swift", *,
@@ -268,6 +295,13 @@ def from_interchange(row: Any, *, path: str | os.PathLike | None = None, line: i
 
     answer: int | None = None
     reply = turns[1][1].strip() if len(turns) == 2 else ""
+    try:
+        rationale, reply = split_think(reply)
+    except ValueError as e:
+        raise err("messages", str(e)) from None
+    if rationale and not reply:
+        # Reasoning without an answer is no label; reading it as unlabelled would hide the row's defect.
+        raise err("messages", "the assistant's answer holds a <think> block but no answer after it")
     if reply:
         answer = parse_answer(reply, choices)
         if answer is None:
@@ -296,6 +330,8 @@ def from_interchange(row: Any, *, path: str | os.PathLike | None = None, line: i
          "subset": subset or extra.get("subset") or "imported",
          "question_type": extra.get("question_type", ""), "source": extra.get("source", ""),
          "split": split, "meta": meta}
+    if rationale:
+        d["rationale"] = rationale
     rec = AQARecord.from_dict(d, path=where, line=line)
     rec.audio_path = audio_path
     return rec
@@ -458,5 +494,6 @@ def run_import(args: argparse.Namespace) -> int:
 
 
 __all__ = ["FORMATS", "AUDIO_TOKEN", "LLAMAFACTORY_DATASET_INFO", "RELATIVE_PATH_SETTINGS", "to_interchange",
+           "assistant_text", "split_think",
            "export_records", "relative_path_setting", "parse_user_text", "from_interchange", "import_file",
            "imported_root", "write_imported"]

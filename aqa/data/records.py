@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 
 #: Splits whose records may carry `answer: null` (the challenge's hidden-label evaluation sets).
 UNLABELLED_SPLITS = frozenset({"eval", "test-unlabelled"})
+#: The `meta` key where a converter keeps an evaluation item's reference reasoning (MMAR ships
+#: one per item). It stays out of `rationale` because training reads that field as a target;
+#: `aqa data check --against` still compares training rationales with it.
+REFERENCE_REASONING = "reference_reasoning"
 
 
 class RecordError(ValueError):
@@ -62,6 +66,9 @@ class AQARecord:
     source: str = ""
     split: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    #: A reference chain of thought (a training file's CoT, an imported think block); never read
+    #: by the prompt or the letter target. Written to JSONL only when present.
+    rationale: str | None = None
     #: The audio file resolved against the dataset root when the record was read; not serialised.
     audio_path: Path | None = field(default=None, compare=False, repr=False)
     #: The root `audio_path` was checked against when the record was read (None: not checked,
@@ -72,7 +79,11 @@ class AQARecord:
                "source", "split", "meta")
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self._FIELDS}
+        d = {k: getattr(self, k) for k in self._FIELDS}
+        if self.rationale is not None:
+            # Omitted when absent, so files without rationales stay byte-identical to before.
+            d["rationale"] = self.rationale
+        return d
 
     @property
     def labelled(self) -> bool:
@@ -122,9 +133,12 @@ class AQARecord:
         meta = d.get("meta") or {}
         if not isinstance(meta, dict):
             raise err("meta", "must be an object")
+        rationale = d.get("rationale")
+        if rationale is not None and not isinstance(rationale, str):
+            raise err("rationale", f"must be a string, got {type(rationale).__name__} {rationale!r:.80}")
         return cls(id=d["id"], audio=d["audio"], question=d["question"], choices=list(choices),
                    answer=answer, subset=d["subset"], question_type=d.get("question_type") or "",
-                   source=d.get("source") or "", split=split, meta=meta)
+                   source=d.get("source") or "", split=split, meta=meta, rationale=rationale)
 
 
 def resolve_audio_path(audio: str, base_dir: str | os.PathLike, root: str | os.PathLike | None = None,
