@@ -9,11 +9,13 @@
     python bench/load_memory.py --shapes tiny      # the test's sizes; numbers mean nothing
 
 There is no GPU here, so the device of the GPU loads is `meta`: a tensor moved there leaves the
-host, as one moved to a GPU does, but its bytes are never read. The numbers are deltas from the
-process's state right before the load: peak anonymous memory (private to the process: what every
-process of a multi-GPU run pays again), peak file-backed memory (pages of the memory-mapped
-checkpoint, which processes share and the kernel can drop), and peak RSS (both; the kernel's
-VmHWM, reset before the load). The anonymous and file-backed peaks are sampled every 2 ms.
+host, as one moved to a GPU does, but no value is copied (only the pages that opening a tensor
+touches are read; a GPU load reads every page of the file, which a CPU run cannot show). The
+numbers are deltas from the process's state right before the load: peak anonymous memory
+(private to the process: what every process of a multi-GPU run pays again), peak file-backed
+memory (pages of the memory-mapped checkpoint, which processes share and the kernel can drop),
+and peak RSS (both; the kernel's VmHWM, reset before the load). The anonymous and file-backed
+peaks are sampled every 2 ms.
 
 Prints a table and appends it to bench/RESULTS.md with the machine, the date and the command.
 """
@@ -260,12 +262,15 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-    lines = [f"## {datetime.date.today().isoformat()}, {machine}, host memory of loading a model ({args.shapes} shapes)",
+    day = datetime.date.today().isoformat()
+    lines = [f"## {day}, {machine}, host memory of loading a model ({args.shapes} shapes)",
              "", f"Command: `{' '.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}`; torch {torch.__version__}, "
              f"one fresh process per load, {args.threads} torch threads; random-weight checkpoints built by aqa's tiny "
              f"builders at these sizes ({disk:.0f} MiB of safetensors in all); {time.time() - t0:.0f} s in all. "
-             "MiB above the process's state right before the load; `meta` stands for a GPU (the tensors leave "
-             "the host, their bytes are never read). Weights: the loaded model's, in the loaded dtype.", "",
+             "MiB above the process's state right before the load. `meta` stands for a GPU: the tensors leave the "
+             "host as they would for a GPU, but no value is copied, so file-backed pages count only what opening "
+             "the tensors touches, where a GPU load reads the whole file. Weights: the loaded model's, in the "
+             "loaded dtype.", "",
              "| model | load | stands for | weights MiB | way | peak anonymous MiB | peak file-backed MiB "
              "| peak RSS MiB | s |",
              "|---|---|---|---:|---|---:|---:|---:|---:|"]
