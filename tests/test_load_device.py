@@ -64,6 +64,12 @@ def test_from_parts_refuses_weights_left_on_another_device(tiny_model):
         type(b).from_parts(b.model, b.processor, META)
 
 
+def test_a_cpu_with_an_index_is_the_cpu(tiny_model):
+    """accelerate's device on a CPU machine is "cpu:0"; PyTorch's CPU tensors have no index."""
+    b = load_backend(str(tiny_model), device="cpu:0")
+    assert {t.device for t in all_tensors(b).values()} == {torch.device("cpu")}
+
+
 def expert_mib(folder: Path) -> float:
     """MiB of the per-expert weights in a checkpoint (which transformers stacks on loading)."""
     from safetensors import safe_open

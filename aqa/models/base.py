@@ -546,12 +546,16 @@ def device_load_kwargs(device: torch.device) -> dict:
 
 
 def same_device(have: torch.device, want: torch.device) -> bool:
-    """Whether a tensor on `have` is on `want` ("cuda" without an index: the current GPU)."""
+    """Whether a tensor on `have` is on `want`: "cuda" without an index is the current GPU, and
+    a CPU tensor is on "cpu" whatever the index asked (accelerate's CPU processes ask "cpu:0";
+    PyTorch's CPU tensors have none)."""
     if have.type != want.type:
         return False
-    if want.index is None and want.type == "cuda":
+    if have.type == "cpu" or (want.index is None and want.type != "cuda"):
+        return True
+    if want.index is None:
         return have.index == torch.cuda.current_device()
-    return want.index is None or have.index == want.index
+    return have.index == want.index
 
 
 def require_on_device(model: torch.nn.Module, device: torch.device) -> None:
