@@ -36,6 +36,21 @@ def test_bench_runs_and_appends_a_table(tmp_path, script, args, rows, check):
     assert check in text and "Command:" in text
 
 
+def test_load_memory_bench_runs_and_appends_a_table(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "load_memory.py"), "--shapes", "tiny", "--families",
+                        "qwen2-audio", "--scenarios", "meta-bf16-of-fp32", "--threads", "1", "--results", str(results)],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = results.read_text()
+    for row in ("| qwen2-audio | fp32 file -> meta, bf16 | aqa's GPU default on an fp32 checkpoint |",
+                "| CPU, then moved |", "| straight to device |"):
+        assert row in text
+    assert "Command:" in text
+
+
 def gpu_check(tmp_path, *flags, timeout=60):
     env = {**os.environ, "PYTHON": sys.executable}
     return subprocess.run(["bash", str(ROOT / "bench" / "gpu_check.sh"), "--out", str(tmp_path / "gc"), *flags],

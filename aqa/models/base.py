@@ -66,7 +66,8 @@ class Backend:
              dtype: str | torch.dtype | None = None, trust_remote_code: bool = False,
              is_trainable: bool = False) -> Backend:
         """The backend of the checkpoint at `path` (a folder or a Hugging Face id), with
-        `adapter` on top."""
+        `adapter` on top. Each weight goes from the file straight to `device`
+        (`device_load_kwargs`): no process holds a host copy of the model on its way there."""
         import transformers
         from transformers import AutoProcessor
 
@@ -75,7 +76,8 @@ class Backend:
         dev = default_device(device)
         processor = AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = getattr(transformers, cls.transformers_class).from_pretrained(
-            path, dtype=default_dtype(dev, dtype), trust_remote_code=trust_remote_code, attn_implementation="sdpa")
+            path, dtype=default_dtype(dev, dtype), trust_remote_code=trust_remote_code, attn_implementation="sdpa",
+            **device_load_kwargs(dev))
         return cls.from_parts(model, processor, dev, adapter=adapter, is_trainable=is_trainable)
 
     @classmethod
@@ -97,9 +99,16 @@ class Backend:
     @classmethod
     def from_parts(cls, model, processor, device: torch.device, *, adapter: str | None = None,
                    is_trainable: bool = False):
-        """The tail every `load` shares: the model on `device`, with its adapter (and the
-        adapters under it), in training or evaluation mode."""
-        model.to(device)
+        """The tail every `load` shares: the model, loaded onto `device`, with its adapter (and
+        the adapters under it), in training or evaluation mode. It does not move the model: a
+        weight found elsewhere is an error, so that a loader that reads to the CPU first (the
+        whole model in each process's host memory) cannot pass unseen."""
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        if is_deepspeed_zero3_enabled():  # loaded without a device map (`device_load_kwargs`)
+            model.to(device)
+        else:
+            require_on_device(model, device)
         if adapter:
             model = attach_adapter(model, adapter, is_trainable=is_trainable)
         model.train(is_trainable)
@@ -783,6 +792,68 @@ class AdapterWeights:
                                    f"weights were held; make the AdapterWeights after accelerate's prepare()")
         for i, t in enumerate(self._tensors):
             self._held[i], t.data = t.data, self._held[i]
+
+
+def device_load_kwargs(device: torch.device) -> dict:
+    """`from_pretrained`'s keyword arguments that read every weight of the model straight onto
+    `device`, rather than building the model on the CPU and moving it after, and that keep
+    transformers' own layers (no hub kernels).
+
+    Why, from transformers 5.25's loading code (`modeling_utils.from_pretrained`,
+    `core_model_loading.convert_and_load_state_dict_in_model`) and safetensors 0.8:
+    - the model is built on the meta device (no weights allocated); each checkpoint tensor
+      is a view of the memory-mapped safetensors file (file-backed page cache, which
+      processes share; nothing copied) until `.to(device, dtype)` is called on it, one tensor
+      at a time on 4 reader threads, `device` from the device map (`{"": "cpu"}` without one);
+    - so without a map every weight lands on the CPU: in the file's dtype still a view of the
+      file, but converted (a bf16 load of an fp32 file, an fp32 load of a bf16 one) a private
+      copy, the whole model in anonymous host memory in every process until `.to(device)`
+      moved it; with the map the host holds only the tensors in flight (PyTorch's copy to
+      a GPU converts a tensor's dtype on the CPU first);
+    - a converter of the model's weight mapping works on the device the pieces were read to:
+      Qwen3-Omni's checkpoint holds one tensor per expert, which the qwen2_moe mapping that
+      transformers applies to qwen3_omni_moe stacks (`MergeModulelist`, `Concatenate`) into
+      `mlp.experts.gate_up_proj` / `down_proj`, new tensors; read to the CPU they are a
+      private host copy of nearly all of the 30B model even without a dtype change, read to
+      the device they are made there;
+    - one device in the map attaches no accelerate hooks (only several devices or "disk" do),
+      and non-persistent buffers (rotary `inv_freq`) are made on the map's device;
+    - after loading, transformers "kernelizes" the model for the map's device (`use_kernels`
+      is on by default and `kernels` is one of its requirements): for CUDA that swaps in hub
+      kernels (RMSNorm, activations, rotary embedding) fetched from the Hugging Face Hub. A
+      model loaded to the CPU was kernelized for the CPU, for which none is mapped, so aqa
+      has always run transformers' own layers; `use_kernels=False` keeps it so;
+    - DeepSpeed ZeRO-3 refuses a device map (`check_and_set_device_map`): transformers then
+      builds the model under `zero.Init`, reads it on rank 0 only and partitions it, so no
+      map is given there."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    if is_deepspeed_zero3_enabled():
+        return {"use_kernels": False}
+    return {"device_map": {"": device}, "use_kernels": False}
+
+
+def same_device(have: torch.device, want: torch.device) -> bool:
+    """Whether a tensor on `have` is on `want`: "cuda" without an index is the current GPU, and
+    a CPU tensor is on "cpu" whatever the index asked (accelerate's CPU processes ask "cpu:0";
+    PyTorch's CPU tensors have none)."""
+    if have.type != want.type:
+        return False
+    if have.type == "cpu" or (want.index is None and want.type != "cuda"):
+        return True
+    if want.index is None:
+        return have.index == torch.cuda.current_device()
+    return have.index == want.index
+
+
+def require_on_device(model: torch.nn.Module, device: torch.device) -> None:
+    """Refuse a model with a parameter or buffer outside `device` (see `Backend.from_parts`)."""
+    elsewhere = [(n, t.device) for n, t in [*model.named_parameters(), *model.named_buffers()]
+                 if not same_device(t.device, device)]
+    if elsewhere:
+        name, where = elsewhere[0]
+        raise ValueError(f"{len(elsewhere)} weights of the loaded {type(model).__name__} are not on {device} "
+                         f"(e.g. {name} on {where}): a loader must read them onto the device it is given")
 
 
 def default_device(device: str | None = None) -> torch.device:

@@ -49,7 +49,8 @@ from torch import nn
 from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM, Qwen2Model, Qwen2PreTrainedModel
 
-from aqa.models.base import Backend, Example, default_device, default_dtype, float32_logits
+from aqa.models.base import (Backend, Example, default_device, default_dtype, device_load_kwargs,
+                             float32_logits)
 from aqa.models.whisper_vq import SAMPLE_RATE, SEGMENT_SECONDS, WhisperVQTokenizer, segments, tokens_for
 
 log = logging.getLogger(__name__)
@@ -233,9 +234,9 @@ def check_mel_bins(feature_extractor, encoder_config, where: Path) -> None:
                          f"the encoder reads {encoder_config.num_mel_bins}")
 
 
-def load_speech_encoder(folder: Path, dtype: torch.dtype):
+def load_speech_encoder(folder: Path, dtype: torch.dtype, device: torch.device | str = "cpu"):
     """The Whisper encoder of `folder` (a WhisperModel / WhisperForConditionalGeneration
-    checkpoint); the decoder's weights are not read."""
+    checkpoint), its weights read straight onto `device`; the decoder's weights are not read."""
     from transformers import WhisperConfig
     from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
@@ -243,7 +244,7 @@ def load_speech_encoder(folder: Path, dtype: torch.dtype):
 
     config = WhisperConfig.from_pretrained(folder)
     config._attn_implementation = "sdpa"
-    return load_module_weights(lambda: WhisperEncoder(config), folder, dtype=dtype,
+    return load_module_weights(lambda: WhisperEncoder(config), folder, dtype=dtype, device=device,
                                rename=lambda k: k.removeprefix("model.").removeprefix("encoder."))
 
 
@@ -357,9 +358,12 @@ class KimiAudioBackend(Backend):
         raw = json.loads((folder / "config.json").read_text())
         raw.pop("model_type", None)
         config = KimiAudioConfig(**raw)
-        model = KimiAudioForCausalLM.from_pretrained(folder, config=config, dtype=dt, attn_implementation="sdpa")
+        # Every part is read straight onto `dev` (base.device_load_kwargs), the decoder, the
+        # speech encoder and the speech tokenizer alike.
+        model = KimiAudioForCausalLM.from_pretrained(folder, config=config, dtype=dt, attn_implementation="sdpa",
+                                                     **device_load_kwargs(dev))
         whisper_dir = folder / "whisper-large-v3"
-        model.speech_encoder = load_speech_encoder(whisper_dir, dt)
+        model.speech_encoder = load_speech_encoder(whisper_dir, dt, dev)
         if (whisper_dir / "preprocessor_config.json").is_file():
             fe = WhisperFeatureExtractor.from_pretrained(whisper_dir)
             check_mel_bins(fe, model.speech_encoder.config, whisper_dir / "preprocessor_config.json")
@@ -370,7 +374,7 @@ class KimiAudioBackend(Backend):
                    else folder / "glm-4-voice-tokenizer" if (folder / "glm-4-voice-tokenizer").is_dir()
                    else local_folder("THUDM/glm-4-voice-tokenizer", "the GLM-4-Voice speech tokenizer"))
         # Token ids must not depend on the compute dtype: the tokenizer always runs in float32.
-        vq = WhisperVQTokenizer.from_folder(tok_dir).to(dev)
+        vq = WhisperVQTokenizer.from_folder(tok_dir, device=dev)
         vq_fe = (WhisperFeatureExtractor.from_pretrained(tok_dir) if (tok_dir / "preprocessor_config.json").is_file()
                  else WhisperFeatureExtractor(feature_size=vq.config.num_mel_bins))
         check_mel_bins(vq_fe, vq.config, tok_dir / "preprocessor_config.json")

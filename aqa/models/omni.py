@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from aqa.models.base import default_device, default_dtype
+from aqa.models.base import default_device, default_dtype, device_load_kwargs
 from aqa.models.chat_backend import ChatProcessorBackend
 
 log = logging.getLogger(__name__)
@@ -112,12 +112,17 @@ def thinker_config(folder: Path, full_model_type: str, trust_remote_code: bool):
     return config.thinker_config if config.model_type == full_model_type else config
 
 
-def load_thinker(thinker_cls, folder: Path, full_model_type: str, dtype: torch.dtype, trust_remote_code: bool):
-    """The thinker of a thinker-only or whole-model checkpoint folder."""
+def load_thinker(thinker_cls, folder: Path, full_model_type: str, dtype: torch.dtype, trust_remote_code: bool,
+                 device: torch.device):
+    """The thinker of a thinker-only or whole-model checkpoint folder, its weights read
+    straight onto `device`: transformers' conversion (the `thinker.` prefix dropped, Qwen3-Omni's
+    per-expert tensors stacked) then runs there, so the stacked experts are never a second
+    copy of the model in host memory (`base.device_load_kwargs`)."""
     config = thinker_config(folder, full_model_type, trust_remote_code)
     with thinker_view(folder, full_model_type) as view:
         return thinker_cls.from_pretrained(view, config=config, dtype=dtype, attn_implementation="sdpa",
-                                           trust_remote_code=trust_remote_code, use_safetensors=True)
+                                           trust_remote_code=trust_remote_code, use_safetensors=True,
+                                           **device_load_kwargs(device))
 
 
 def processor_class_without_video_check(processor_cls):
@@ -174,7 +179,7 @@ class OmniThinkerBackend(ChatProcessorBackend):
         folder = local_folder(path, cls.full_model_type)
         processor = load_processor(getattr(transformers, cls.processor_class_name), folder, trust_remote_code)
         model = load_thinker(getattr(transformers, cls.thinker_class_name), folder, cls.full_model_type, dt,
-                             trust_remote_code)
+                             trust_remote_code, dev)
         return cls.from_parts(model, processor, dev, adapter=adapter, is_trainable=is_trainable)
 
     @classmethod

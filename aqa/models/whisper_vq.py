@@ -119,10 +119,12 @@ class WhisperVQTokenizer(nn.Module):
         return dist.argmin(1).reshape(x.shape[0], x.shape[1])
 
     @classmethod
-    def from_folder(cls, folder: str | Path, dtype: torch.dtype = torch.float32) -> WhisperVQTokenizer:
+    def from_folder(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
+                    device: torch.device | str = "cpu") -> WhisperVQTokenizer:
         """Load from a checkpoint folder (config.json + *.safetensors), e.g. a copy of
-        THUDM/glm-4-voice-tokenizer. Its config is a Whisper config with GLM-4-Voice's extra
-        pooling and quantiser fields, read without remote code."""
+        THUDM/glm-4-voice-tokenizer, its weights read straight onto `device`
+        (`weights.load_module_weights`). Its config is a Whisper config with GLM-4-Voice's
+        extra pooling and quantiser fields, read without remote code."""
         from transformers import WhisperConfig
 
         from aqa.models.weights import load_module_weights
@@ -137,7 +139,7 @@ class WhisperVQTokenizer(nn.Module):
         config = WhisperConfig(**raw)
         config._attn_implementation = "sdpa"
         # Full WhisperVQ checkpoints prefix the encoder's names with `model.encoder.`.
-        return load_module_weights(lambda: cls(config), folder, dtype=dtype,
+        return load_module_weights(lambda: cls(config), folder, dtype=dtype, device=device,
                                    rename=lambda k: k.removeprefix("model.").removeprefix("encoder."))
 
     def tokenize(self, audio: np.ndarray, feature_extractor, device: torch.device | str = "cpu") -> list[int]:
