@@ -100,3 +100,19 @@ def test_export_counts_wrong_picks_the_scorer_credits(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "credits 1 wrong pick(s)" in text and "aqa 33.33%" in text
     assert isinstance(json.loads((tmp_path / "out.json").read_text()), list)
+
+
+def test_data_check_against_mmar_flags_training_rationales_that_repeat_its_reasoning(tmp_path, capsys):
+    p = write_meta(tmp_path, GOOD)
+    ev = tmp_path / "mmar.jsonl"
+    assert main(["data", "mmar", str(p), "-o", str(ev), "--no-progress"]) == 0
+    (tmp_path / "t.wav").write_bytes(b"x")
+    train = tmp_path / "train.jsonl"
+    rows = [{"id": "t1", "audio": "t.wav", "question": "Which way?", "choices": ["a", "b"], "answer": 0, "subset": "s",
+             "rationale": "Reasoning of order: the far sound fades in."},
+            {"id": "t2", "audio": "t.wav", "question": "Which way?", "choices": ["a", "b"], "answer": 1, "subset": "s",
+             "rationale": "The bark comes first."}]
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    main(["data", "check", str(train), "--against", str(ev), "--no-audio"])
+    text = capsys.readouterr().out
+    assert f"{train}: t1 ~ {ev}: order: same rationale" in text and "t2 ~" not in text
