@@ -1,7 +1,6 @@
 """MMAU-Pro: the converter on a test.parquet written in its format, and the export for its scorer."""
 
 import json
-from collections import Counter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
