@@ -17,14 +17,15 @@ def row(id, category, choices, answer, audio=None, **kw):
     """One row with the columns the scorer (sonalkum/MMAUPro at 960e93a) and the loaders read."""
     return {"id": id, "audio_path": audio if audio is not None else [f"data/{id}.wav"], "question": f"Q {id}?",
             "choices": choices, "answer": answer, "category": category, "sub-cat": "counting",
+            "perceptual_skills": ["counting"], "length_type": "short",
             "task_identifier": kw.get("task_identifier"), "kwargs": kw.get("kwargs")}
 
 
 ROWS = [row("s1", "sound", ["dog", "cat", "cow"], "cat"),
         row("m1", "music", ["fast", "slow"], "slow "),  # the answer is an option only once stripped
         row("sp1", "speech", ["yes", "no"], "no"),
-        row("o1", "open", None, "A long answer."),
-        row("if1", "instruction following", None, "", task_identifier="length_constraints:number_words",
+        row("o1", "open", [], "A long answer."),  # open-ended rows carry an empty choices array
+        row("if1", "instruction following", [], None, task_identifier="length_constraints:number_words",
             kwargs='{"num_words": 10}'),
         row("mu1", "multi", ["first", "second"], "first", audio=["data/mu1a.wav", "data/mu1b.wav"]),
         row("one", "sound", ["only"], "only"),
@@ -36,7 +37,8 @@ def write_parquet(path, rows):
     pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([
         ("id", pa.string()), ("audio_path", pa.list_(pa.string())), ("question", pa.string()),
         ("choices", pa.list_(pa.string())), ("answer", pa.string()), ("category", pa.string()),
-        ("sub-cat", pa.string()), ("task_identifier", pa.string()), ("kwargs", pa.string())])), path)
+        ("sub-cat", pa.string()), ("perceptual_skills", pa.list_(pa.string())), ("length_type", pa.string()),
+        ("task_identifier", pa.string()), ("kwargs", pa.string())])), path)
     return path
 
 
@@ -51,6 +53,7 @@ def test_multiple_choice_converted_others_counted_by_kind(tmp_path):
     m1 = {r.id: r for r in rep.records}["m1"]
     assert m1.answer == 1 and "answer-not-verbatim-option" in m1.meta["notes"]
     assert m1.meta["sub-cat"] == "counting" and m1.question_type == "counting"
+    assert m1.meta["perceptual_skills"] == ["counting"] and "task_identifier" not in m1.meta
     assert rep.missing_audio == ["m1", "sp1"]
     assert f"multi-audio: {p}[row 5] (id mu1): 2 clips" in rep.summary()
 

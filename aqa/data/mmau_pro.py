@@ -6,7 +6,10 @@ instruction following ``task_identifier`` and ``kwargs``; the dataset card's loa
 (NVIDIA-NeMo/Skills at 0aa29b3, nemo_skills/dataset/mmau-pro/prepare.py) add ``id`` and
 ``audio_path``, a list of ``data/<uuid>.wav`` paths relative to the folder data.zip extracts
 into (the parquet's folder by default). Other columns (``sub-cat``, ``perceptual_skills``,
-``reasoning_skills``, ...) are kept in ``meta`` as they are.
+``reasoning_skills``, ``length_type``, ``transcription``, ...) are kept in ``meta`` as they are.
+Third-party loaders of the same file describe open-ended rows with an empty ``choices`` array,
+instruction-following rows with a null ``answer``, and some hundreds of rows with several
+clips; the real file was not at hand to count them here.
 
 The scorer treats ``category == "open"`` as open-ended (an LLM judge) and
 ``"instruction following"`` as instruction following (rule checks); every other category is
