@@ -23,6 +23,10 @@ DATA_COMMANDS = (
     "aqa.data.interchange",
     "aqa.eval.filter",
     "aqa.data.dcase2026",
+    "aqa.data.mmar",
+    "aqa.data.mmau_pro",
+    "aqa.data.airbench",
+    "aqa.data.sakura",
 )
 #: Modules that add a subcommand under `aqa model`.
 MODEL_COMMANDS = (

@@ -31,9 +31,10 @@ import json
 import logging
 import re
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from aqa.io import UserError, atomic_write_text, write_json
+from aqa.io import UserError, atomic_write_text, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -191,14 +192,14 @@ class MMAUExport(NamedTuple):
     mmau_correct: int  # MMAU's evaluation.py would count it right (`mmau_match`)
 
 
-def _read_mmau_items(path: str | Path) -> list:
+def _read_mmau_items(path: str | Path, key: str = "id", what: str = "MMAU's JSON list of items") -> list:
     try:
         with open(path, encoding="utf-8") as fh:
             items = json.load(fh)
     except (ValueError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not a valid JSON file ({e})") from None
-    if not isinstance(items, list) or not all(isinstance(it, dict) and "id" in it for it in items):
-        raise UserError(f"{path}: expected MMAU's JSON list of items, each with an 'id'")
+    if not isinstance(items, list) or not all(isinstance(it, dict) and key in it for it in items):
+        raise UserError(f"{path}: expected {what}, each item with {key!r}")
     return items
 
 
@@ -228,6 +229,267 @@ def export_mmau(pred_dir: str | Path, questions_json: str | Path, out: str | Pat
     if empty:
         log.warning("%d of %d MMAU items have no prediction; written as empty strings (scored wrong)", empty, len(items))
     return MMAUExport(write_json(out, items), empty, scored, aqa_correct, mmau_correct)
+
+
+# ---------------------------------------------------------------------------------------------
+# MMAR, MMAU-Pro, AIR-Bench: each benchmark's file with the predictions its scorer reads
+
+
+@dataclass
+class ScorerExport:
+    """What an export wrote and how its benchmark's scorer would score it beside aqa.
+
+    `scored`: items with an answer and a prediction aqa can score; `aqa_correct`: the option
+    chosen is the answer's; `scorer_correct`: the scorer's rule credits what was written;
+    `credited_wrong`: wrong picks the scorer credits; `uncredited_right`: right picks it does
+    not; `undecided`: items the scorer scores by a rule aqa cannot apply here (counted apart,
+    in neither accuracy); `empty`: items written without a prediction."""
+
+    benchmark: str
+    scorer: str
+    path: Path
+    items: int = 0
+    empty: int = 0
+    scored: int = 0
+    aqa_correct: int = 0
+    scorer_correct: int = 0
+    credited_wrong: int = 0
+    uncredited_right: int = 0
+    undecided: int = 0
+    notes: list[str] = field(default_factory=list)
+    metrics_path: Path | None = None
+
+    def add(self, aqa_right: bool, scorer_right: bool) -> None:
+        self.scored += 1
+        self.aqa_correct += aqa_right
+        self.scorer_correct += scorer_right
+        self.credited_wrong += scorer_right and not aqa_right
+        self.uncredited_right += aqa_right and not scorer_right
+
+    def to_dict(self) -> dict:
+        d = {k: getattr(self, k) for k in ("benchmark", "scorer", "items", "empty", "scored", "aqa_correct",
+                                           "scorer_correct", "credited_wrong", "uncredited_right", "undecided")}
+        d["path"] = str(self.path)
+        d["aqa_accuracy"] = self.aqa_correct / self.scored if self.scored else None
+        d["scorer_accuracy"] = self.scorer_correct / self.scored if self.scored else None
+        d["notes"] = self.notes
+        return d
+
+    def write_metrics(self) -> Path:
+        """The counts beside the export, ``OUT.metrics.json``, so that the number a scorer
+        prints can be set against aqa's later."""
+        self.metrics_path = write_json(self.path.with_name(self.path.name + ".metrics.json"), self.to_dict())
+        return self.metrics_path
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.path} ({self.items} items" + (f", {self.empty} without a prediction" if self.empty else "")
+                 + ")"]
+        if self.scored:
+            lines.append(f"accuracy over {self.scored} items: aqa {100 * self.aqa_correct / self.scored:.2f}% "
+                         f"(the option chosen), {self.scorer} {100 * self.scorer_correct / self.scored:.2f}%")
+            if self.credited_wrong:
+                lines.append(f"  {self.scorer} credits {self.credited_wrong} wrong pick(s)")
+            if self.uncredited_right:
+                lines.append(f"  {self.scorer} does not credit {self.uncredited_right} right pick(s)")
+        lines += [f"  {n}" for n in self.notes]
+        if self.metrics_path:
+            lines.append(f"  counts: {self.metrics_path}")
+        return "\n".join(lines)
+
+
+def _evaluated(pred_dir: str | Path, data: str | None, allow_outside_root: bool):
+    """{source id: record} of the evaluated file and {record id: prediction}."""
+    pred_dir = Path(pred_dir)
+    records, _ = _records_for(pred_dir, data, allow_outside_root)
+    return {str(r.meta.get("original_id", r.id)): r for r in records}, _predictions(pred_dir)
+
+
+def _chosen(rec, preds: dict) -> int | None:
+    pred = preds.get(rec.id) if rec is not None else None
+    if pred is None or pred.get("pred") is None:
+        return None
+    if pred.get("choices") is not None and pred["choices"] != rec.choices:
+        raise UserError(f"the options of {rec.id} differ between the predictions and the evaluated file; "
+                        f"was it evaluated on this file?")
+    return int(pred["pred"])
+
+
+def mmar_match(answer: str, prediction: str, choices: list[str]) -> bool:
+    """MMAR's rule: github.com/ddlBoJack/MMAR at 3bce090, code/evaluation.py, `string_match`,
+    the same code as MMAU's (`mmau_match`): word sets, so an option holding the answer's words
+    in another order ("From near to far" for "From far to near") is credited as the answer."""
+    return mmau_match(answer, prediction, choices)
+
+
+def export_mmar(pred_dir: str | Path, questions: str | Path, out: str | Path, *, data: str | None = None,
+                allow_outside_root: bool = False) -> ScorerExport:
+    """MMAR-meta.jsonl with ``answer_prediction`` (the key code/evaluation.py reads; it skips
+    an item without it, so an item without a prediction gets "" and is scored wrong) holding
+    the chosen option's text as the file writes it. JSON Lines unless `out` ends in .json,
+    the two forms evaluation.py reads."""
+    from aqa.io import iter_jsonl
+
+    by_id, preds = _evaluated(pred_dir, data, allow_outside_root)
+    items = [obj for _, obj in iter_jsonl(questions)]
+    if not all(isinstance(it, dict) and "id" in it for it in items):
+        raise UserError(f"{questions}: expected MMAR-meta.jsonl, one JSON object with an 'id' per line")
+    res = ScorerExport("MMAR", "MMAR's evaluation.py (its word-set string_match)", Path(out), items=len(items))
+    for it in items:
+        rec = by_id.get(str(it["id"]))
+        k = _chosen(rec, preds)
+        text = original_choice(rec, k) if k is not None else ""
+        res.empty += k is None
+        it["answer_prediction"] = text
+        if isinstance(it.get("answer"), str) and isinstance(it.get("choices"), list):
+            res.add(k is not None and k == rec.answer, mmar_match(it["answer"], text, [str(c) for c in it["choices"]]))
+    if str(out).endswith(".json"):
+        write_json(out, items)
+    else:
+        write_jsonl(out, items)
+    res.write_metrics()
+    return res
+
+
+#: The categories MMAU-Pro's scorer does not score as multiple choice.
+MMAU_PRO_NOT_MC = ("open", "instruction following")
+
+
+def mmau_pro_match(answer: str, output: str, choices: list[str]) -> bool | None:
+    """MMAU-Pro's rule (github.com/sonalkum/MMAUPro at 960e93a, evaluate_mmau_pro_comprehensive.py,
+    `evaluate_closedended_with_nvembed` and `calculate_metrics`): the output is matched to the
+    option whose NV-Embed-v2 embedding is most similar (argmax of cosine), and that option's
+    text must equal the answer string. An output that is one option's exact text is its own
+    nearest option, so it is credited exactly when that text is the answer. Any other output
+    (an empty one included) is matched by the embedding model, which is not run here: None."""
+    if output not in choices:
+        return None
+    return output == answer
+
+
+def export_mmau_pro(pred_dir: str | Path, questions: str | Path, out: str | Path, *, data: str | None = None,
+                    allow_outside_root: bool = False) -> ScorerExport:
+    """MMAU-Pro's test.parquet with the column ``model_output`` (the scorer's default): the
+    chosen option's exact text for each converted item, "" elsewhere (open-ended,
+    instruction-following and multi-audio items aqa does not answer)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    by_id, preds = _evaluated(pred_dir, data, allow_outside_root)
+    try:
+        table = pq.read_table(questions)
+    except OSError:
+        raise
+    except Exception as e:
+        raise UserError(f"{questions}: not a readable parquet file ({e})") from None
+    missing = [c for c in ("id", "category", "choices", "answer") if c not in table.column_names]
+    if missing:
+        raise UserError(f"{questions}: not MMAU-Pro's test.parquet (no column {', '.join(missing)})")
+    rows = table.select(["id", "category", "choices", "answer"]).to_pylist()
+    res = ScorerExport("MMAU-Pro", "MMAU-Pro's scorer (nearest option by NV-Embed-v2)", Path(out), items=len(rows))
+    outputs, chance, not_verbatim = [], 0, 0
+    for row in rows:
+        rec = by_id.get(str(row["id"]))
+        k = _chosen(rec, preds)
+        text = original_choice(rec, k) if k is not None else ""
+        outputs.append(text)
+        res.empty += k is None
+        choices = row["choices"]
+        if row["category"] in MMAU_PRO_NOT_MC or not isinstance(choices, list) or len(choices) < 2:
+            continue
+        verdict = mmau_pro_match(row["answer"], text, [str(c) for c in choices]) if k is not None else None
+        if verdict is None:
+            chance += 1
+            res.undecided += 1
+            continue
+        not_verbatim += row["answer"] not in choices
+        res.add(k == rec.answer, verdict)
+    if chance:
+        res.notes.append(f"{chance} multiple-choice item(s) the scorer scores are written without a prediction "
+                         f"(multi-audio, or not evaluated); it still matches an empty output to its nearest option, "
+                         f"so they count by chance, not as wrong (in neither accuracy above)")
+    if not_verbatim:
+        res.notes.append(f"{not_verbatim} item(s) have an answer that is no option's exact text: the scorer "
+                         f"credits no output on them")
+    if "model_output" in table.column_names:
+        table = table.drop_columns(["model_output"])
+    table = table.append_column("model_output", pa.array(outputs, type=pa.string()))
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_name(Path(out).name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(out)
+    res.write_metrics()
+    return res
+
+
+#: Inference_Foundation.py's output fields, in its order (github.com/OFA-Sys/AIR-Bench at d5c1bdf).
+AIRBENCH_FIELDS = ("path", "question", "choice_a", "choice_b", "choice_c", "choice_d", "answer_gt", "task_name",
+                   "dataset_name", "response", "uniq_id")
+_AIRBENCH_CHOICES = ("choice_a", "choice_b", "choice_c", "choice_d")
+
+
+def airbench_letter(response: str) -> str | None:
+    """The letter score_foundation.py (github.com/OFA-Sys/AIR-Bench at d5c1bdf) reads from a
+    response: newlines removed and ends stripped; its first character when that is A-D, else
+    its second-to-last ("The answer is A."); None (counted as a failure, outside its accuracy)
+    for an empty response, "None", or neither."""
+    predict = response.strip().replace("\n", "")
+    if not predict or predict == "None":
+        return None
+    if predict[0] in "ABCD":
+        return predict[0]
+    if len(predict) > 1 and predict[-2] in "ABCD":
+        return predict[-2]
+    return None
+
+
+def airbench_truth(item: dict) -> str | None:
+    """The answer's letter as score_foundation.py finds it: the first choice equal to
+    ``answer_gt``, compared exactly; None where none is (the scorer then stops, exit 1)."""
+    for letter, key in zip("ABCD", _AIRBENCH_CHOICES):
+        if item.get(key) is not None and item.get(key) == item.get("answer_gt"):
+            return letter
+    return None
+
+
+def export_airbench(pred_dir: str | Path, questions: str | Path, out: str | Path, *, data: str | None = None,
+                    allow_outside_root: bool = False) -> ScorerExport:
+    """Foundation_result JSONL as Inference_Foundation.py writes it, ``response`` the chosen
+    option's letter (score_foundation.py reads the first character). Where the chosen text
+    appears under two letters, the first: the scorer's answer letter is the first match."""
+    by_id, preds = _evaluated(pred_dir, data, allow_outside_root)
+    items = _read_mmau_items(questions, key="uniq_id", what="AIR-Bench's Foundation_meta.json")
+    res = ScorerExport("AIR-Bench Foundation", "AIR-Bench's score_foundation.py (the response's first letter)",
+                       Path(out), items=len(items))
+    rows, stopper = [], 0
+    for it in items:
+        rec = by_id.get(str(it["uniq_id"]))
+        k = _chosen(rec, preds)
+        truth = airbench_truth(it)
+        response = ""
+        if k is not None and truth is None:
+            # A response here would stop score_foundation.py (exit 1) before it prints anything.
+            stopper += 1
+        elif k is not None:
+            text = original_choice(rec, k)
+            response = next((lt for lt, key in zip("ABCD", _AIRBENCH_CHOICES) if it.get(key) == text), "")
+            if not response:
+                raise UserError(f"{questions}: item {it['uniq_id']} has no choice {text!r}; were the predictions "
+                                f"made on a conversion of this file?")
+        res.empty += response == ""
+        row = {f: it.get(f) for f in AIRBENCH_FIELDS if f != "response"}
+        row["response"] = response
+        rows.append({f: row[f] for f in AIRBENCH_FIELDS})
+        if response:
+            res.add(k == rec.answer, airbench_letter(response) == truth)
+    if res.empty:
+        res.notes.append(f"{res.empty} item(s) written without a response: score_foundation.py counts them as "
+                         f"failures, outside its accuracy's denominator (aqa's above leaves them out too)")
+    if stopper:
+        res.notes.append(f"{stopper} of them: their answer_gt is no choice's exact text, and a response would stop "
+                         f"score_foundation.py (exit 1)")
+    write_jsonl(out, rows)
+    res.write_metrics()
+    return res
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +527,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     m.add_argument("-o", "--output", required=True)
     m.add_argument("--allow-outside-root", action="store_true")
     m.set_defaults(func=_run_mmau)
+    for name, what, questions, fn in (
+            ("mmar", "MMAR-meta.jsonl with answer_prediction, for MMAR's code/evaluation.py", "MMAR-meta.jsonl",
+             export_mmar),
+            ("mmau-pro", "MMAU-Pro's test.parquet with model_output, for evaluate_mmau_pro_comprehensive.py",
+             "MMAU-Pro's test.parquet", export_mmau_pro),
+            ("airbench", "AIR-Bench Foundation results JSONL (response: the option's letter), for score_foundation.py",
+             "Foundation_meta.json", export_airbench)):
+        b = esub.add_parser(name, help=what)
+        b.add_argument("pred_dir")
+        b.add_argument("--questions", required=True, help=f"the original {questions}")
+        b.add_argument("--data", help="the AQA JSONL evaluated (default: the one in PRED_DIR/eval_config.json)")
+        b.add_argument("-o", "--output", required=True)
+        b.add_argument("--allow-outside-root", action="store_true")
+        b.set_defaults(func=_run_scorer_export, export=fn)
+
+
+def _run_scorer_export(args) -> int:
+    r = args.export(args.pred_dir, args.questions, args.output, data=args.data,
+                    allow_outside_root=args.allow_outside_root)
+    print(r.summary())
+    return 0
 
 
 def _run_dcase(args) -> int:

@@ -364,3 +364,91 @@ def run_converter(convert: Callable[[], ConversionReport], output: Path, *,
         print(f"error: {e}")
         return 2
     return finish_conversion(report, output, hint=hint(report) if hint else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark files (one document of items, audio distributed apart)
+
+
+def read_json_document(path: str | os.PathLike) -> Any:
+    """A whole JSON file; ValueError naming the file (and the offset of a bad byte)."""
+    import json
+
+    with open(path, encoding="utf-8") as fh:
+        try:
+            return json.load(fh)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        except UnicodeDecodeError as e:
+            # One JSON document: a bad byte spoils all of it, so say where it is.
+            raise ValueError(f"{path}: not valid UTF-8 (byte 0x{e.object[e.start]:02x} at offset "
+                             f"{e.start})") from None
+
+
+def benchmark_audio(rel: str, root: Path, *, allow_outside_root: bool, check_audio: bool, meta: dict,
+                    notes: list) -> tuple[Path, list[str], bool]:
+    """(resolved path, defects, present) of a benchmark item's clip. A file that is not there
+    yet is reported, not a defect: benchmark audio comes as a separate download, and a flag
+    in the record would outlive it."""
+    audio_path = resolve_item_audio(rel.strip(), root, root, allow_outside_root=allow_outside_root)
+    fmt, audio_defect = inspect_audio_file(audio_path, decode=check_audio)
+    present = audio_defect != "audio-missing"
+    if fmt and format_mismatch(audio_path, fmt):
+        meta["audio_format"] = fmt
+        notes.append("audio-format-mismatch")
+    return audio_path, [audio_defect] if audio_defect and present else [], present
+
+
+def collect_items(report: ConversionReport, items: Iterable[tuple[str, Any]],
+                  convert_one: Callable[[Any], tuple[AQARecord, bool]], *, file: str | os.PathLike,
+                  id_key: str = "id") -> None:
+    """Convert (where, item) pairs into the report: skips listed with their place (and the
+    item's `id_key`, the source's own id field), the first of each id kept, absent audio counted."""
+    converted: list[tuple[str, int, tuple[AQARecord, bool]]] = []
+    for n, (where, item) in enumerate(items):
+        try:
+            rec, present = convert_one(item)
+        except SkipItem as e:
+            item_id = string_id(item.get(id_key)) if isinstance(item, dict) else None
+            report.error(e.kind, e.problem, file=where, id=item_id)
+            continue
+        converted.append((rec.id, n, (rec, present)))
+    for rid, _, (rec, present) in first_of_each_id(converted, lambda rid, first, n: report.error(
+            "duplicate-id", f"id {rid!r} repeats; later item skipped", file=file, id=rid)):
+        if not present:
+            report.missing_audio.append(rid)
+        report.records.append(rec)
+
+
+#: Note on a record whose source listed an empty option (MMAR has 4 items ending in ``""``).
+NOTE_EMPTY_DROPPED = "empty-choice-dropped"
+
+
+def plain_options(raw: Any, answer: Any, meta: dict, notes: list) -> tuple[list[str], int]:
+    """(stored options, answer index) for a benchmark item whose options are plain texts and
+    whose answer is one option's text. An empty option is left out (it names nothing and
+    records refuse it); where options were merged or left out, ``meta["choice_index_of"]``
+    maps each original option to its stored index (-1: left out), so exports can write the
+    source's own string. SkipItem when fewer than two options remain or the answer is none."""
+    from aqa.data.text import NOTE_DUPLICATES, match_answer
+
+    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+        raise SkipItem("missing-field", f"'choices' must be a list of strings, got {raw!r:.80}")
+    if not isinstance(answer, str) or not answer.strip():
+        raise SkipItem("missing-field", f"'answer' must be a non-empty string, got {answer!r:.80}")
+    kept = [i for i, c in enumerate(raw) if c.strip()]
+    options = normalise_options([raw[i] for i in kept], strip_letters=False)
+    notes += options.notes
+    if len(options.choices) < 2:
+        raise SkipItem("too-few-choices", f"{len(options.choices)} distinct option(s): {raw}")
+    m = match_answer(answer, options, use_letter=False)
+    if m.index is None:
+        raise SkipItem("answer-matches-no-choice", f"answer {answer!r} is none of {raw}")
+    if len(kept) < len(raw):
+        notes.append(NOTE_EMPTY_DROPPED)
+    if len(kept) < len(raw) or NOTE_DUPLICATES in notes:
+        index_of = [-1] * len(raw)
+        for k, i in enumerate(kept):
+            index_of[i] = options.index_of[k]
+        meta["choice_index_of"] = index_of
+    return options.choices, m.index

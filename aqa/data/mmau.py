@@ -23,6 +23,10 @@ Traps in the real file, handled here:
 - ``category`` is a one-element list (["Reasoning"]) on 13 items: joined to a string
   (note ``category-was-list``).
 
+The full test split (``mmau-test.json``) has the same items without ``answer``: its records
+carry ``answer: null`` and the split ``test-unlabelled`` (the item's own split in
+``meta["split"]``), for evaluation and `aqa export mmau` only.
+
 The audio is distributed separately: missing files are counted and reported with a few ids,
 and the records are written anyway. ``--audio-root`` may be the folder holding
 ``test-mini-audios/`` or that folder itself.
@@ -44,7 +48,10 @@ from aqa.data.text import NOTE_DUPLICATES, clean_whitespace, match_answer, norma
 
 SOURCE = "mmau"
 TASKS = ("sound", "music", "speech")
-_REQUIRED = ("id", "audio_id", "question", "choices", "answer", "task")
+_REQUIRED = ("id", "audio_id", "question", "choices", "task")
+#: The split of records from MMAU's full test set, whose file has no answers: records allow a
+#: null answer only on such splits, and the item's own split stays in meta.
+UNLABELLED_TEST = "test-unlabelled"
 
 
 def _as_text(value: Any, notes: list[str], key: str) -> str:
@@ -82,7 +89,8 @@ def convert_item(item: Any, *, audio_root: Path, allow_outside_root: bool = Fals
     missing = [k for k in _REQUIRED if k not in item]
     if missing:
         raise SkipItem("missing-field", "missing: " + ", ".join(missing))
-    for k in ("id", "audio_id", "question", "answer", "task"):
+    labelled = item.get("answer") is not None
+    for k in ("id", "audio_id", "question", "task") + (("answer",) if labelled else ()):
         if not isinstance(item[k], str) or not item[k].strip():
             raise SkipItem("missing-field", f"{k!r} must be a non-empty string, got {item[k]!r}")
     raw = item["choices"]
@@ -93,8 +101,8 @@ def convert_item(item: Any, *, audio_root: Path, allow_outside_root: bool = Fals
     notes += options.notes
     if len(options.choices) < 2:
         raise SkipItem("too-few-choices", f"{len(options.choices)} distinct option(s): {raw}")
-    m = match_answer(item["answer"], options, use_letter=False)
-    if m.index is None:
+    m = match_answer(item["answer"], options, use_letter=False) if labelled else None
+    if m is not None and m.index is None:
         raise SkipItem("answer-matches-no-choice", f"answer {item['answer']!r} is none of {raw}")
 
     meta: dict[str, Any] = {
@@ -105,8 +113,9 @@ def convert_item(item: Any, *, audio_root: Path, allow_outside_root: bool = Fals
         "sub-category": _as_text(item.get("sub-category"), notes, "sub-category"),
         "difficulty": _as_text(item.get("difficulty"), notes, "difficulty"),
         "original_choices": list(raw),
-        "original_answer": item["answer"],
     }
+    if labelled:
+        meta["original_answer"] = item["answer"]
     if NOTE_DUPLICATES in notes:
         meta["choice_index_of"] = options.index_of
     task = clean_whitespace(item["task"]).lower()
@@ -125,11 +134,14 @@ def convert_item(item: Any, *, audio_root: Path, allow_outside_root: bool = Fals
         notes.append("audio-format-mismatch")
 
     split = clean_whitespace(str(item.get("split") or "test-mini"))
+    if not labelled:
+        meta["split"], split = split, UNLABELLED_TEST
     d = {"id": clean_whitespace(item["id"]), "audio": str(audio_path),
-         "question": clean_whitespace(item["question"]), "choices": options.choices, "answer": m.index,
+         "question": clean_whitespace(item["question"]), "choices": options.choices,
+         "answer": m.index if m is not None else None,
          "subset": f"mmau-{task}", "question_type": meta["sub-category"] or meta["category"],
          "source": SOURCE, "split": split, "meta": meta}
-    return make_record(d, audio_path, notes=notes, defects=defects, require_answer=True), present
+    return make_record(d, audio_path, notes=notes, defects=defects, require_answer=labelled), present
 
 
 def convert_mmau(json_path: str | os.PathLike, audio_root: str | os.PathLike | None = None, *,
@@ -174,10 +186,10 @@ def convert_mmau(json_path: str | os.PathLike, audio_root: str | os.PathLike | N
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "mmau", help="convert MMAU test-mini JSON to AQA records",
+        "mmau", help="convert MMAU JSON (test-mini, or the answerless test) to AQA records",
         description="Convert MMAU (mmau-test-mini.json) to an AQA JSONL. The audio is distributed "
                     "separately; missing files are reported, and the records written anyway.")
-    p.add_argument("json", type=Path, help="mmau-test-mini.json")
+    p.add_argument("json", type=Path, help="mmau-test-mini.json (or mmau-test.json, without answers)")
     p.add_argument("--audio-root", type=Path, default=None,
                    help="folder holding test-mini-audios/ (or that folder); default: the JSON's folder")
     add_converter_arguments(
