@@ -62,6 +62,8 @@ class AQARecord:
     source: str = ""
     split: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    #: A reasoning that leads to the answer (SFT target=reasoning); serialised as "rationale".
+    rationale: str | None = None
     #: The audio file resolved against the dataset root when the record was read; not serialised.
     audio_path: Path | None = field(default=None, compare=False, repr=False)
     #: The root `audio_path` was checked against when the record was read (None: not checked,
@@ -72,7 +74,10 @@ class AQARecord:
                "source", "split", "meta")
 
     def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in self._FIELDS}
+        d = {k: getattr(self, k) for k in self._FIELDS}
+        if self.rationale is not None:
+            d["rationale"] = self.rationale
+        return d
 
     @property
     def labelled(self) -> bool:
@@ -122,9 +127,12 @@ class AQARecord:
         meta = d.get("meta") or {}
         if not isinstance(meta, dict):
             raise err("meta", "must be an object")
+        rationale = d.get("rationale")
+        if rationale is not None and not isinstance(rationale, str):
+            raise err("rationale", f"must be a string, got {rationale!r}")
         return cls(id=d["id"], audio=d["audio"], question=d["question"], choices=list(choices),
                    answer=answer, subset=d["subset"], question_type=d.get("question_type") or "",
-                   source=d.get("source") or "", split=split, meta=meta)
+                   source=d.get("source") or "", split=split, meta=meta, rationale=rationale)
 
 
 def resolve_audio_path(audio: str, base_dir: str | os.PathLike, root: str | os.PathLike | None = None,
