@@ -218,6 +218,13 @@ def test_no_rationale_skips_or_answers_after_an_empty_block(tiny_model, synth_da
     assert b.target_ids(Example(None, "", "B")) == b.tokenizer.encode("B") + b.end_ids  # letter targets as before
     with pytest.raises(ValueError, match="no_rationale"):
         SFTConfig(no_rationale="drop")
+    with pytest.raises(ValueError, match="target must be letter or reasoning"):
+        SFTConfig(target="cot")
+    from aqa.data.records import NoRecords
+
+    blank = _with_rationales(synth_data, tmp_path, rationale="  ")
+    with pytest.raises(NoRecords, match="no record has a rationale"):
+        train(SFTConfig(output_dir=str(tmp_path / "none"), **{**common, "train_data": [str(blank)]}))
 
 
 def _probs(folder):
@@ -255,6 +262,13 @@ def test_adapter_scale_goes_from_the_base_model_to_the_adapter(tiny_model, sft_a
 
 def test_refusals(tiny_model, synth_data, tmp_path):
     from aqa.cli import main
+    from aqa.data.records import AQARecord, RecordError
+
+    with pytest.raises(RecordError, match="rationale"):
+        AQARecord.from_dict({"id": "a", "audio": "a.wav", "question": "q", "choices": ["x", "y"], "answer": 0,
+                             "subset": "s", "rationale": 3})
+    with pytest.raises(UserError, match="thinking must be"):
+        EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl"), thinking="maybe")
 
     with pytest.raises(UserError, match="needs a model that reasons"):
         evaluate(EvalSettings(str(tiny_model), None, str(synth_data / "dev.jsonl"), mode="reason-then-score",
