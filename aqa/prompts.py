@@ -7,6 +7,11 @@ for DCASE 2025 Challenge Task 5, USTC technical report, section 2.2: "adding let
 match the task format"): the question, then the options each behind a letter, then an
 instruction to answer with the letter. The SFT target is the letter alone, which makes scoring one forward pass (the letter
 is the first answer token) and GRPO's `choice` rollouts exact.
+
+A model that reasons first (Qwen3-Omni-Thinking) writes a think block before its answer
+(`ThinkFormat`): its answer is read only after the block (`split_reasoning`, `final_answer`),
+by `aqa eval --mode generate` and the GRPO rewards alike, and `well_formed` is what the
+`format` reward asks of a reasoning completion.
 """
 
 from __future__ import annotations

@@ -81,7 +81,8 @@ def test_letter_scoring_reads_the_letter_after_an_empty_think_block(tb):
 
 def test_sft_targets_are_the_whole_assistant_turn_as_the_template_renders_it(tb):
     q, clip = "Which sound? A. dog B. cat", noise(1.0)
-    for reasoning, example in ((None, Example(clip, q, "B")), ("It meows.", Example(clip, q, "B", rationale="It meows."))):
+    for reasoning in (None, "It meows."):
+        example = Example(clip, q, "B", rationale=reasoning)
         batch = tb.collate([example], with_target=True)
         rendered = tb.processor.apply_chat_template(conversation(q, "B", reasoning), tokenize=False)
         want = tb.processor(text=[rendered], audio=[clip], return_tensors="pt")["input_ids"][0].tolist()
@@ -171,7 +172,8 @@ def test_reason_then_score_reads_the_letters_after_the_closed_reasoning(thinker,
         from aqa.data.audio import load_audio
 
         clip = load_audio(records[r["id"]]["audio"]).samples
-        text = b.prompt(question_text(records[r["id"]]["question"], r["choices"])) + f"<think>\n{RATIONALE}\n</think>\n\n"
+        question = question_text(records[r["id"]]["question"], r["choices"])
+        text = b.prompt(question) + f"<think>\n{RATIONALE}\n</think>\n\n"
         enc = b.processor(text=[text], audio=[clip], return_tensors="pt")
         own = torch.softmax(b.model(**enc).logits[0, -1, b.letter_token_ids(len(r["choices"]))].double(), -1)
         assert np.allclose(r["probs"], own.numpy(), atol=1e-4)
@@ -197,7 +199,8 @@ def test_grpo_rewards_reasoning_completions_after_their_think_block(thinker, rea
     good = [r for r in rows if r["completion"].startswith(f"<think>\n{RATIONALE}\n</think>\n\n")
             and parse_answer(r["completion"].split("</think>")[-1], ["x", "y", "z"]) is not None]
     assert good and all(r["rewards"]["format"] == 1.0 for r in good)  # read whole, "Option A ... B" names two
-    assert all(r["rewards"]["format"] == 0.0 == r["rewards"]["accuracy"] for r in rows if "</think>" not in r["completion"])
+    assert all(r["rewards"]["format"] == 0.0 == r["rewards"]["accuracy"]
+               for r in rows if "</think>" not in r["completion"])
     # The GRPO adapter stands on the reasoning SFT adapter: it reasons too.
     assert (tmp_path / "grpo" / "adapter" / REASONING_FILE).is_file() and summary["steps"] == 1
 
@@ -214,12 +217,15 @@ def test_no_rationale_skips_or_answers_after_an_empty_block(tiny_model, synth_da
     assert (tmp_path / "skip" / "adapter" / REASONING_FILE).is_file()
     b = load_backend(str(tiny_model), device="cpu")
     # Qwen2-Audio has no think tokens: the delimiters are text; without a rationale, the empty block.
-    assert b.tokenizer.decode(b.target_ids(Example(None, "", "B", rationale=""))) == "<think>\n\n</think>\n\nB<|im_end|>"
+    empty_block = b.tokenizer.decode(b.target_ids(Example(None, "", "B", rationale="")))
+    assert empty_block == "<think>\n\n</think>\n\nB<|im_end|>"
     assert b.target_ids(Example(None, "", "B")) == b.tokenizer.encode("B") + b.end_ids  # letter targets as before
     with pytest.raises(ValueError, match="no_rationale"):
         SFTConfig(no_rationale="drop")
     with pytest.raises(ValueError, match="target must be letter or reasoning"):
         SFTConfig(target="cot")
+    with pytest.raises(ValueError, match="thinking must be auto, on or off"):
+        SFTConfig(thinking="yes")
     from aqa.data.records import NoRecords
 
     blank = _with_rationales(synth_data, tmp_path, rationale="  ")

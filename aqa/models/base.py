@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from aqa.data.audio import TARGET_SR
-from aqa.prompts import LETTERS, THINK_CLOSE, THINK_OPEN, Reasoned, ThinkFormat, question_text, split_reasoning, target_text
+from aqa.prompts import (LETTERS, THINK_CLOSE, THINK_OPEN, Reasoned, ThinkFormat, question_text, split_reasoning,
+                         target_text)
 
 
 @dataclass

@@ -143,7 +143,8 @@ QWEN2_5_OMNI = Family(
     named_tokens={"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
                   "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
                   "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>"},
-    chat_template=_template("You are a helpful assistant.", "<|audio_bos|><|AUDIO|><|audio_eos|>", "<|vision_bos|><|IMAGE|><|vision_eos|>",
+    chat_template=_template("You are a helpful assistant.", "<|audio_bos|><|AUDIO|><|audio_eos|>",
+                            "<|vision_bos|><|IMAGE|><|vision_eos|>",
                             "<|vision_bos|><|VIDEO|><|vision_eos|>"))
 
 QWEN3_OMNI = Family(

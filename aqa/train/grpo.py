@@ -19,8 +19,8 @@ Rollouts (aqa.train.rollouts): `choice` (default) samples the G answers as optio
 from the policy's distribution over the letters at the answer position, one forward pass per
 question; `generate` samples G completions: on a model that reasons first (Qwen3-Omni-Thinking,
 or after SFT with target=reasoning) a reasoning and then the answer, which `accuracy` reads only
-after the think block and `format` checks for one closed think block then one named option. Rewards (aqa.train.rewards) read either through
-the answer parser of `aqa eval`; `rewards` names those used (default: accuracy alone), with
+after the think block and `format` checks for one closed think block then one named option.
+Rewards (aqa.train.rewards) read either through the answer parser of `aqa eval`; `rewards` names those used (default: accuracy alone), with
 `reward_weights`; `advantage` says how several become one advantage (grpo: weighted sum, then
 normalised in the group, the report's; gdpo: each normalised in its group, the weighted sum
 normalised over the step) and `loss_type` how token terms are averaged (grpo, the report's;
