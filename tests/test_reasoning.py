@@ -286,3 +286,24 @@ def test_refusals(tiny_model, synth_data, tmp_path):
         EvalSettings(str(tiny_model), "x", str(synth_data / "dev.jsonl"), adapter_scale=float("nan"))
     assert main(["eval", "--model", str(tiny_model), "--data", str(synth_data / "dev.jsonl"), "-o",
                  str(tmp_path / "cli"), "--adapter-scale", "0.5"]) == 2
+
+
+def test_unfinished_reasonings_are_counted_apart_in_metrics_and_the_report(tmp_path):
+    from aqa.eval.metrics import compute_metrics, format_summary
+    from aqa.eval.report.data import EvalRun
+    from aqa.eval.report.tables import details_table
+
+    def row(i, pred, unfinished):
+        return {"id": str(i), "subset": "bqa", "choices": ["a", "b"], "answer": 0, "pred": pred,
+                "reasoning": "r", "unfinished": unfinished}
+
+    # 4 labelled: right, wrong, no answer named, cut by the budget.
+    m = compute_metrics([row(0, 0, False), row(1, 1, False), row(2, None, False), row(3, None, True)], n_boot=0)
+    assert (m["n_unparsed"], m["n_unfinished"], m["subsets"]["bqa"]["n_unfinished"]) == (1, 1, 1)
+    assert m["weighted_mean"]["value"] == 0.25  # the cut one has no answer: wrong
+    assert "1 with the reasoning cut by the token budget" in format_summary(m)
+    table = details_table([EvalRun("think", tmp_path, {**m, "mode": "generate"})], {})
+    assert table.rows[0][3] == "1 (+1 unfinished)"
+    # An evaluation that does not reason keeps its metrics as they were: no unfinished key.
+    plain = compute_metrics([{k: v for k, v in row(0, 0, False).items() if k not in ("reasoning", "unfinished")}])
+    assert "n_unfinished" not in plain and "n_unfinished" not in plain["subsets"]["bqa"]
