@@ -175,7 +175,11 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None,
         backend.set_thinking(reasons)
         if settings.adapter and (settings.adapter_scale != 1 or passed):
             # Absolute (alpha / r times the scale): a reused backend gets this evaluation's scale.
-            backend.scale_adapter(settings.adapter_scale)
+            try:
+                backend.scale_adapter(settings.adapter_scale)
+            except ValueError:
+                if settings.adapter_scale != 1:  # a backend given with its adapter merged: nothing to scale
+                    raise
     if todo:
         todo = skip_too_long(backend, todo, settings, folder, skipped)
     answer(backend, todo, settings, folder, skipped)
