@@ -7,12 +7,18 @@ for DCASE 2025 Challenge Task 5, USTC technical report, section 2.2: "adding let
 match the task format"): the question, then the options each behind a letter, then an
 instruction to answer with the letter. The SFT target is the letter alone, which makes scoring one forward pass (the letter
 is the first answer token) and GRPO's `choice` rollouts exact.
+
+A model that reasons first (Qwen3-Omni-Thinking) writes a think block before its answer
+(`ThinkFormat`): its answer is read only after the block (`split_reasoning`, `final_answer`),
+by `aqa eval --mode generate` and the GRPO rewards alike, and `well_formed` is what the
+`format` reward asks of a reasoning completion.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aqa.textnorm import answer_key
 
@@ -86,3 +92,92 @@ def parse_answer(text: str | None, choices: Sequence[str]) -> int | None:
         if all(keys[i] in keys[best] for i in contained):
             return best
     return None
+
+
+# --- reasoning -----------------------------------------------------------------------------
+#: The think delimiters of Qwen3 and Qwen3-Omni-Thinking (and MOSS-Audio-Thinking), which every
+#: thinking checkpoint here uses; a family with others sets its own `ThinkFormat`.
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
+
+@dataclass(frozen=True)
+class ThinkFormat:
+    """How a family's assistant turn holds a reasoning: `open`, the rationale, `close`, then the
+    answer, laid out as Qwen3's chat template renders an assistant turn with reasoning
+    (`<think>\\n{rationale}\\n</think>\\n\\n{answer}`). An empty block (`empty`) is how Qwen3's
+    template switches thinking off (`enable_thinking=False` renders `<think>\\n\\n</think>\\n\\n`
+    after the assistant's start). `start`: what the rendered generation prompt already holds of
+    the block (a template that opens it itself: `<think>\\n`), empty when the model writes it."""
+
+    open: str = THINK_OPEN
+    close: str = THINK_CLOSE
+    start: str = ""
+
+    def block(self, rationale: str | None) -> str:
+        """The whole think block around `rationale` (None or "": the empty block), with the
+        blank line before the answer."""
+        return f"{self.open}\n{(rationale or '').strip()}\n{self.close}\n\n"
+
+    @property
+    def empty(self) -> str:
+        return self.block("")
+
+    def after_start(self, text: str) -> str:
+        """`text` (a think block) less what the prompt already holds of it."""
+        return text[len(self.start):] if self.start and text.startswith(self.start) else text
+
+
+@dataclass(frozen=True)
+class Reasoned:
+    """A completion split at its think block: `reasoning` (None: it has no think block),
+    `answer` (the text after the block; None while the block is still open) and whether the
+    block was left open (cut by the token budget, or the turn ended inside it)."""
+
+    reasoning: str | None
+    answer: str | None
+    unfinished: bool = False
+
+    @property
+    def blocks(self) -> int:
+        return 0 if self.reasoning is None else 1
+
+
+def split_reasoning(text: str | None, think: ThinkFormat | None) -> Reasoned:
+    """`text` (what the assistant wrote after the prompt) split at its think block. The answer
+    is only what follows the (last) closing delimiter: a letter inside the reasoning never
+    counts. A completion with no delimiter (and a prompt that did not open the block) is all
+    answer."""
+    text = text or ""
+    if think is None:
+        return Reasoned(None, text)
+    opened = bool(think.start) or text.lstrip().startswith(think.open)
+    at = text.rfind(think.close)
+    if at >= 0:
+        inside = text[:at].lstrip()
+        inside = inside[len(think.open):] if inside.startswith(think.open) else inside
+        return Reasoned(inside.strip(), text[at + len(think.close):])
+    if opened:
+        inside = text.lstrip()
+        return Reasoned((inside[len(think.open):] if inside.startswith(think.open) else inside).strip(), None, True)
+    return Reasoned(None, text)
+
+
+def final_answer(text: str | None, choices: Sequence[str], think: ThinkFormat | None = None) -> int | None:
+    """The option a completion names in its answer, read only after its think block (None while
+    the block is open, or when the answer names none or several)."""
+    return parse_answer(split_reasoning(text, think).answer, choices)
+
+
+def well_formed(text: str | None, choices: Sequence[str], think: ThinkFormat | None = None) -> bool:
+    """A thinking completion (one holding a delimiter, or after a prompt that opened the block):
+    exactly one think block, opened first (or by the prompt) and closed, then an answer that
+    names exactly one option. Any other completion: it names exactly one option."""
+    text = text or ""
+    if think is None or not (think.start or think.open in text or think.close in text):
+        return parse_answer(text, choices) is not None
+    opens = text.count(think.open)
+    if text.count(think.close) != 1 or opens != (0 if think.start else 1):
+        return False
+    if not think.start and not text.lstrip().startswith(think.open):
+        return False
+    return parse_answer(split_reasoning(text, think).answer, choices) is not None

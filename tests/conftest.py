@@ -109,6 +109,7 @@ TINY_SIZES = dict(num_mel_bins=32, encoder_dim=32, decoder_dim=32, vocab_size=40
 TINY_FAMILY_SIZES = {
     "qwen2.5-omni": dict(audio_seconds=3),
     "qwen3-omni": {},
+    "qwen3-omni-thinking": {},
     "audio-flamingo3": dict(audio_seconds=2, max_windows=3),
     "voxtral": dict(window_seconds=2),
 }

@@ -20,11 +20,13 @@ def b(tiny_family):
 
 
 def test_prompt_is_the_chat_template_with_25_audio_tokens_a_second(b):
+    # The released template: `<sound>` directly before the text, no newline (transformers'
+    # convert_audioflamingo3_to_hf.py and test_processing_audioflamingo3.py).
     tok = b.tokenizer
     q = "Which sound? A. dog B. cat"
     batch = b.collate([Example(noise(1.0), q, "B")], with_target=True)
     want = tok.encode("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
-                      + "<sound>" * 25 + f"\n{q}<|im_end|>\n<|im_start|>assistant\nB<|im_end|>", add_special_tokens=False)
+                      + "<sound>" * 25 + f"{q}<|im_end|>\n<|im_start|>assistant\nB<|im_end|>", add_special_tokens=False)
     assert batch["input_ids"][0].tolist() == want
     assert batch["labels"][0, -2:].tolist() == want[-2:] and int((batch["labels"] != -100).sum()) == 2
 

@@ -43,8 +43,8 @@ def test_prompt_is_the_familys_chat_template_with_one_audio_token_per_40_ms(b):
     q = "Which sound? A. dog B. cat"
     batch = b.collate([Example(noise(1.0), q, "B")], with_target=True)
     ids = batch["input_ids"][0].tolist()
-    system = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of perceiving "
-              "auditory and visual inputs, as well as generating text and speech.")
+    # The released template's default system turn (transformers' test_processor_qwen2_5_omni.py).
+    system = "You are a helpful assistant."
     # 1 s: 100 mel frames, 50 after the stride-2 convolution, 25 after the pooling.
     want = tok.encode(f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n<|audio_bos|>"
                       + "<|AUDIO|>" * 25 + f"<|audio_eos|>{q}<|im_end|>\n<|im_start|>assistant\nB<|im_end|>",

@@ -2,6 +2,7 @@
 
 import pytest
 
+from aqa.prompts import ThinkFormat
 from aqa.train.rewards import REWARDS, accuracy_reward, format_reward, score_completions
 
 OPTS = ["dog barking", "cat meowing", "car horn", "rain"]
@@ -63,3 +64,43 @@ def test_unknown_reward_is_a_config_error():
 
     with pytest.raises(ValueError, match="rewards must name"):
         GRPOConfig(rewards=["accuracy", "lenght"])
+
+
+# Reasoning completions (Qwen3-Omni-Thinking's layout), worked by hand: the answer is only what
+# follows </think>, and `format` wants one block, opened and closed, then one named option.
+THINK = ThinkFormat()  # <think> ... </think>, the model writes <think> itself
+OPENED = ThinkFormat(start="<think>\n")  # a template whose prompt opened the block already
+
+
+@pytest.mark.parametrize("think, completion, answer, accuracy, formatted", [
+    (THINK, "<think>\nA dog barks.\n</think>\n\nA", 0, 1.0, 1.0),
+    (THINK, "<think>\nA dog barks.\n</think>\n\nA", 1, 0.0, 1.0),        # well formed, wrong
+    (THINK, "<think>\nOption B is a cat, so not B.\n</think>\n\nA", 1, 0.0, 1.0),  # B only inside the reasoning
+    (THINK, "<think>\nOption B is a cat, so not B.\n</think>\n\nA", 0, 1.0, 1.0),
+    (THINK, "<think>\nThe answer is B, I think", 1, 0.0, 0.0),          # cut by the budget: no answer
+    (THINK, "<think>\n\n</think>\n\nThe answer is C", 2, 1.0, 1.0),     # the empty block, then an answer
+    (THINK, "<think>\nhmm\n</think>\n\n", 0, 0.0, 0.0),                 # closed, but no answer
+    (THINK, "<think>\nhmm\n</think>\n\nA or B", 0, 0.0, 0.0),           # names two
+    (THINK, "<think>\na\n</think>\n<think>\nb\n</think>\n\nB", 1, 1.0, 0.0),  # two blocks: read, not well formed
+    (THINK, "hmm\n</think>\n\nB", 1, 1.0, 0.0),                        # closed without opening
+    (THINK, "B. cat meowing", 1, 1.0, 1.0),                            # no block at all: today's meaning
+    (THINK, "The answer is A or B", 0, 0.0, 0.0),
+    (OPENED, "It meows.\n</think>\n\nB", 1, 1.0, 1.0),                 # the prompt opened the block
+    (OPENED, "<think>\nIt meows.\n</think>\n\nB", 1, 1.0, 0.0),        # opened twice
+    (OPENED, "It meows, answer B", 1, 0.0, 0.0),                       # still inside the block
+    (None, "<think>\nnot A\n</think>\n\nB", 1, 0.0, 0.0),              # read whole (no think format): A and B
+])
+def test_rewards_of_reasoning_completions(think, completion, answer, accuracy, formatted):
+    assert accuracy_reward([completion], solutions=[answer], choices=[OPTS], think=think) == [accuracy]
+    assert format_reward([completion], solutions=[answer], choices=[OPTS], think=think) == [formatted]
+
+
+def test_reasoning_rewards_read_the_answer_as_eval_generate_does():
+    from aqa.prompts import parse_answer, split_reasoning
+
+    texts = ["<think>\nnot A\n</think>\n\nB", "<think>\nB?", "rain", "x\n</think>\nD"]
+    got = accuracy_reward(texts, solutions=[1] * 4, choices=[OPTS] * 4, think=THINK)
+    assert got == [float(parse_answer(split_reasoning(t, THINK).answer, OPTS) == 1) for t in texts]
+    total, parts = score_completions(["accuracy", "format"], texts, [1] * 4, [OPTS] * 4, think=THINK)
+    # "rain" has no block: it names option D, well formed but wrong; "x</think>D" never opened one.
+    assert parts == {"accuracy": [1.0, 0.0, 0.0, 0.0], "format": [1.0, 0.0, 1.0, 0.0]} and total == [2.0, 0, 1.0, 0]

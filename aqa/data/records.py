@@ -66,8 +66,9 @@ class AQARecord:
     source: str = ""
     split: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
-    #: A reference chain of thought (a training file's CoT, an imported think block); never read
-    #: by the prompt or the letter target. Written to JSONL only when present.
+    #: A reasoning that leads to the answer (a training file's chain of thought, an imported think
+    #: block): the target of SFT with target=reasoning, never read by the prompt or a letter target.
+    #: Written to JSONL only when present.
     rationale: str | None = None
     #: The audio file resolved against the dataset root when the record was read; not serialised.
     audio_path: Path | None = field(default=None, compare=False, repr=False)

@@ -11,6 +11,8 @@ Rules every number here obeys:
 - an item whose `answer` is null is unlabelled: it is counted (`n_unlabelled`) and excluded
   from every accuracy;
 - an item whose `pred` is null was unparseable or unanswered: it counts as wrong;
+- an item whose reasoning the token budget cut (`unfinished`, evaluations of a thinking model)
+  is counted apart (`n_unfinished`), not among the unparsed; without an answer it counts as wrong;
 - 95% intervals are percentile bootstrap intervals, deterministic for a seed. The arithmetic
   mean resamples within each subset (stratified), because the subset sizes are fixed by the
   benchmark's design, not drawn at random; the weighted mean resamples items from the pool.
@@ -103,10 +105,12 @@ def _group_stats(rows: Sequence[dict], rng: np.random.Generator | None,
         "correct": k,
         "accuracy": _round(k / n) if n else None,
         "ci95": None,
-        "n_unparsed": sum(1 for r in rows if r.get("pred") is None),
+        "n_unparsed": sum(1 for r in rows if r.get("pred") is None and not r.get("unfinished")),
         "n_unlabelled": len(flags) - n,
         "chance": _chance([r for r, f in zip(rows, flags) if f is not None]),
     }
+    if any("unfinished" in r for r in rows):  # an evaluation that reasons
+        stats["n_unfinished"] = sum(1 for r in rows if r.get("unfinished"))
     reps = None
     if n and rng is not None and n_boot > 0:
         reps = _bootstrap_counts(rng, n, k, n_boot)
@@ -207,6 +211,7 @@ def compute_metrics(rows: list[dict], *, n_boot: int = 1000, seed: int = 0,
         "n_labelled": pooled["n"],
         "n_unlabelled": pooled["n_unlabelled"],
         "n_unparsed": pooled["n_unparsed"],
+        **({"n_unfinished": pooled["n_unfinished"]} if "n_unfinished" in pooled else {}),
         "subsets": subsets,
         "arithmetic_mean": arith,
         "weighted_mean": weighted,
@@ -296,6 +301,8 @@ def format_summary(metrics: dict) -> str:
     lines.append(f"{'weighted mean':<{name_w}}  {w.get('n', ''):>6}  "
                  f"{pct(w.get('value')):>6}  {ci_text(w.get('ci95'))}")
     notes = [f"{metrics.get('n', 0)} items", f"{metrics.get('n_unparsed', 0)} unparsed (counted wrong)"]
+    if "n_unfinished" in metrics:
+        notes.append(f"{metrics['n_unfinished']} with the reasoning cut by the token budget (unfinished)")
     if metrics.get("n_unlabelled"):
         notes.append(f"{metrics['n_unlabelled']} unlabelled (excluded)")
     lines.append("; ".join(notes))

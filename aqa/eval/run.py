@@ -39,10 +39,13 @@ class EvalSettings:
     model: str = doc(help="Hugging Face id or local folder")
     adapter: str | None = doc(help="peft adapter folder (RUN/adapter), or None for the base model")
     data: str = doc(help="the AQA JSONL to answer")
-    mode: str = doc("score", help="score: option-letter probabilities from one forward pass; generate: greedy decoding")
+    mode: str = doc("score", help="score: option-letter probabilities from one forward pass; generate: greedy "
+                                  "decoding; reason-then-score: the model reasons, then the letters are scored after "
+                                  "its closed reasoning")
     shuffles: int = doc(1, help="answer each item under this many orders of its options")
     vote: str = doc("probs", help="with shuffles: average the probabilities (probs), or a majority vote")
-    max_new_tokens: int = doc(16, help="generate mode: longest answer")
+    max_new_tokens: int | None = doc(None, help="generate and reason-then-score: the token budget of an answer; "
+                                               "None: 1024 when the model reasons, else 16")
     seed: int = doc(0, help="seed of the option orders and of the bootstrap intervals")
     audio: str = doc("normal", help="normal; silence (each clip replaced by silence of its length); none (no audio "
                                     "in the prompt)")
@@ -64,14 +67,30 @@ class EvalSettings:
     compile: bool = doc(False, help="run the decoder through torch.compile")
     cache_dir: str | None = doc(None, help="where the backend keeps per-clip work (Kimi-Audio's speech tokens)")
     progress: bool = doc(True, help="a progress bar and the summary on stdout")
+    thinking: str = doc("auto", help="whether the model reasons first: auto (its chat template mentions <think> or "
+                                     "enable_thinking, or the adapter was trained with target=reasoning), on, off")
+    adapter_scale: float = doc(1.0, help="scale of the adapter's update (0: the weights under it, 1: as trained)")
 
     #: The settings the predictions depend on: eval_config.json holds them, and a resume must match.
     RESUME_KEYS = ("model", "adapter", "data", "mode", "shuffles", "vote", "max_new_tokens", "seed", "audio",
-                   "max_prompt_tokens")
+                   "max_prompt_tokens", "thinking", "adapter_scale")
+    MODES = ("score", "generate", "reason-then-score")
 
     def __post_init__(self):
-        if self.mode not in ("score", "generate"):
-            raise UserError(f"mode must be score or generate, got {self.mode!r}")
+        import math
+
+        if self.mode not in self.MODES:
+            raise UserError(f"mode must be one of {', '.join(self.MODES)}, got {self.mode!r}")
+        if self.thinking not in ("auto", "on", "off"):
+            raise UserError(f"thinking must be auto, on or off, got {self.thinking!r}")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if not (isinstance(self.adapter_scale, (int, float)) and math.isfinite(self.adapter_scale)
+                and self.adapter_scale >= 0):
+            raise UserError(f"adapter_scale must be a finite number >= 0, got {self.adapter_scale!r}")
+        if self.adapter_scale != 1 and not self.adapter:
+            raise UserError(f"adapter_scale {self.adapter_scale} scales an adapter's update: name the adapter "
+                            f"(--adapter)")
         if self.shuffles < 1:
             raise UserError("shuffles must be >= 1")
         if self.audio not in ("normal", "silence", "none"):
@@ -133,6 +152,11 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None,
     writes the metrics, and every process returns them. Without it a shard returns a summary of
     its own work, and a later run without `shard` merges."""
     records = load_items(settings)
+    passed = backend is not None
+    # Whether the model reasons first decides the generation budget (a resume key) and refuses
+    # reason-then-score on a model that does not: both known before the folder is made.
+    reasons = None if settings.mode == "score" else model_reasons(settings, backend)
+    settings = with_budget(settings, reasons)
     folder = open_folder(settings, Path(out_dir), barrier)
     todo, skipped = plan(settings, records, folder)
     if todo and backend is None:
@@ -147,10 +171,57 @@ def evaluate(settings: EvalSettings, out_dir: str | Path, *, backend=None,
         backend.model.eval()
         if settings.cache_dir:
             backend.set_cache_dir(settings.cache_dir)
+        reasons = model_reasons(settings, backend) if reasons is None else reasons
+        backend.set_thinking(reasons)
+        if settings.adapter and (settings.adapter_scale != 1 or passed):
+            # Absolute (alpha / r times the scale): a reused backend gets this evaluation's scale.
+            try:
+                backend.scale_adapter(settings.adapter_scale)
+            except ValueError:
+                if settings.adapter_scale != 1:  # a backend given with its adapter merged: nothing to scale
+                    raise
     if todo:
         todo = skip_too_long(backend, todo, settings, folder, skipped)
     answer(backend, todo, settings, folder, skipped)
-    return finish(settings, records, folder, barrier)
+    return finish(settings, records, folder, barrier, reasons)
+
+
+#: The generation budget when the model reasons first (`max_new_tokens` None), and otherwise.
+REASONING_BUDGET, ANSWER_BUDGET = 1024, 16
+
+
+def model_reasons(settings: EvalSettings, backend=None) -> bool:
+    """Whether the evaluated model reasons before it answers: `thinking` on/off, else an adapter
+    trained with target=reasoning (or stacked on one), else its checkpoint's chat template
+    (`Backend.thinks`; read from the processor alone when no backend is loaded yet)."""
+    from aqa.models.base import adapter_reasons
+
+    if settings.thinking != "auto":
+        return settings.thinking == "on"
+    if adapter_reasons(settings.adapter):
+        return True
+    if backend is None:
+        from aqa.models.registry import load_without_weights
+
+        backend = load_without_weights(settings.model, trust_remote_code=settings.trust_remote_code)
+    else:
+        backend.set_thinking(None)  # its template's say, not an earlier evaluation's setting
+    return backend.thinks
+
+
+def with_budget(settings: EvalSettings, reasons: bool | None) -> EvalSettings:
+    """`settings` with the generation budget decided (`max_new_tokens` None: 1024 for a model
+    that reasons, else 16; score mode keeps 16, which it never uses). Refuses reason-then-score
+    on a model that does not reason."""
+    import dataclasses
+
+    if settings.mode == "reason-then-score" and not reasons:
+        raise UserError(f"{settings.model}: --mode reason-then-score needs a model that reasons first, and this one "
+                        f"does not (its chat template has no think block, and the adapter was not trained with "
+                        f"target=reasoning); use --mode score, or --thinking on to make it reason")
+    if settings.max_new_tokens is not None:
+        return settings
+    return dataclasses.replace(settings, max_new_tokens=REASONING_BUDGET if reasons else ANSWER_BUDGET)
 
 
 def load_items(settings: EvalSettings) -> list:
@@ -254,7 +325,7 @@ def answer(backend, todo: list, settings: EvalSettings, folder: EvalFolder, skip
     from tqdm.auto import tqdm
 
     from aqa.data.audio import AudioError, load_audio
-    from aqa.eval.score import combine, generate_queries, make_queries, score_queries
+    from aqa.eval.score import combine, generate_queries, make_queries, reason_then_score_queries, score_queries
 
     per_batch = items_per_batch(settings)
     bar = tqdm(total=len(todo), desc=f"eval {settings.mode}" + (
@@ -282,8 +353,10 @@ def answer(backend, todo: list, settings: EvalSettings, folder: EvalFolder, skip
             queries = make_queries(ok, audios, settings.shuffles, settings.seed)
             if settings.mode == "score":
                 answers = score_queries(backend, queries)
+            elif settings.mode == "generate":
+                answers = generate_queries(backend, queries, settings.max_new_tokens, reasoning=backend.thinks)
             else:
-                answers = generate_queries(backend, queries, settings.max_new_tokens)
+                answers = reason_then_score_queries(backend, queries, settings.max_new_tokens)
             per_item: list[list] = [[] for _ in ok]
             for q, a in zip(queries, answers):
                 per_item[q.item].append(a)
@@ -296,7 +369,7 @@ def answer(backend, todo: list, settings: EvalSettings, folder: EvalFolder, skip
     bar.close()
 
 
-def finish(settings: EvalSettings, records: list, folder: EvalFolder, barrier) -> dict:
+def finish(settings: EvalSettings, records: list, folder: EvalFolder, barrier, reasons: bool | None = None) -> dict:
     """The metrics, once every shard has answered: shard 0 (or a run without shards) merges the
     shards' lines and writes metrics.json; the others wait and read it. A shard of runs that do
     not talk to each other returns a summary of its own work."""
@@ -318,7 +391,7 @@ def finish(settings: EvalSettings, records: list, folder: EvalFolder, barrier) -
     if (out / SHARDS).is_dir():
         order = _length_order(records, header_duration) if settings.group_by_length else records
         _merge_shards(out, folder.predictions, folder.skipped, {r.id: i for i, r in enumerate(order)})
-    metrics = write_eval_metrics(out, settings, records)
+    metrics = write_eval_metrics(out, settings, records, reasons)
     if barrier:
         barrier()
     if settings.progress:
@@ -368,7 +441,7 @@ def _merge_shards(out: Path, pred_file: Path, skip_file: Path, position: dict) -
             write_jsonl(target, sorted(rows.values(), key=lambda r: position.get(r["id"], end)))
 
 
-def write_eval_metrics(out: Path, settings: EvalSettings, records: list) -> dict:
+def write_eval_metrics(out: Path, settings: EvalSettings, records: list, reasons: bool | None = None) -> dict:
     """metrics.json (and unparsed.jsonl, contribution.jsonl) from predictions.jsonl and
     skipped.jsonl."""
     from aqa.eval.metrics import load_predictions, write_metrics
@@ -384,12 +457,20 @@ def write_eval_metrics(out: Path, settings: EvalSettings, records: list) -> dict
              "skipped": dict(sorted(Counter(r.get("kind", "unknown") for r in skips).items())),
              # Clips longer than the model hears, answered from their first `limit_s` seconds.
              "audio_truncated": {"n": len(cut), "limit_s": cut[0]["heard_s"] if cut else None}}
+    if reasons:  # a model that reasons first: the answer position and the budget it had
+        extra["reasons"] = True
+    if settings.mode != "score":
+        extra["max_new_tokens"] = settings.max_new_tokens
+    if settings.adapter_scale != 1:
+        extra["adapter_scale"] = settings.adapter_scale
     if settings.reference:
         extra["audio_contribution"] = audio_contribution(load_predictions(settings.reference), rows, out)
     metrics = write_metrics(out, rows, n_boot=settings.n_boot, seed=settings.seed, extra=extra)
     if settings.mode == "generate":
         unparsed = [r for r in rows if r.get("pred") is None]
-        write_jsonl(out / "unparsed.jsonl", [{"id": r["id"], "raw": r.get("raw")} for r in unparsed])
+        write_jsonl(out / "unparsed.jsonl", [{"id": r["id"], "raw": r.get("raw"),
+                                              **({"unfinished": True} if r.get("unfinished") else {})}
+                                             for r in unparsed])
     return metrics
 
 
@@ -456,13 +537,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", help="peft adapter folder (e.g. RUN/adapter)")
     p.add_argument("--data", required=True, help="AQA JSONL")
     p.add_argument("-o", "--output", required=True, help="eval folder to write (resumed if it exists)")
-    p.add_argument("--mode", choices=["score", "generate"], default="score",
-                   help="score: option-letter probabilities from one forward pass; generate: greedy decoding")
+    p.add_argument("--mode", choices=list(EvalSettings.MODES), default="score",
+                   help="score: option-letter probabilities from one forward pass (after an empty think block on a "
+                        "model that reasons); generate: greedy decoding, the answer read after the reasoning; "
+                        "reason-then-score: the model reasons, then the letters' probabilities are read after its "
+                        "closed reasoning")
     p.add_argument("--shuffles", type=int, default=1, help="evaluate under K orders of the options")
     p.add_argument("--vote", choices=["probs", "majority"], default="probs",
                    help="with --shuffles: average the probabilities, or majority vote over orders")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="generate and reason-then-score: the token budget (default: 1024 when the model reasons, "
+                        "else 16)")
+    p.add_argument("--thinking", choices=["auto", "on", "off"], default="auto",
+                   help="whether the model reasons first (auto: its chat template mentions <think> or "
+                        "enable_thinking, or the adapter was trained with target=reasoning)")
+    p.add_argument("--adapter-scale", type=float, default=1.0,
+                   help="scale the adapter's LoRA update: 0 gives the weights under it, 1 the adapter as trained")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=0, help="only the first N items")
     p.add_argument("--name", help="row name in reports (default: the folder's name)")
@@ -528,7 +619,8 @@ def _run(args) -> int:
                      device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
                      allow_outside_root=args.allow_outside_root, allow_pickle=args.allow_pickle, limit=args.limit,
                      name=args.name, overwrite=args.overwrite, reference=args.reference, shard=shard,
-                     compile=args.compile, cache_dir=args.cache_dir)
+                     compile=args.compile, cache_dir=args.cache_dir, thinking=args.thinking,
+                     adapter_scale=args.adapter_scale)
     try:
         evaluate(s, args.output, barrier=barrier)
     finally:

@@ -30,7 +30,8 @@ import numpy as np
 import torch
 
 from aqa.data.audio import TARGET_SR
-from aqa.prompts import LETTERS, question_text, target_text
+from aqa.prompts import (LETTERS, THINK_CLOSE, THINK_OPEN, Reasoned, ThinkFormat, question_text, split_reasoning,
+                         target_text)
 
 
 @dataclass
@@ -42,6 +43,9 @@ class Example:
     target: str | None = None
     #: The answer as token ids (a sampled completion, its end token included); overrides `target`.
     target_ids: list[int] | None = None
+    #: A reasoning the answer starts with, in the family's think block before `target` (None: none,
+    #: but on a thinking checkpoint every answer starts with a think block, empty when None).
+    rationale: str | None = None
 
 
 class Backend:
@@ -150,10 +154,138 @@ class Backend:
     audio_token_id: int
 
     def target_ids(self, example: Example) -> list[int]:
-        """The answer's token ids, its end token(s) included."""
+        """The answer's token ids, its end token(s) included: the whole assistant turn, so on a
+        thinking checkpoint (or with a rationale) its think block first (`think_ids`)."""
         if example.target_ids is not None:
             return list(example.target_ids)
-        return self.text_ids(example.target) + self.end_ids
+        ids = self.text_ids(example.target) + self.end_ids
+        if example.rationale is not None or self.thinks:
+            ids = self.think_ids(example.rationale) + ids
+        return ids
+
+    # --- reasoning ---------------------------------------------------------------------------
+    #: The family's think delimiters (Qwen3's unless a family says otherwise).
+    think_delimiters: tuple[str, str] = (THINK_OPEN, THINK_CLOSE)
+
+    def chat_template_text(self) -> str:
+        """The checkpoint's chat template(s) as text (empty for a family without one)."""
+        parts = []
+        for owner in (self.processor, getattr(self.processor, "tokenizer", None)):
+            t = getattr(owner, "chat_template", None)
+            for v in (t.values() if isinstance(t, dict) else [t]):
+                if isinstance(v, str) and v not in parts:
+                    parts.append(v)
+        return "\n".join(parts)
+
+    @property
+    def thinks(self) -> bool:
+        """Whether the checkpoint reasons before it answers: its chat template mentions the think
+        delimiter or an `enable_thinking` switch (Qwen3, Qwen3-Omni-Thinking), unless
+        `set_thinking` said otherwise. Letter scoring on a thinking checkpoint reads the letter
+        after an empty think block (thinking switched off), SFT targets start with one, and
+        `aqa eval --mode generate` reads the answer after the block."""
+        cache = self.__dict__
+        if "_thinks" not in cache:
+            t = self.chat_template_text()
+            cache["_thinks"] = bool(t) and (self.think_delimiters[0] in t or "enable_thinking" in t)
+        return cache["_thinks"]
+
+    def set_thinking(self, on: bool | None) -> None:
+        """Override `thinks` (None: detect it from the chat template again)."""
+        cache = self.__dict__
+        cache.pop("_thinks", None)
+        cache.pop("_target_lengths", None)
+        if on is not None:
+            cache["_thinks"] = bool(on)
+
+    @property
+    def think_format(self) -> ThinkFormat:
+        """The family's think block: its delimiters, and what the rendered generation prompt
+        already holds of the block (a template that opens it itself; Qwen3-Omni-Thinking's
+        leaves the assistant turn open and the model writes `<think>`)."""
+        cache = self.__dict__
+        if "_think_format" not in cache:
+            opening, closing = self.think_delimiters
+            start = ""
+            if opening in self.chat_template_text():
+                try:
+                    rendered = self.prompt("", with_audio=False)
+                except NotImplementedError:
+                    rendered = ""
+                start = next((s for s in (opening + "\n", opening) if rendered.endswith(s)), "")
+            cache["_think_format"] = ThinkFormat(opening, closing, start)
+        return cache["_think_format"]
+
+    def template_ids(self, text: str) -> list[int]:
+        """Token ids of text the chat template writes (delimiters: the tokenizer's own tokens)."""
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def think_ids(self, rationale: str | None) -> list[int]:
+        """Ids of the think block around `rationale` (None: the empty block) that the assistant
+        writes after the prompt, the blank line before the answer included. Tokenised as the
+        whole rendered block is (the delimiters as the tokenizer's tokens); a rationale holding a
+        special-token string is plain text between them."""
+        fmt = self.think_format
+        r = (rationale or "").strip()
+        if not self.has_special(r):
+            return self.template_ids(fmt.after_start(fmt.block(r)))
+        cut = len(fmt.start) if fmt.block(r).startswith(fmt.start) else 0
+        out = []
+        for piece, data in ((fmt.open, False), (f"\n{r}\n", True), (f"{fmt.close}\n\n", False)):
+            take = min(cut, len(piece))
+            piece, cut = piece[take:], cut - take
+            if piece:
+                out += self.plain_ids(piece) if data else self.template_ids(piece)
+        return out
+
+    def answer_prefix_ids(self) -> list[int]:
+        """What the assistant writes before the letter when it answers directly: on a thinking
+        checkpoint the empty think block (thinking switched off, as Qwen3's template does with
+        `enable_thinking=False`), else nothing."""
+        return self.think_ids(None) if self.thinks else []
+
+    def answer_batch(self, examples: list[Example], prefixes: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+        """`collate(examples)` whose last position is where the answer's letter goes: each prompt,
+        then `prefixes` (per example, ids the assistant wrote first: a reasoning through its
+        closing delimiter), by default `answer_prefix_ids`. What letter scoring reads."""
+        if prefixes is None:
+            if not self.thinks:
+                return self.collate(examples)
+            prefixes = [self.answer_prefix_ids()] * len(examples)
+        batch = self.collate(with_prefix(examples, prefixes), with_target=True)
+        batch.pop("labels", None)
+        return batch
+
+    def stop_ids(self) -> set[int]:
+        """Ids that end the assistant's turn in generation."""
+        return set(self.end_ids)
+
+    def close_reasoning(self, ids: list[int]) -> tuple[list[int], Reasoned]:
+        """A reasoning the model generated after the prompt (`ids`, as `generate_ids` gives them)
+        made ready for the answer: (the ids the assistant wrote through the closing delimiter and
+        the blank line after it, closing the block first when the budget cut it; the reasoning
+        read from them). A completion that opened no block gets the empty block: the answer
+        position of thinking switched off."""
+        fmt = self.think_format
+        stops = self.stop_ids()
+        ids = list(ids)
+        while ids and ids[-1] in stops:
+            ids.pop()
+        text = self.decode([ids])[0]
+        r = split_reasoning(text, fmt)
+        if r.reasoning is None:
+            return self.think_ids(None), r
+        if r.unfinished:
+            return ids + self.template_ids(("" if text.endswith("\n") else "\n") + fmt.close + "\n\n"), r
+        # The shortest head of the ids whose text holds the closing delimiter (monotone in length).
+        lo, hi = 1, len(ids)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if fmt.close in self.decode([ids[:mid]])[0]:
+                hi = mid
+            else:
+                lo = mid + 1
+        return ids[:lo] + self.template_ids("\n\n"), r
 
     # --- text from data ----------------------------------------------------------------------
     #: True for a family whose tokenizer already encodes any text as plain text (never as one
@@ -273,9 +405,12 @@ class Backend:
             counts.append(n + self.target_length(target))
         return counts
 
-    def target_length(self, target: str | None) -> int:
+    def target_length(self, target: str | tuple[str, str] | None) -> int:
         """Tokens of the answer `target` with its end (0 for None), remembered per answer text:
-        a file's answers are a few letters."""
+        a file's answers are a few letters. A (rationale, answer) pair is an answer that starts
+        with that reasoning (SFT's `target=reasoning`), counted each time."""
+        if isinstance(target, tuple):
+            return len(self.target_ids(Example(None, "", target[1], rationale=target[0])))
         cache = self.__dict__.setdefault("_target_lengths", {})
         if target not in cache:
             cache[target] = 0 if target is None else len(self.target_ids(Example(None, "", target)))
@@ -302,21 +437,28 @@ class Backend:
         return self.prompt_token_counts([self.record_prompt(record, seconds, with_target)])[0]
 
     @staticmethod
-    def record_prompt(record, seconds: float | None, with_target: bool) -> tuple[str, float | None, str | None]:
-        """The (text, seconds, target) `prompt_token_counts` takes for an AQA record."""
+    def record_prompt(record, seconds: float | None, with_target: bool,
+                      rationale: bool = False) -> tuple[str, float | None, str | tuple[str, str] | None]:
+        """The (text, seconds, target) `prompt_token_counts` takes for an AQA record; with
+        `rationale`, the target is (its rationale, its letter)."""
         target = target_text(record.answer) if with_target and record.answer is not None else None
+        if target is not None and rationale:
+            target = (getattr(record, "rationale", None) or "", target)
         return question_text(record.question, record.choices), seconds, target
 
-    def too_long(self, records, seconds, *, limit: int | None = None, with_target: bool = False) -> list[tuple]:
+    def too_long(self, records, seconds, *, limit: int | None = None, with_target: bool = False,
+                 rationale: bool = False) -> list[tuple]:
         """(record, prompt tokens) of the records whose prompt is longer than `limit` (None: the
-        model's `max_prompt_tokens`); `seconds(record)` is its clip's length (None: no audio)."""
+        model's `max_prompt_tokens`); `seconds(record)` is its clip's length (None: no audio);
+        with `rationale`, the answer starts with the record's rationale."""
         limit = limit or self.max_prompt_tokens
         if not limit:
             return []
         over = []
         for lo in range(0, len(records), 1024):
             chunk = records[lo:lo + 1024]
-            counts = self.prompt_token_counts([self.record_prompt(r, seconds(r), with_target) for r in chunk])
+            counts = self.prompt_token_counts([self.record_prompt(r, seconds(r), with_target, rationale)
+                                               for r in chunk])
             over += [(r, n) for r, n in zip(chunk, counts) if n > limit]
         return over
 
@@ -472,6 +614,24 @@ class Backend:
         self.model, merged = merge_adapter_stack(self.model, adapter, allow_pickle=allow_pickle)
         return merged
 
+    def scale_adapter(self, scale: float) -> int:
+        """Scale the active LoRA adapter's update by `scale` (peft `LoraLayer.set_scale`: its
+        alpha / r times `scale`; 0 computes as the weights under it, 1 as trained). Adapters
+        merged into the weights under it (a GRPO adapter's SFT stack) are not scaled. Returns the
+        layers scaled."""
+        from peft.tuners.lora import LoraLayer
+
+        n = 0
+        for m in self.model.modules():
+            if isinstance(m, LoraLayer):
+                for name in m.active_adapters:
+                    if name in m.scaling:
+                        m.set_scale(name, scale)
+                        n += 1
+        if not n:
+            raise ValueError("the model has no LoRA adapter to scale")
+        return n
+
     def set_lora_dropout(self, p: float) -> None:
         """Dropout on the LoRA input of an adapter loaded from disk (its config's value
         otherwise), so the recipe's `lora_dropout` holds for an adapter trained on too."""
@@ -606,6 +766,14 @@ def float32_logits(hidden: torch.Tensor, head: torch.nn.Module, rows: torch.Tens
     return product(hidden, weight, bias)
 
 
+def with_prefix(examples: list[Example], prefixes: list[list[int]]) -> list[Example]:
+    """`examples` whose answers are `prefixes` (ids, no end token): collated with targets, each
+    row ends where the assistant's next token goes."""
+    import dataclasses
+
+    return [dataclasses.replace(e, target=None, rationale=None, target_ids=list(p)) for e, p in zip(examples, prefixes)]
+
+
 class _Rendered:
     """`prompt_around`'s stand-in for a template that does not take the text as it is."""
 
@@ -645,6 +813,18 @@ def adapter_stack(adapter: str | Path) -> list[str]:
     """The adapter folders `adapter` was trained on top of (merged first), in order."""
     stack = Path(adapter) / STACK_FILE
     return json.loads(stack.read_text())["merge_first"] if stack.is_file() else []
+
+
+#: Written into an adapter folder whose answers start with a think block (SFT `target=reasoning`):
+#: the model it makes reasons, whatever its base's chat template says.
+REASONING_FILE = "aqa_reasoning.json"
+
+
+def adapter_reasons(adapter: str | Path | None) -> bool:
+    """Whether `adapter`, or one of the adapters merged under it, was trained to reason first."""
+    if not adapter:
+        return False
+    return any((Path(a) / REASONING_FILE).is_file() for a in [*adapter_stack(adapter), adapter])
 
 
 def merge_adapter_stack(model, adapter: str | Path, *, include_self: bool = True, allow_pickle: bool = False):

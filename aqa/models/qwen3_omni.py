@@ -18,9 +18,14 @@ Prompt (the checkpoint's chat template, one user turn, audio then question):
 with N = 13 audio tokens per second (each 100-frame chunk goes through three stride-2
 convolutions: 100 -> 50 -> 25 -> 13), as the processor counts them. The answer is the option
 letter then `<|im_end|>`. The Thinking checkpoint is served with its own chat template as it
-is; the letter is scored at the first assistant position, i.e. the answer without a reasoning
-trace (whether its template opens a `<think>` block there was not checked: no checkpoint is
-available offline). Left padding, explicit positions (aqa/models/omni.py).
+is; that template mentions `<think>`, so the backend takes it for a model that reasons first
+(`Backend.thinks`, docs/models.md "Reasoning models"): its generation prompt leaves the
+assistant turn open for the model's `<think>`, letters are scored after an empty think block
+(`<think>\n\n</think>\n\n`, thinking switched off as in Qwen3's template), SFT targets start
+with a think block, and generation reads the answer after `</think>`. Tested on the tiny
+`qwen3-omni-thinking`, whose template is written in that layout (aqa/models/tiny_omni.py
+`_thinking_template` says what of the real one is known). Left padding, explicit positions
+(aqa/models/omni.py).
 
 Audio limit: the processor pads a batch to its longest clip and never truncates, so the bound
 is the decoder's context: `audio_seconds` is (max_position_embeddings - 1024) / 13, keeping

@@ -122,6 +122,8 @@ FAMILIES = {
     "qwen2-audio": ("aqa.models.tiny:build_tiny", "aqa.models.tiny:TinySpec"),
     "qwen2.5-omni": ("aqa.models.tiny_omni:build_tiny_qwen2_5_omni", "aqa.models.tiny_omni:TinyQwen25OmniSpec"),
     "qwen3-omni": ("aqa.models.tiny_omni:build_tiny_qwen3_omni", "aqa.models.tiny_omni:TinyQwen3OmniSpec"),
+    "qwen3-omni-thinking": ("aqa.models.tiny_omni:build_tiny_qwen3_omni_thinking",
+                            "aqa.models.tiny_omni:TinyQwen3OmniSpec"),
     "audio-flamingo3": ("aqa.models.tiny_audio_flamingo3:build_tiny_audio_flamingo3",
                         "aqa.models.tiny_audio_flamingo3:TinyAudioFlamingo3Spec"),
     "voxtral": ("aqa.models.tiny_voxtral:build_tiny_voxtral", "aqa.models.tiny_voxtral:TinyVoxtralSpec"),

@@ -2,10 +2,12 @@
 the real classes (`AudioFlamingo3ForConditionalGeneration` from an `AudioFlamingo3Config` with a
 small encoder and a small Qwen2 decoder) and the real `AudioFlamingo3Processor` around a
 `WhisperFeatureExtractor` and a `Qwen2Tokenizer` whose byte-level BPE is trained here, with
-ChatML tokens and AF3's audio placeholder `<sound>`. The chat template is written here: ChatML
-with a default system turn and the audio as `<sound>` on its own line before the question, the
-layout of AF3's released single-turn prompt (`<sound>\\n{question}`); the real checkpoint's
-own template is what the backend uses on it. Saved with `save_pretrained`, so
+ChatML tokens and AF3's audio placeholder `<sound>`. The chat template is written here in the
+released checkpoint's layout (transformers' convert_audioflamingo3_to_hf.py writes it, and
+tests/models/audioflamingo3/test_processing_audioflamingo3.py checks it): the default system
+turn "You are a helpful assistant." when none is given, then one `<sound>` directly before the
+question's text, no newline between; the real checkpoint's own template is what the backend uses
+on it. Saved with `save_pretrained`, so
 `load_backend(folder)` loads it like a download.
 
 The window (`audio_seconds`) sets the encoder's positions: 100 mel frames a second, halved by
@@ -30,7 +32,7 @@ CHAT_TEMPLATE = (
     "{% if messages[0]['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'audio' %}" + AUDIO_TOKEN + "\n"
+    "{% else %}{% for part in message['content'] %}{% if part['type'] == 'audio' %}" + AUDIO_TOKEN +
     "{% endif %}{% endfor %}{% for part in message['content'] %}{% if part['type'] == 'text' %}{{ part['text'] }}"
     "{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")

@@ -8,8 +8,14 @@ processor is the family's real processor class around a `WhisperFeatureExtractor
 the family's special tokens as named tokens (`audio_token`, `audio_bos_token`, ...), and a chat
 template written here in the family's layout:
 
-- Qwen2.5-Omni: a default system turn, then `<|audio_bos|><|AUDIO|><|audio_eos|>` for audio;
-- Qwen3-Omni: no default system turn, `<|audio_start|><|audio_pad|><|audio_end|>` for audio.
+- Qwen2.5-Omni: the default system turn "You are a helpful assistant." when none is given,
+  then `<|audio_bos|><|AUDIO|><|audio_eos|>` directly before the text, as the released template
+  renders them (transformers' tests/models/qwen2_5_omni/test_processor_qwen2_5_omni.py holds
+  a copy of it in `prepare_processor_dict`);
+- Qwen3-Omni: no default system turn, `<|audio_start|><|audio_pad|><|audio_end|>` for audio;
+- Qwen3-Omni-Thinking (`qwen3-omni-thinking`): Qwen3-Omni with the Thinking checkpoint's
+  reasoning layout (`THINKING_TEMPLATE`) and `<think>`/`</think>` as the tokenizer's own
+  (non-special) tokens, as in Qwen3's vocabulary.
 
 The vision encoder is built too (the thinker class always has one), at the smallest size.
 Folders load with `load_backend(folder)` like a checkpoint; the talker and vocoder of the
@@ -68,24 +74,67 @@ class Family:
     #: Named special tokens, as the real tokenizer_config.json names them.
     named_tokens: dict
     chat_template: str
+    #: Tokens the tokenizer has as its own, not special (Qwen3's `<think>`, `</think>`).
+    added_tokens: tuple[str, ...] = ()
 
 
-def _template(system: str | None, audio: str, image: str, video: str) -> str:
-    """A chat template in the Qwen-Omni layout: ChatML turns; content parts in order, audio,
-    image and video as their placeholder triples, text as is."""
-    default_system = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + system + "<|im_end|>\n"
-                      "{% endif %}") if system else ""
-    return (default_system +
-            "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-            "{% if message['content'] is string %}{{ message['content'] }}"
+def _parts(audio: str, image: str, video: str) -> str:
+    """A message's content: a string as is, or its parts in order, audio, image and video as
+    their placeholder triples, text as is."""
+    return ("{% if message['content'] is string %}{{ message['content'] }}"
             "{% else %}{% for part in message['content'] %}"
             "{% if part['type'] == 'audio' %}" + audio +
             "{% elif part['type'] == 'image' %}" + image +
             "{% elif part['type'] == 'video' %}" + video +
             "{% elif part['type'] == 'text' %}{{ part['text'] }}"
-            "{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
-            "{% endfor %}"
+            "{% endif %}{% endfor %}{% endif %}")
+
+
+def _template(system: str | None, audio: str, image: str, video: str) -> str:
+    """A chat template in the Qwen-Omni layout: ChatML turns, a default system turn when given
+    and the conversation has none, content parts in order (`_parts`)."""
+    default_system = ("{% if messages[0]['role'] != 'system' %}<|im_start|>system\n" + system + "<|im_end|>\n"
+                      "{% endif %}") if system else ""
+    return (default_system +
+            "{% for message in messages %}<|im_start|>{{ message['role'] }}\n" + _parts(audio, image, video) +
+            "<|im_end|>\n{% endfor %}"
             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _thinking_template(audio: str, image: str, video: str) -> str:
+    """Qwen3-Omni-30B-A3B-Thinking's layout, written here (its chat_template.json is not in the
+    stored sources; what is known of it comes from two reports that quote it, Qwen's Qwen3
+    template it follows, and ms-swift's `qwen3_omni` template):
+
+    - no default system turn (ms-swift: `default_system=None`); audio directly before the text;
+    - an assistant turn after the last user query renders its reasoning (`reasoning_content`, or
+      the content's text up to `</think>`) as `<think>\n{reasoning}\n</think>\n\n{answer}`, the
+      layout of Qwen3's template, which the reports quote from the Thinking checkpoint's
+      (`'<|im_start|>' + message.role + '\n<think>\n' + reasoning_content + '\n</think>\n\n'
+      + content`, under `loop.index0 > ns.last_query_index`);
+    - the generation prompt is `<|im_start|>assistant\n`, left open: the model writes `<think>`
+      itself (the reports: "the model generates freely from `<|im_start|>assistant\n`,
+      including `<think>` tags");
+    - `enable_thinking=False` adds the empty block `<think>\n\n</think>\n\n` after it: the
+      switch of Qwen3's documented template, not confirmed for this checkpoint (aqa never passes
+      it; it writes the empty block itself, `Backend.answer_prefix_ids`)."""
+    return ("{% set ns = namespace(last_query=-1) %}"
+            "{% for message in messages %}{% if message['role'] == 'user' %}"
+            "{% set ns.last_query = loop.index0 %}{% endif %}{% endfor %}"
+            "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+            "{% if message['role'] == 'assistant' %}"
+            "{% set content = message['content'] if message['content'] is string else "
+            "message['content'] | map(attribute='text') | join('') %}"
+            "{% set reasoning = message['reasoning_content'] if message['reasoning_content'] is string else '' %}"
+            "{% if not reasoning and '</think>' in content %}"
+            "{% set reasoning = content.split('</think>')[0].split('<think>')[-1] %}"
+            "{% set content = content.split('</think>')[-1] %}{% endif %}"
+            "{% if loop.index0 > ns.last_query %}<think>\n{{ reasoning.strip('\\n') }}\n</think>\n\n{% endif %}"
+            "{{ content.lstrip('\\n') }}"
+            "{% else %}" + _parts(audio, image, video) + "{% endif %}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n"
+            "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+            "{% endif %}")
 
 
 QWEN2_5_OMNI = Family(
@@ -94,9 +143,8 @@ QWEN2_5_OMNI = Family(
     named_tokens={"audio_token": "<|AUDIO|>", "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
                   "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
                   "image_token": "<|IMAGE|>", "video_token": "<|VIDEO|>"},
-    chat_template=_template("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
-                            "perceiving auditory and visual inputs, as well as generating text and speech.",
-                            "<|audio_bos|><|AUDIO|><|audio_eos|>", "<|vision_bos|><|IMAGE|><|vision_eos|>",
+    chat_template=_template("You are a helpful assistant.", "<|audio_bos|><|AUDIO|><|audio_eos|>",
+                            "<|vision_bos|><|IMAGE|><|vision_eos|>",
                             "<|vision_bos|><|VIDEO|><|vision_eos|>"))
 
 QWEN3_OMNI = Family(
@@ -107,6 +155,14 @@ QWEN3_OMNI = Family(
                   "vision_eos_token": "<|vision_end|>", "image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
     chat_template=_template(None, "<|audio_start|><|audio_pad|><|audio_end|>",
                             "<|vision_start|><|image_pad|><|vision_end|>", "<|vision_start|><|video_pad|><|vision_end|>"))
+
+QWEN3_OMNI_THINKING = Family(
+    name="qwen3-omni-thinking", thinker_config=QWEN3_OMNI.thinker_config, thinker_class=QWEN3_OMNI.thinker_class,
+    processor_class=QWEN3_OMNI.processor_class, named_tokens=QWEN3_OMNI.named_tokens,
+    chat_template=_thinking_template("<|audio_start|><|audio_pad|><|audio_end|>",
+                                     "<|vision_start|><|image_pad|><|vision_end|>",
+                                     "<|vision_start|><|video_pad|><|vision_end|>"),
+    added_tokens=("<think>", "</think>"))
 
 
 def train_tokenizer(family: Family, corpus: list[str], vocab_size: int):
@@ -119,6 +175,8 @@ def train_tokenizer(family: Family, corpus: list[str], vocab_size: int):
     tok = Qwen2Tokenizer(vocab=vocab, merges=merges, errors="replace", extra_special_tokens=dict(family.named_tokens))
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]},
                            replace_extra_special_tokens=False)
+    if family.added_tokens:
+        tok.add_tokens(list(family.added_tokens))
     tok.padding_side = "left"
     return tok
 
@@ -215,3 +273,8 @@ def build_tiny_qwen2_5_omni(out_dir: str | Path, spec: TinyQwen25OmniSpec | None
 def build_tiny_qwen3_omni(out_dir: str | Path, spec: TinyQwen3OmniSpec | None = None,
                           corpus: list[str] | None = None) -> Path:
     return build_tiny_omni(QWEN3_OMNI, out_dir, spec or TinyQwen3OmniSpec(), corpus)
+
+
+def build_tiny_qwen3_omni_thinking(out_dir: str | Path, spec: TinyQwen3OmniSpec | None = None,
+                                   corpus: list[str] | None = None) -> Path:
+    return build_tiny_omni(QWEN3_OMNI_THINKING, out_dir, spec or TinyQwen3OmniSpec(), corpus)

@@ -19,7 +19,7 @@ import torch
 from aqa.data.audio import AudioError, load_audio
 from aqa.data.augment import shuffle_options
 from aqa.data.records import AQARecord
-from aqa.models.base import Example
+from aqa.models.base import Example, with_prefix
 from aqa.prompts import question_text, target_text
 
 log = logging.getLogger(__name__)
@@ -89,12 +89,15 @@ class StepPlan:
 class QAItems:
     """Indexable training items; bad audio is reported once and the item skipped (None)."""
 
-    def __init__(self, records: list[AQARecord], *, seed: int, shuffle: bool, window_s: float | None):
+    def __init__(self, records: list[AQARecord], *, seed: int, shuffle: bool, window_s: float | None,
+                 reasoning: bool = False):
         labelled = [r for r in records if r.answer is not None]
         if len(labelled) < len(records):
             log.warning("%d unlabelled record(s) left out of training", len(records) - len(labelled))
         self.records = labelled
         self.seed, self.shuffle, self.window_s = seed, shuffle, window_s
+        #: Answers start with the record's rationale in a think block (empty without one).
+        self.reasoning = reasoning
         self.bad: dict[str, str] = {}
 
     def __len__(self) -> int:
@@ -115,7 +118,8 @@ class QAItems:
             choices, answer, order = shuffle_options(r.choices, r.answer, item_rng(self.seed, epoch, index))
         else:
             choices, answer, order = list(r.choices), r.answer, list(range(len(r.choices)))
-        ex = Example(audio.samples, question_text(r.question, choices), target_text(answer))
+        ex = Example(audio.samples, question_text(r.question, choices), target_text(answer),
+                     rationale=(getattr(r, "rationale", None) or "") if self.reasoning else None)
         return Item(ex, r, list(order), answer)
 
     def sample(self, index: int, epoch: int) -> Item:
@@ -159,11 +163,14 @@ class MicroBatches(torch.utils.data.Dataset):
     training loop without a DataLoader would."""
 
     def __init__(self, plan: StepPlan, items: QAItems, *, rank: int, start: int, steps: int, backend,
-                 with_target: bool, workers: int):
+                 with_target: bool, workers: int, answer_position: bool = False):
         self.plan, self.items, self.rank, self.start, self.steps = plan, items, rank, start, steps
         self.with_target = with_target
         self.on_host = workers > 0
         self.collate = backend.host_collate() if self.on_host else backend.collate
+        #: Prompts to where the letter goes (`Backend.answer_batch`): these ids after each prompt
+        #: (the empty think block of a thinking checkpoint), None: the prompts as they are.
+        self.prefix = backend.answer_prefix_ids() if answer_position and not with_target else None
 
     def __len__(self) -> int:
         return (self.steps - self.start) * self.plan.accum
@@ -174,7 +181,13 @@ class MicroBatches(torch.utils.data.Dataset):
         epoch, indices = self.plan.micro_indices(step, k, self.rank)
         known = set(self.items.bad)
         items = [self.items.sample(i, epoch) for i in indices]
-        batch = self.collate([it.example for it in items], with_target=self.with_target)
+        if self.prefix:
+            batch = self.collate(with_prefix([it.example for it in items], [self.prefix] * len(items)),
+                                 with_target=True)
+            if isinstance(batch, dict):
+                batch.pop("labels", None)
+        else:
+            batch = self.collate([it.example for it in items], with_target=self.with_target)
         seed = micro_seed(self.plan.seed, step, self.plan.global_micro(k, self.rank))
         return MicroBatch(step, k, seed, epoch, items, batch, self.on_host,
                           {key: why for key, why in self.items.bad.items() if key not in known})

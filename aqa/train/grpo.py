@@ -17,8 +17,10 @@ pass). Either way no second copy of the model is held.
 
 Rollouts (aqa.train.rollouts): `choice` (default) samples the G answers as option letters
 from the policy's distribution over the letters at the answer position, one forward pass per
-question; `generate` samples G completions. Rewards (aqa.train.rewards) read either through
-the answer parser of `aqa eval`; `rewards` names those used (default: accuracy alone), with
+question; `generate` samples G completions: on a model that reasons first (Qwen3-Omni-Thinking,
+or after SFT with target=reasoning) a reasoning and then the answer, which `accuracy` reads only
+after the think block and `format` checks for one closed think block then one named option.
+Rewards (aqa.train.rewards) read either through the answer parser of `aqa eval`; `rewards` names those used (default: accuracy alone), with
 `reward_weights`; `advantage` says how several become one advantage (grpo: weighted sum, then
 normalised in the group, the report's; gdpo: each normalised in its group, the weighted sum
 normalised over the step) and `loss_type` how token terms are averaged (grpo, the report's;
@@ -42,8 +44,12 @@ from __future__ import annotations
 
 import argparse
 
+import logging
+
 from aqa.config import doc, recipe_config, recipe_default
 from aqa.train.recipe import TrainConfig
+
+log = logging.getLogger(__name__)
 
 
 @recipe_config
@@ -126,11 +132,17 @@ def train(cfg: GRPOConfig) -> dict:
                  if continued else backend.without_adapter)
     sample = {"choice": rollout_choice, "generate": rollout_generate}[cfg.rollout]
     extra = {"max_new_tokens": cfg.max_new_tokens} if cfg.rollout == "generate" else {}
+    if cfg.rollout == "generate" and backend.thinks and cfg.max_new_tokens < 256:
+        log.warning("the model reasons first and max_new_tokens is %d: most completions will be cut inside the "
+                    "reasoning, with no answer to reward (set max_new_tokens to a reasoning's length)",
+                    cfg.max_new_tokens)
     spec = RewardSpec(cfg.rewards, cfg.reward_weights, cfg.advantage, cfg.max_new_tokens, cfg.overlong_buffer)
     max_len = cfg.max_new_tokens if cfg.rollout == "generate" else 1
 
     # ---- loop ------------------------------------------------------------------------------
-    for step, micros in run.batches(with_target=False):
+    # choice: the prompts run to where the letter goes (after an empty think block on a model
+    # that reasons first); generate: the model writes its reasoning from the prompt.
+    for step, micros in run.batches(with_target=False, answer_position=cfg.rollout == "choice"):
         # Rollouts for every micro-batch of this step, from pi_old (the policy as it stands); the
         # DataLoader collated their prompts ahead.
         rolls = [sample(module, backend, reference, mb.items, batch=mb.batch, group_size=cfg.group_size,

@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,10 @@ class TrainConfig:
                                          "run code: only for files you trust; safetensors otherwise")
     max_prompt_tokens: int = doc(0, help="leave out items whose prompt and answer are longer than this many tokens "
                                          "(0: the model's context, max_position_embeddings)")
+    thinking: str = doc("auto", help="whether the model reasons first: auto (its chat template mentions <think> or "
+                                     "enable_thinking, or an adapter it starts from was trained with "
+                                     "target=reasoning), on, off. A model that reasons answers after a think block: "
+                                     "letter targets and scored letters come after an empty one")
 
     #: Keys a resumed run may change: how it runs, not what it computes.
     RESUMABLE_CHANGES = ("resume", "stop_after", "device", "num_workers", "prefetch", "cache_dir", "log_every",
@@ -98,6 +103,8 @@ class TrainConfig:
                              f"{self.micro_batch_size} and batch_size {self.batch_size}")
         if self.num_workers < 0 or self.prefetch < 1:
             raise ValueError("need num_workers >= 0 and prefetch >= 1")
+        if self.thinking not in ("auto", "on", "off"):
+            raise ValueError(f"thinking must be auto, on or off, got {self.thinking!r}")
 
     def accumulation(self, world: int) -> int:
         """Micro-batches per optimizer step on each process, so that batch_size =
@@ -198,21 +205,26 @@ class TrainRun:
     #: What the model's limits did to the data: audio_truncated (clips heard cut to the model's
     #: window) and prompt_too_long (items left out), counted once at setup.
     limits: dict = field(default_factory=dict)
+    #: The adapter makes a model that reasons first (trained with target=reasoning, or on such an
+    #: adapter): its folder says so (REASONING_FILE), and `aqa eval` reads it.
+    reasoning: bool = False
 
     @property
     def rank(self) -> int:
         return self.accelerator.process_index
 
-    def batches(self, *, with_target: bool):
+    def batches(self, *, with_target: bool, answer_position: bool = False):
         """(step, this process's `accum` MicroBatches of the step, each on the device) for every
         step from `start` on. DataLoader workers (`num_workers`) decode, shuffle and collate
         them ahead of the loop; which items, option orders and masks a micro-batch gets depends
-        only on (seed, step, micro-batch), never on the workers or the processes."""
+        only on (seed, step, micro-batch), never on the workers or the processes. With
+        `answer_position` the prompts run to where the letter goes (`Backend.answer_batch`)."""
         from aqa.train.data import MicroBatches, micro_batch_loader
 
         cfg = self.cfg
         dataset = MicroBatches(self.plan, self.items, rank=self.rank, start=self.start, steps=self.steps,
-                               backend=self.backend, with_target=with_target, workers=cfg.num_workers)
+                               backend=self.backend, with_target=with_target, workers=cfg.num_workers,
+                               answer_position=answer_position)
         loader = iter(micro_batch_loader(dataset, num_workers=cfg.num_workers, prefetch=cfg.prefetch,
                                          pin_memory=self.accelerator.device.type == "cuda"))
         for step in range(self.start, self.steps):
@@ -293,6 +305,12 @@ class TrainRun:
 
                 # Loading this adapter must merge the adapters under it first.
                 write_json(adapter / STACK_FILE, {"merge_first": self.merged})
+            if self.reasoning and self.accelerator.is_main_process:
+                from aqa.io import write_json
+                from aqa.models.base import REASONING_FILE
+
+                fmt = self.backend.think_format
+                write_json(adapter / REASONING_FILE, {"open": fmt.open, "close": fmt.close})
             out["adapter"] = str(adapter)
         if self.items.bad:
             log.warning("%d clip(s) could not be decoded and were skipped: %s", len(self.items.bad),
@@ -318,10 +336,11 @@ def check_resume_settings(folder, cfg: TrainConfig) -> None:
                         f"ones, choose another output_dir, or start over with resume=never")
 
 
-def fit_to_model(records: list, backend, cfg: TrainConfig) -> tuple[list, dict]:
-    """The records whose prompt and answer the model takes (`max_prompt_tokens`), and the counts
-    of what its limits do: each said once here, not per item as batches are drawn. Cheap: text
-    tokenisation and the clips' header durations, no decoding."""
+def fit_to_model(records: list, backend, cfg: TrainConfig, rationale: bool = False) -> tuple[list, dict]:
+    """The records whose prompt and answer the model takes (`max_prompt_tokens`; with
+    `rationale`, answers that start with the record's rationale), and the counts of what its
+    limits do: each said once here, not per item as batches are drawn. Cheap: text tokenisation
+    and the clips' header durations, no decoding."""
     from aqa.data.audio import header_duration
     from aqa.data.records import NoRecords
 
@@ -333,7 +352,7 @@ def fit_to_model(records: list, backend, cfg: TrainConfig) -> tuple[list, dict]:
         log.warning("%d of %d training clip(s) are longer than the model's %g s: truncated to it", cut,
                     len(records), window)
     limit = cfg.max_prompt_tokens or backend.max_prompt_tokens
-    over = backend.too_long(records, lambda r: seconds[id(r)], limit=limit, with_target=True)
+    over = backend.too_long(records, lambda r: seconds[id(r)], limit=limit, with_target=True, rationale=rationale)
     if over:
         gone = {id(r) for r, _ in over}
         log.warning("%d training item(s) left out: prompt and answer longer than the %d tokens the model takes "
@@ -346,18 +365,50 @@ def fit_to_model(records: list, backend, cfg: TrainConfig) -> tuple[list, dict]:
     return records, {"audio_truncated": cut, "prompt_too_long": len(over)}
 
 
+#: A rationale that names an option by its letter ("option B", "(B)", "answer is B"): a shuffled
+#: order of the options makes the letter name another option.
+_LETTER_IN_RATIONALE = re.compile(r"(?:\b(?:option|choice|answer)\s*(?:is\s*)?\(?[A-Z]\)?(?![A-Za-z]))|\([A-Z]\)")
+
+
+def with_rationales(records: list, no_rationale: str, cfg: TrainConfig) -> tuple[list, dict]:
+    """The records for target=reasoning: those without a rationale left out (`no_rationale=skip`)
+    or answered after an empty think block (`empty`), with the count logged and returned."""
+    from aqa.data.records import NoRecords
+
+    missing = [r for r in records if not (getattr(r, "rationale", None) or "").strip()]
+    if missing and no_rationale == "skip":
+        log.warning("target=reasoning: %d of %d item(s) have no rationale and are left out (no_rationale=skip)",
+                    len(missing), len(records))
+        gone = {id(r) for r in missing}
+        records = [r for r in records if id(r) not in gone]
+        if not records:
+            raise NoRecords(f"{', '.join(cfg.train_data)}: no record has a rationale, which target=reasoning "
+                            f"trains on; add \"rationale\" to the records, or set no_rationale=empty")
+    elif missing:
+        log.warning("target=reasoning: %d of %d item(s) have no rationale and are answered after an empty think "
+                    "block (no_rationale=empty)", len(missing), len(records))
+    named = sum(1 for r in records if _LETTER_IN_RATIONALE.search(getattr(r, "rationale", None) or ""))
+    if named and cfg.shuffle_options:
+        log.warning("target=reasoning: %d rationale(s) name an option by its letter, which the shuffled option "
+                    "orders (shuffle_options) make name another option; write rationales that name options by "
+                    "their text, or set shuffle_options=false", named)
+    return records, {"no_rationale": len(missing), "no_rationale_policy": no_rationale}
+
+
 def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lora_audio_tower: bool = False,
-          steps_factor: int = 1) -> TrainRun:
+          steps_factor: int = 1, target: str = "letter", no_rationale: str = "skip") -> TrainRun:
     """Everything before a recipe's loop.
 
     `adapter`: continue training this adapter instead of adding a new one; `merge`: merge this
     adapter (and those it was trained on) into the weights first, then add a new one. The
-    schedule spans `steps_factor` optimizer steps per loop step (GRPO's ppo_epochs)."""
+    schedule spans `steps_factor` optimizer steps per loop step (GRPO's ppo_epochs). `target`:
+    letter, or reasoning (each answer starts with the record's rationale in the family's think
+    block; records without one are left out, or get an empty block, as `no_rationale` says)."""
     import torch
     from tqdm.auto import tqdm
 
     from aqa.data.records import load_records
-    from aqa.models.base import BackendModule, adapter_stack
+    from aqa.models.base import BackendModule, adapter_reasons, adapter_stack
     from aqa.models.registry import load_backend
     from aqa.train.checkpoint import RunDir, resume
     from aqa.train.data import QAItems, StepPlan
@@ -384,6 +435,8 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
         backend.set_lora_dropout(cfg.lora_dropout)
     else:
         backend.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, audio_tower=lora_audio_tower)
+    reasoning = target == "reasoning" or adapter_reasons(adapter) or adapter_reasons(merge)
+    backend.set_thinking({"on": True, "off": False}.get(cfg.thinking, True if reasoning else None))
     if cfg.gradient_checkpointing:
         backend.enable_gradient_checkpointing()
     if cfg.compile:
@@ -394,8 +447,13 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
     n_trainable, n_total = sum(p.numel() for p in trainable), sum(p.numel() for p in backend.model.parameters())
 
     records = [r for path in cfg.train_data for r in load_records(path, allow_outside_root=cfg.allow_outside_root)]
-    records, limits = fit_to_model(records, backend, cfg)
-    items = QAItems(records, seed=cfg.seed, shuffle=cfg.shuffle_options, window_s=backend.audio_seconds)
+    rationale_counts = {}
+    if target == "reasoning":
+        records, rationale_counts = with_rationales(records, no_rationale, cfg)
+    records, limits = fit_to_model(records, backend, cfg, rationale=target == "reasoning")
+    limits.update(rationale_counts)
+    items = QAItems(records, seed=cfg.seed, shuffle=cfg.shuffle_options, window_s=backend.audio_seconds,
+                    reasoning=target == "reasoning")
     n_step = cfg.batch_size
     steps_per_epoch = len(items) // n_step
     if steps_per_epoch == 0:
@@ -426,7 +484,7 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
     run = TrainRun(cfg=cfg, folder=folder, accelerator=accelerator, world=world, accum=accum, backend=backend,
                    items=items, module=module, params=params, optimizer=optimizer, scheduler=scheduler, plan=plan,
                    per_step=n_step, steps_per_epoch=steps_per_epoch, steps=steps, start=start,
-                   n_trainable=n_trainable, merged=merged, limits=limits)
+                   n_trainable=n_trainable, merged=merged, limits=limits, reasoning=reasoning or backend.thinks)
     run.bar = tqdm(total=steps, initial=start, desc=name, disable=not accelerator.is_main_process)
     return run
 

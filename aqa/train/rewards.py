@@ -6,7 +6,9 @@ become one advantage: aqa.train.grpo_loss).
 Completions are answer texts exactly as `aqa eval` reads them: the backend's `decode` of the
 generated ids for `generate` rollouts, the sampled option's letter for `choice` rollouts. Each
 is read by `aqa.prompts.parse_answer`, the parser of `aqa eval --mode generate`, so a reward
-can never read an answer differently from the evaluation.
+can never read an answer differently from the evaluation. A reasoning completion (`think`: the
+family's think block, for `generate` rollouts) is read as the evaluation reads it: the answer
+only after the closing delimiter (`aqa.prompts.final_answer`).
 """
 
 from __future__ import annotations
@@ -14,19 +16,24 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from aqa.prompts import parse_answer
+from aqa.prompts import ThinkFormat, final_answer, well_formed
 
 
 def accuracy_reward(completions: Sequence[str], solutions: Sequence[int], choices: Sequence[Sequence[str]],
-                    **_) -> list[float]:
-    """1.0 where the completion names the right option (index `solutions[i]` of the options
-    `choices[i]` as shown), else 0.0: the reference report's reward."""
-    return [float(parse_answer(c, opts) == s) for c, s, opts in zip(completions, solutions, choices)]
+                    think: ThinkFormat | None = None, **_) -> list[float]:
+    """1.0 where the completion's answer names the right option (index `solutions[i]` of the
+    options `choices[i]` as shown), else 0.0: the reference report's reward. The answer is what
+    follows the think block when there is one; a letter inside the reasoning never counts."""
+    return [float(final_answer(c, opts, think) == s) for c, s, opts in zip(completions, solutions, choices)]
 
 
-def format_reward(completions: Sequence[str], choices: Sequence[Sequence[str]], **_) -> list[float]:
-    """1.0 where the completion names exactly one of the options, right or wrong."""
-    return [float(parse_answer(c, opts) is not None) for c, opts in zip(completions, choices)]
+def format_reward(completions: Sequence[str], choices: Sequence[Sequence[str]], think: ThinkFormat | None = None,
+                  **_) -> list[float]:
+    """A thinking completion (one holding a think delimiter, or after a prompt that opened the
+    block): 1.0 for exactly one think block, opened and closed, then an answer that names exactly
+    one option. Any other completion: 1.0 where it names exactly one of the options, right or
+    wrong (`aqa.prompts.well_formed`)."""
+    return [float(well_formed(c, opts, think)) for c, opts in zip(completions, choices)]
 
 
 def overlong_reward(completions: Sequence[str], lengths: Sequence[int], max_new_tokens: int,
@@ -50,7 +57,7 @@ def score_completions(names: Sequence[str], completions: Sequence[str], solution
                       **context) -> tuple[list[float], dict[str, list[float]]]:
     """The total reward of each completion (the named rewards times their `weights`, 1 each
     when None, summed) and each reward's own values. `context`: what some rewards also read
-    (`lengths` in tokens, `max_new_tokens`, `overlong_buffer`)."""
+    (`lengths` in tokens, `max_new_tokens`, `overlong_buffer`, `think`)."""
     per = {n: REWARDS[n](completions, solutions=solutions, choices=choices, **context) for n in names}
     w = list(weights) if weights else [1.0] * len(names)
     total = [float(sum(wk * v for wk, v in zip(w, vals))) for vals in zip(*per.values())]
@@ -68,10 +75,12 @@ class RewardSpec:
     overlong_buffer: float = 0.2  # the overlong reward's L_cache, as a share of L_max
 
     def score(self, completions: Sequence[str], solutions: Sequence[int], choices: Sequence[Sequence[str]],
-              lengths: Sequence[int]) -> tuple[list[float], dict[str, list[float]]]:
+              lengths: Sequence[int], think: ThinkFormat | None = None) -> tuple[list[float], dict[str, list[float]]]:
+        """`think`: the family's think block, for completions the model generated after the
+        prompt (None: answers read whole, as `choice` rollouts' letters are)."""
         return score_completions(self.names, completions, solutions, choices, weights=self.weights,
                                  lengths=lengths, max_new_tokens=self.max_new_tokens,
-                                 overlong_buffer=self.overlong_buffer)
+                                 overlong_buffer=self.overlong_buffer, think=think)
 
     def weight_list(self) -> list[float]:
         return list(self.weights) if self.weights else [1.0] * len(self.names)

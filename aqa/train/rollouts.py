@@ -7,8 +7,11 @@ Two ways to sample, one result type (`Rollouts`):
   forward pass per question serves all G samples; exact for one-token answers, which is what
   SFT teaches.
 - `rollout_generate`: G completions sampled with the backend's `generate_ids`, decoded as
-  `aqa eval` decodes them.
+  `aqa eval` decodes them; on a thinking checkpoint (or after SFT with `target=reasoning`) each
+  is a reasoning, then the answer, which the rewards read only after the think block.
 Either way the rewards come from `aqa.train.rewards`, read by the evaluation's answer parser.
+On a thinking checkpoint the letters of `choice` rollouts are sampled at the answer position
+after an empty think block (`Backend.answer_batch`), where `aqa eval` scores them.
 `reference()` gives the context in which the module computes the reference policy.
 """
 
@@ -71,12 +74,12 @@ def reward_spec(rewards: RewardSpec | list[str]) -> RewardSpec:
 
 
 def _finish(kind, module, backend, reference, batch, n, samples, completions, lengths, items, group_size,
-            spec: RewardSpec, greedy, temperature) -> Rollouts:
+            spec: RewardSpec, greedy, temperature, think=None) -> Rollouts:
     """Rewards, advantages and the reference log-probs of sampled answers."""
     G, Q = group_size, len(items)
     shown = [[it.record.choices[o] for o in it.order] for it in items]
     total, parts = spec.score(completions, [it.answer for it in items for _ in range(G)],
-                              [opts for opts in shown for _ in range(G)], lengths)
+                              [opts for opts in shown for _ in range(G)], lengths, think=think)
     rewards = torch.tensor(total).reshape(Q, G)
     if spec.advantage == "gdpo":
         kinds = torch.tensor([parts[name] for name in spec.names]).T.reshape(Q, G, -1)  # (Q, G, K)
@@ -93,9 +96,9 @@ def _finish(kind, module, backend, reference, batch, n, samples, completions, le
 
 def rollout_choice(module, backend, reference, items, *, group_size: int, temperature: float,
                    rewards: RewardSpec | list[str], seed: int, batch: dict | None = None) -> Rollouts:
-    """G option letters per question from one forward pass (`batch`: the items' prompts,
-    collated already)."""
-    batch = backend.collate([it.example for it in items]) if batch is None else batch
+    """G option letters per question from one forward pass (`batch`: the items' prompts to the
+    answer position, `Backend.answer_batch`, collated already)."""
+    batch = backend.answer_batch([it.example for it in items]) if batch is None else batch
     n = [len(it.order) for it in items]
     with torch.no_grad():
         logits = module(batch, "option_logits", n_options=n)  # (Q, n_max)
@@ -120,7 +123,10 @@ def rollout_generate(module, backend, reference, items, *, group_size: int, temp
     prompts = backend.collate([it.example for it in items]) if batch is None else batch
     n = [len(it.order) for it in items]
     with torch.no_grad():
-        greedy_pick = module(prompts, "option_logits", n_options=n).argmax(-1).cpu()
+        # The greedy letter where letter scoring reads it (after an empty think block on a
+        # thinking checkpoint, whose generation prompt leaves the reasoning to the model).
+        answer_at = backend.answer_batch([it.example for it in items]) if backend.thinks else prompts
+        greedy_pick = module(answer_at, "option_logits", n_options=n).argmax(-1).cpu()
         seqs = backend.generate_ids(prompts, max_new_tokens=max_new_tokens, do_sample=True,
                                     temperature=temperature, num_return_sequences=group_size)
     greedy = sum(int(g) == it.answer for g, it in zip(greedy_pick, items)) / len(items)
@@ -130,7 +136,7 @@ def rollout_generate(module, backend, reference, items, *, group_size: int, temp
                                      or backend.end_ids)
                              for q, it in enumerate(items) for g in range(group_size)], with_target=True)
     return _finish("generate", module, backend, reference, batch, n, None, completions, [len(q) for q in seqs], items,
-                   group_size, reward_spec(rewards), greedy, temperature)
+                   group_size, reward_spec(rewards), greedy, temperature, think=backend.think_format)
 
 
 def normalize_over_step(rolls: list[Rollouts], gather) -> None:

@@ -7,6 +7,16 @@ is the option letter followed by the end-of-turn token; prompt tokens carry no l
 Augmentation as in the report: the options are shuffled every time an item is sampled, and
 SpecAugment masks bands of the log-mel input (frequency axis only).
 
+Targets (`target`): `letter` (the default, the report's): the option letter then the end of
+turn; on a checkpoint that reasons first (Qwen3-Omni-Thinking: `Backend.thinks`) after an empty
+think block, as its chat template renders an answer with thinking switched off. `reasoning`:
+the record's `rationale` inside the family's think delimiters, then the letter, then the end of
+turn (`<think>\n{rationale}\n</think>\n\n{letter}<|im_end|>`, the layout Qwen3's template gives
+an assistant turn with `reasoning_content`); the loss covers the whole assistant turn. Items
+without a rationale are left out (`no_rationale=skip`) or answered after an empty think block
+(`empty`), the count logged and in the summary. The adapter folder then says that the model
+reasons first (aqa_reasoning.json), so `aqa eval` generates and reads it as a reasoning model.
+
 Departures from the report: the loss is the mean over answer tokens (the report writes a sum;
 with one-letter answers the two differ by a constant factor). Checkpoints hold only the
 trainable weights, with optimizer, scheduler, step and RNG, so a resumed run ends with the
@@ -34,6 +44,17 @@ class SFTConfig(TrainConfig):
                                           "the clean audio")
     spec_augment_width: int = doc(12, help="widest frequency mask, in mel bins")
     adapter: str = doc("", help="an existing adapter to continue training (empty: a new one)")
+    target: str = doc("letter", help="letter: the option letter (the report's); reasoning: the record's rationale "
+                                     "in the family's think block, then the letter")
+    no_rationale: str = doc("skip", help="target=reasoning, items without a rationale: skip (left out) or empty "
+                                         "(answered after an empty think block)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.target not in ("letter", "reasoning"):
+            raise ValueError(f"target must be letter or reasoning, got {self.target!r}")
+        if self.no_rationale not in ("skip", "empty"):
+            raise ValueError(f"no_rationale must be skip or empty, got {self.no_rationale!r}")
 
 
 def train(cfg: SFTConfig) -> dict:
@@ -46,7 +67,8 @@ def train(cfg: SFTConfig) -> dict:
     # ---- setup -----------------------------------------------------------------------------
     # Before the run folder is made: a missing adapter said in one line, a run folder taken for its adapter/.
     adapter = find_adapter(cfg.adapter) if cfg.adapter else ""
-    run = setup(cfg, name="sft", adapter=adapter, lora_audio_tower=cfg.lora_audio_tower)
+    run = setup(cfg, name="sft", adapter=adapter, lora_audio_tower=cfg.lora_audio_tower, target=cfg.target,
+                no_rationale=cfg.no_rationale)
     backend, module = run.backend, run.module
 
     # ---- loop ------------------------------------------------------------------------------

@@ -84,7 +84,8 @@ def _span(values: Sequence[int]) -> str:
 
 
 #: How an eval read each answer (its `mode`), in words.
-ANSWER_MODES = {"score": "letter scores", "generate": "generated text"}
+ANSWER_MODES = {"score": "letter scores", "generate": "generated text",
+                "reason-then-score": "letter scores after the reasoning"}
 
 
 def details_table(evals: Sequence[EvalRun], ece: dict[str, float]) -> Table:
@@ -95,7 +96,7 @@ def details_table(evals: Sequence[EvalRun], ece: dict[str, float]) -> Table:
     for e in evals:
         m = e.metrics
         sh = m.get("shuffles") or {}
-        rows.append([e.name, ANSWER_MODES.get(m.get("mode"), NONE), str(m.get("n", NONE)), str(m.get("n_unparsed", NONE)),
+        rows.append([e.name, ANSWER_MODES.get(m.get("mode"), NONE), str(m.get("n", NONE)), _unparsed(m),
                      str(m.get("n_unlabelled", NONE)), _skipped(m), _truncated(m), str(sh.get("k", NONE)),
                      pct(sh.get("agreement")), pct(sh.get("all_same")), pct(sh.get("all_correct")),
                      pct(ece.get(e.name))])
@@ -108,7 +109,13 @@ def details_table(evals: Sequence[EvalRun], ece: dict[str, float]) -> Table:
         f"predicted option's probability, {N_CALIBRATION_BINS} bins (%). Skipped: items not answered, by "
         "reason (skipped.jsonl: audio that cannot be decoded, prompt_too_long for a prompt longer than the "
         "model takes); audio truncated: items whose clip was longer than the model hears, answered from its "
-        "first seconds up to that limit."))
+        "first seconds up to that limit. Unparsed: answers that name no option; a model that reasons adds the "
+        "items whose reasoning the token budget cut (unfinished), counted apart."))
+
+
+def _unparsed(m: dict) -> str:
+    n = str(m.get("n_unparsed", NONE))
+    return n if "n_unfinished" not in m else f"{n} (+{m['n_unfinished']} unfinished)"
 
 
 def _skipped(m: dict) -> str:
