@@ -41,6 +41,43 @@ def test_silence_changes_answers_and_contribution_is_reported(tiny_model, synth_
     assert none["n"] == normal["n"]
 
 
+def test_mismatched_audio_is_another_items_clip_and_the_report_gives_sensitivity(tiny_model, synth_data, tmp_path,
+                                                                                  backend):
+    """--audio mismatched: every question is heard with a clip of another item of the set (never
+    its own, also where questions share a clip), the same whatever the batch or a resume; with a
+    silent run of the same reference, the report's audio sensitivity is with - (silent + mismatched) / 2."""
+    from aqa.eval.report import build_report
+    from aqa.eval.run import mismatched_clips
+
+    data = str(synth_data / "dev.jsonl")
+    recs = load_records(data)
+    own = {r.id: str(r.audio_path) for r in recs}
+    assert len(set(own.values())) < len(recs)  # several questions per clip: the case to get right
+    heard = mismatched_clips(recs, 0, data)
+    assert all(str(r.audio_path) != own[r.id] and str(r.audio_path) in own.values() for r in heard)
+    assert [str(r.audio_path) for r in mismatched_clips(recs, 0, data)] == [str(r.audio_path) for r in heard]
+    assert [str(r.audio_path) for r in mismatched_clips(recs, 1, data)] != [str(r.audio_path) for r in heard]
+    with pytest.raises(ValueError, match="at least two different clips"):
+        mismatched_clips([r for r in recs if str(r.audio_path) == own[recs[0].id]], 0, data)
+
+    base = dict(progress=False, n_boot=20)
+    normal = evaluate(EvalSettings(str(tiny_model), None, data, **base), tmp_path / "n", backend=backend)
+    ref = str(tmp_path / "n")
+    silent = evaluate(EvalSettings(str(tiny_model), None, data, audio="silence", reference=ref, **base),
+                      tmp_path / "s", backend=backend)
+    mis = evaluate(EvalSettings(str(tiny_model), None, data, audio="mismatched", reference=ref, batch_size=3, **base),
+                   tmp_path / "m", backend=backend)
+    rows = [json.loads(x) for x in (tmp_path / "m" / "predictions.jsonl").read_text().splitlines()]
+    want = {r.id: str(r.audio_path) for r in heard}
+    assert all(r["heard_clip"] == want[r["id"]] for r in rows) and len(rows) == normal["n"]
+    md = build_report([tmp_path / "n", tmp_path / "s", tmp_path / "m"], tmp_path / "report")["markdown"].read_text()
+    line = next(x for x in md.splitlines() if x.startswith("| s + m | all |"))
+    w, s_, m_ = (silent["audio_contribution"]["all"]["accuracy_with_audio"],
+                 silent["audio_contribution"]["all"]["accuracy_without"], mis["audio_contribution"]["all"]["accuracy_without"])
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert float(cells[6]) == pytest.approx(100 * (w - (s_ + m_) / 2), abs=0.06)
+
+
 def test_filter_drops_questions_silence_answers(synth_data, tmp_path):
     recs = load_records(synth_data / "dev.jsonl")[:4]
     correct = {  # per model: which of the 4 questions it got right on silence

@@ -31,6 +31,10 @@ from aqa.io import UserError, append_jsonl, drop_partial_last_line, write_json, 
 log = logging.getLogger(__name__)
 
 
+#: What the model hears: the item's clip, silence of its length, no audio, or another item's clip.
+AUDIO_MODES = ("normal", "silence", "none", "mismatched")
+
+
 @dataclass
 class EvalSettings:
     """One evaluation's settings. The predictions depend on those in `RESUME_KEYS`, which
@@ -48,7 +52,7 @@ class EvalSettings:
                                                "None: 1024 when the model reasons, else 16")
     seed: int = doc(0, help="seed of the option orders and of the bootstrap intervals")
     audio: str = doc("normal", help="normal; silence (each clip replaced by silence of its length); none (no audio "
-                                    "in the prompt)")
+                                    "in the prompt); mismatched (each question heard with another item's clip)")
     max_prompt_tokens: int = doc(0, help="skip items whose prompt is longer than this; 0: the model's own limit")
     batch_size: int = doc(8, help="queries per forward pass (an item under K orders puts K)")
     device: str | None = doc(None, help="torch device; None: cuda when available, else cpu")
@@ -93,8 +97,8 @@ class EvalSettings:
                             f"(--adapter)")
         if self.shuffles < 1:
             raise UserError("shuffles must be >= 1")
-        if self.audio not in ("normal", "silence", "none"):
-            raise UserError(f"audio must be normal, silence or none, got {self.audio!r}")
+        if self.audio not in AUDIO_MODES:
+            raise UserError(f"audio must be {', '.join(AUDIO_MODES[:-1])} or {AUDIO_MODES[-1]}, got {self.audio!r}")
         index, n = self.shard or (0, 1)
         if not 0 <= index < n:
             raise UserError(f"shard {index} of {n} does not exist (0 <= I < N)")
@@ -235,7 +239,25 @@ def load_items(settings: EvalSettings) -> list:
         raise UserError(f"{settings.data}: {len(repeated)} id(s) appear more than once ({', '.join(repeated[:5])}"
                         f"{', ...' if len(repeated) > 5 else ''}); predictions are kept by id, so each question "
                         f"needs its own (aqa data check lists them)")
-    return records[:settings.limit] if settings.limit else records
+    records = records[:settings.limit] if settings.limit else records
+    return mismatched_clips(records, settings.seed, settings.data) if settings.audio == "mismatched" else records
+
+
+def mismatched_clips(records: list, seed: int, data: str) -> list:
+    """The records, each to be heard with another item's clip (DCASE 2026's mismatched-audio
+    condition): a seeded derangement of the distinct clips of the evaluated set, so that no
+    question gets its own clip, also where several questions share one. It depends only on the
+    records and the seed, so every shard and every resume hears the same."""
+    import dataclasses
+    import random
+
+    clips = list(dict.fromkeys(str(r.audio_path or r.audio) for r in records))
+    if len(clips) < 2:
+        raise UserError(f"{data}: --audio mismatched needs at least two different clips, found {len(clips)}")
+    order = clips[:]
+    random.Random(seed).shuffle(order)
+    other = {c: order[(i + 1) % len(order)] for i, c in enumerate(order)}  # one cycle: nobody keeps their own
+    return [dataclasses.replace(r, audio_path=Path(other[str(r.audio_path or r.audio)])) for r in records]
 
 
 def open_folder(settings: EvalSettings, out: Path, barrier) -> EvalFolder:
@@ -347,8 +369,9 @@ def answer(backend, todo: list, settings: EvalSettings, folder: EvalFolder, skip
                           backend.audio_seconds)
                 truncated[r.id] = {"clip_s": round(a.duration, 3), "heard_s": backend.audio_seconds}
             ok.append(r)
-            # The silent baseline keeps each clip's length, so only the sound itself is gone.
-            audios.append({"normal": a.samples, "silence": np.zeros_like(a.samples), "none": None}[settings.audio])
+            # The silent baseline keeps each clip's length, so only the sound itself is gone; a
+            # mismatched item's record already points at the other item's clip (`mismatched_clips`).
+            audios.append({"silence": np.zeros_like(a.samples), "none": None}.get(settings.audio, a.samples))
         if ok:
             queries = make_queries(ok, audios, settings.shuffles, settings.seed)
             if settings.mode == "score":
@@ -361,9 +384,11 @@ def answer(backend, todo: list, settings: EvalSettings, folder: EvalFolder, skip
             for q, a in zip(queries, answers):
                 per_item[q.item].append(a)
             rows = [combine(r, per_item[i], settings.mode, settings.vote) for i, r in enumerate(ok)]
-            for row in rows:
+            for r, row in zip(ok, rows):
                 if row["id"] in truncated:
                     row["truncated"] = truncated[row["id"]]
+                if settings.audio == "mismatched":
+                    row["heard_clip"] = str(r.audio_path)
             append_jsonl(folder.my_predictions, rows)
         bar.update(len(chunk))
     bar.close()
@@ -463,7 +488,10 @@ def write_eval_metrics(out: Path, settings: EvalSettings, records: list, reasons
         extra["max_new_tokens"] = settings.max_new_tokens
     if settings.adapter_scale != 1:
         extra["adapter_scale"] = settings.adapter_scale
+    if settings.audio != "normal":
+        extra["audio"] = settings.audio
     if settings.reference:
+        extra["reference"] = str(Path(settings.reference).resolve())
         extra["audio_contribution"] = audio_contribution(load_predictions(settings.reference), rows, out)
     metrics = write_metrics(out, rows, n_boot=settings.n_boot, seed=settings.seed, extra=extra)
     if settings.mode == "generate":
@@ -564,10 +592,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-pickle", action="store_true",
                    help="load weights saved as pickles (.bin/.pt), which can run code: only files you trust")
     p.add_argument("--overwrite", action="store_true", help="discard predictions already in the folder")
-    p.add_argument("--audio", choices=["normal", "silence", "none"], default="normal",
-                   help="silence: each clip replaced by silence of the same length; none: no audio in the prompt")
-    p.add_argument("--reference", help="with --audio silence/none: the eval dir made with the audio, to report "
-                                       "each item's audio contribution")
+    p.add_argument("--audio", choices=list(AUDIO_MODES), default="normal",
+                   help="silence: each clip replaced by silence of the same length; none: no audio in the prompt; "
+                        "mismatched: each question with another item's clip (a seeded derangement)")
+    p.add_argument("--reference", help="with --audio silence/none/mismatched: the eval dir made with the audio, to "
+                                       "report each item's audio contribution (and, with both silence and mismatched "
+                                       "beside it, the audio sensitivity)")
     p.add_argument("--compile", action="store_true", help="run the decoder through torch.compile")
     p.add_argument("--cache-dir", help="keep per-clip work here for later evaluations of the same clips "
                                        "(Kimi-Audio's speech tokens)")

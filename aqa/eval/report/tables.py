@@ -19,7 +19,7 @@ def report_tables(evals: Sequence[EvalRun], trains: Sequence[TrainRun], ece: dic
     tables: list[Table | None] = []
     if evals:
         tables += [accuracy_table(evals), details_table(evals, ece), question_type_table(evals),
-                   contribution_table(evals)]
+                   contribution_table(evals), sensitivity_table(evals)]
     if trains:
         tables += [training_table(trains, train_plots), completions_table(trains)]
     return [t for t in tables if t is not None]
@@ -161,6 +161,36 @@ def contribution_table(evals: Sequence[EvalRun]) -> Table | None:
                  title="Audio contribution (%)",
                  caption="Contribution: per item, correct with the audio minus correct without it, "
                          "averaged (points of accuracy that come from listening).")
+
+
+def sensitivity_table(evals: Sequence[EvalRun]) -> Table | None:
+    """Audio sensitivity as DCASE 2026 measures it (arXiv 2609.04637, as the task states it):
+    accuracy with the real audio minus the mean of the silent-audio and mismatched-audio
+    accuracies, per subset, for each pair of a silence and a mismatched evaluation made with
+    the same `--reference`; the silent contribution beside it."""
+    by_ref: dict[tuple[str, str], EvalRun] = {}
+    for e in evals:
+        if e.metrics.get("audio") in ("silence", "mismatched") and e.metrics.get("reference"):
+            by_ref[(e.metrics["reference"], e.metrics["audio"])] = e
+    rows = []
+    for (ref, mode), silent in by_ref.items():
+        other = by_ref.get((ref, "mismatched"))
+        if mode != "silence" or other is None:
+            continue
+        s, m = silent.metrics["audio_contribution"], other.metrics["audio_contribution"]
+        for subset in [k for k in s if k in m]:
+            with_audio = s[subset]["accuracy_with_audio"]
+            without = (s[subset]["accuracy_without"] + m[subset]["accuracy_without"]) / 2
+            rows.append([f"{silent.name} + {other.name}", subset, str(min(s[subset]["n"], m[subset]["n"])),
+                         pct(with_audio), pct(s[subset]["accuracy_without"]), pct(m[subset]["accuracy_without"]),
+                         pct(with_audio - without), pct(s[subset]["contribution"])])
+    if not rows:
+        return None
+    return Table(["runs", "subset", "items", "with audio", "silent", "mismatched", "sensitivity",
+                  "silent contribution"], rows, title="Audio sensitivity (%)",
+                 caption="Sensitivity: accuracy with the real audio minus the mean of the accuracies with silent "
+                         "audio and with another item's clip (aqa eval --audio silence / mismatched, both with "
+                         "--reference to the run with the audio), as DCASE 2026's audio-dependence measure.")
 
 
 def training_table(trains: Sequence[TrainRun], plots: dict[str, str]) -> Table:
