@@ -7,7 +7,7 @@ environment for it (tools/moss_reference_requirements.txt); tools/moss_reference
 aqa's reaches the reference side but the checkpoint folder and the WAVs.
 
 On a tiny random checkpoint in the official layout (built here with `aqa model tiny --family
-moss-audio`, or `--model FOLDER`), for time markers on and off, it compares:
+moss-audio --num-mel-bins 128`, the bins upstream's encoder code needs, or `--model FOLDER`), for time markers on and off, it compares:
 
 - one clip per prompt: the log-mel features, the prompt ids, the logits at every position (and
   the answer letters' logits at the last one), and greedy generation token by token;
@@ -171,11 +171,11 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         if args.clip:
             names = [str(c) for c in args.clip]
-            audios = [load_audio(str(c)) for c in args.clip]
+            audios = [load_audio(str(c), max_seconds=None).samples for c in args.clip]
         else:
             names = [f"{s:g} s, seed {seed}" for s, seed in zip(args.seconds, args.seeds)]
             audios = [clip(s, seed) for s, seed in zip(args.seconds, args.seeds)]
-        model = args.model or build_tiny_moss_audio(tmp / "model", TinyMossAudioSpec(seed=args.seeds[0]))
+        model = args.model or build_tiny_moss_audio(tmp / "model", TinyMossAudioSpec(seed=args.seeds[0], num_mel_bins=128))
         cases = []
         for ci, a in enumerate(audios):
             wav = tmp / f"clip{ci}.wav"

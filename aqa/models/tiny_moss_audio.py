@@ -17,7 +17,8 @@ generation_config.json, tokenizer_config.json, vocab.json, merges.txt; no tokeni
 - `chat_template.jinja` of the release is not written: neither aqa nor upstream's processor reads it.
 
 Upstream's encoder hard-codes 128 mel bins (`stem_proj` takes `channels * 16`), so a tiny model
-that upstream's code should load keeps 128 bins (the default here).
+that upstream's code should load needs `--num-mel-bins 128` (tools/check_moss_equivalence.py
+builds it so); aqa's backend reads any number.
 """
 
 from __future__ import annotations
@@ -46,8 +47,6 @@ QWEN3_ADDED = [("<|endoftext|>", True), ("<|im_start|>", True), ("<|im_end|>", T
 class TinyMossAudioSpec(TinyAudioEncoderSpec):
     """Sizes of a tiny MOSS-Audio; the shared fields mean what they mean for every family."""
 
-    num_mel_bins: int = 128
-    """Mel bins (upstream's encoder code needs 128)."""
     stem_channels: int = 8
     """Channels of the three stride-2 convolutions (480 in the real encoder)."""
     adapter_dim: int = 64
