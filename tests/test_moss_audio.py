@@ -307,3 +307,17 @@ def test_tiny_command_builds_the_family(tmp_path):
     b = load_backend(str(tmp_path / "m"), device="cpu")
     assert b.processor.feature_extractor.feature_size == 32
     assert b.option_logits(b.collate([Example(noise(0.6), "Q? A. x B. y")]), [2]).shape == (1, 2)
+
+
+@pytest.mark.parametrize("recipe", ["sft_lora", "grpo"])
+def test_configs_carry_the_reference_values(recipe):
+    from aqa.config import load_config
+    from aqa.train.grpo import GRPOConfig
+    from aqa.train.sft import SFTConfig
+
+    c = load_config(SFTConfig if recipe == "sft_lora" else GRPOConfig, f"configs/moss_audio/{recipe}.yaml")
+    assert c.model == "OpenMOSS-Team/MOSS-Audio-8B-Instruct" and c.lora_r == 8 and c.bf16
+    if recipe == "sft_lora":
+        assert (c.lr, c.batch_size, c.epochs, c.spec_augment_width) == (5e-5, 32, 8.0, 27)
+    else:
+        assert (c.lr, c.group_size, c.eps, c.beta, c.batch_size) == (5e-6, 6, 0.2, 0.1, 40)
