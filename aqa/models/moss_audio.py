@@ -437,14 +437,14 @@ class MossAudioBackend(Backend):
             # Its end tokens stop generation (`stop_ids`), as upstream's model.generate reads them.
             model.generation_config = GenerationConfig.from_pretrained(path)
         backend = cls.from_parts(model, processor, dev, adapter=adapter, is_trainable=is_trainable)
-        backend.thinking = is_thinking(path, config)
+        backend.mark_thinking(is_thinking(path, config))
         return backend
 
     @classmethod
     def without_weights(cls, path: str, *, trust_remote_code: bool = False) -> MossAudioBackend:
         config = MossAudioConfig.from_pretrained(path)
         b = cls(None, make_processor(path, load_tokenizer(path, config)), torch.device("cpu"), config=config)
-        b.thinking = is_thinking(path, config)
+        b.mark_thinking(is_thinking(path, config))
         return b
 
     def __init__(self, model, processor: MossAudioProcessor, device, config=None):
@@ -455,6 +455,14 @@ class MossAudioBackend(Backend):
         #: Whether the checkpoint is a Thinking model (answers after a `THINK` block).
         self.thinking = False
         self.think = dict(THINK)
+
+    def mark_thinking(self, on: bool) -> None:
+        """Record whether the checkpoint is a Thinking model. MOSS-Audio ships no chat template
+        that aqa reads, so a Backend that detects thinking from the template cannot see it: where
+        the Backend has `set_thinking` (thinking support), it is told here."""
+        self.thinking = bool(on)
+        if on and hasattr(super(), "set_thinking"):
+            self.set_thinking(True)
 
     @property
     def time_markers(self) -> bool:
