@@ -112,6 +112,7 @@ TINY_FAMILY_SIZES = {
     "qwen3-omni-thinking": {},
     "audio-flamingo3": dict(audio_seconds=2, max_windows=3),
     "voxtral": dict(window_seconds=2),
+    "moss-audio": {},
 }
 
 

@@ -119,3 +119,23 @@ def test_reference_runner_reads_16_khz_only(tmp_path):
     sf.write(tmp_path / "b.wav", np.full((1600, 2), 0.5, dtype=np.float32), 16000)
     audio, rate = runner._librosa_load(tmp_path / "b.wav", sr=16000)
     assert rate == 16000 and audio.shape == (1600,) and np.allclose(audio, 0.5)  # stereo averaged, as librosa does
+
+
+def test_clips_seeds_and_question_are_options(tmp_path):
+    wav = tmp_path / "a.wav"
+    import soundfile as sf
+
+    sf.write(wav, np.zeros(1600, np.float32), 16000)
+    for name in ("Kimi-Audio", "GLM-4-Voice", "Kimi-Audio-7B-Instruct"):
+        (tmp_path / name).mkdir()
+    common = ["--ref-python", "py", "--upstream", str(tmp_path), "-o", "o"]
+    args = check.parse_args(common)
+    assert args.seconds == [12.0, 35.0] and args.seeds == [0, 1] and args.question == check.QUESTION
+    args = check.parse_args([*common, "--seconds", "3", "4", "5", "--seeds", "7", "8", "9", "--question", "Why?",
+                             "--clip", str(wav)])
+    assert args.seconds == [3.0, 4.0, 5.0] and args.seeds == [7, 8, 9] and args.question == "Why?"
+    assert args.clip == [wav]
+    with pytest.raises(SystemExit):
+        check.parse_args([*common, "--seconds", "3", "4", "--seeds", "1"])
+    with pytest.raises(SystemExit):
+        check.parse_args([*common, "--clip", str(tmp_path / "missing.wav")])

@@ -354,3 +354,37 @@ def test_speech_tokenizer_mask_and_convolutions_follow_upstream():
     assert block[0, 1] and not block[0, 2] and block[3, 0]
     causal = vq._mask(torch.ones(1, 4), None, True, torch.float32)[0, 0] == 0
     assert causal[3, 0] and not causal[0, 1]
+
+
+def test_speech_tokenizer_config_without_upstreams_defaulted_keys_loads_as_upstream_reads_it(tmp_path):
+    """A config.json that leaves out keys upstream's WhisperVQConfig defaults (the block size, the
+    pooling and causality fields) means those defaults: it loads (it raised AttributeError) and
+    tokenizes exactly as the same weights with the defaults written out."""
+    import json
+
+    from safetensors.torch import save_file
+    from transformers import WhisperConfig
+
+    from aqa.models.whisper_vq import VQ_DEFAULTS, WhisperVQTokenizer
+
+    base = dict(d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=8,
+                max_source_positions=64, quantize_vocab_size=8, quantize_position=2)
+    explicit = WhisperConfig(**{**VQ_DEFAULTS, **base})
+    explicit._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    vq = WhisperVQTokenizer(explicit).eval()
+    save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps(base))
+    loaded = WhisperVQTokenizer.from_folder(tmp_path)
+    assert loaded.config.quantize_causal_block_size is None and loaded.config.pooling_type == "max"
+    assert loaded.pooling is None and loaded.causal_conv is False
+    x, keep = torch.randn(2, 8, 40), torch.ones(2, 40)
+    assert torch.equal(loaded(x, keep), vq(x, keep))
+    # A config object without the keys at all (not through from_folder) reads the same defaults.
+    bare = WhisperConfig(**base)
+    bare._attn_implementation = "sdpa"
+    for k in ("quantize_causal_block_size", "pooling_kernel_size", "pooling_type", "pooling_position"):
+        assert not hasattr(bare, k)
+    again = WhisperVQTokenizer(bare)
+    again.load_state_dict(vq.state_dict())
+    assert torch.equal(again.eval()(x, keep), vq(x, keep))

@@ -17,7 +17,7 @@ from conftest import noise
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-SIX = ["qwen2-audio", "kimi-audio", "qwen2.5-omni", "qwen3-omni", "audio-flamingo3", "voxtral"]
+SIX = ["qwen2-audio", "kimi-audio", "qwen2.5-omni", "qwen3-omni", "audio-flamingo3", "voxtral", "moss-audio"]
 # 0.5 s: shorter than any window; 3.0 s: past the tiny Qwen2-Audio's 2 s window, two windows of
 # the tiny Audio Flamingo 3 and Voxtral.
 SECONDS = (0.5, 3.0, 1.7)
@@ -178,6 +178,8 @@ def real_frames(family, b, seconds):
             rows.append(frames(min(n, fe.chunk_length * 16000)))
         elif family in ("qwen2.5-omni", "qwen3-omni"):  # the clip's own frames, right-padded in the batch
             rows.append(frames(n))
+        elif family == "moss-audio":  # the clip's own frames (its STFT's last frame dropped), right-padded
+            rows.append(n // 160)
         elif family == "kimi-audio":  # 30 s segments; 8 frames per 1,280-sample speech token
             rows += [8 * -(-min(480000, n - lo) // 1280) for lo in range(0, n, 480000)]
         else:  # Audio Flamingo 3, Voxtral: whole windows, each padded

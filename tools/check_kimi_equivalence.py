@@ -12,11 +12,12 @@ layout) the check compares, each measure against a threshold that fails it:
 - one clip per prompt (12 s; 35 s, which is two 30 s segments): the question's token ids, the
   prompt (audio stream, text stream, continuous mask), the GLM-4-Voice tokens, the Whisper
   features, the text logits at every position, and greedy generation token by token;
-- a left-padded batch of both clips: each row's features, prompt, logits at its real positions
+- a left-padded batch of all the clips: each row's features, prompt, logits at its real positions
   and greedy tokens (aqa's batched `generate_ids`) against upstream run on that clip alone.
 
     python tools/check_kimi_equivalence.py --ref-python /path/venv/bin/python \\
-        --upstream /path/upstream -o runs/kimi-equivalence
+        --upstream /path/upstream -o runs/kimi-equivalence [--seconds 12 35] [--seeds 0 1] \\
+        [--clip a.wav --clip b.wav] [--question "..."]
 
 Exit status 0: every row is within every threshold (EQUIVALENT); 1: some measure is not.
 """
@@ -137,6 +138,13 @@ def parse_args(argv=None):
     ap.add_argument("--upstream", required=True, type=Path,
                     help="folder holding the clones Kimi-Audio/, GLM-4-Voice/ and Kimi-Audio-7B-Instruct/ (code files)")
     ap.add_argument("--lm-code", type=Path, help="LM file folder for the runner (default: Kimi-Audio/finetune_codes)")
+    ap.add_argument("--clip", action="append", default=[], type=Path,
+                    help="a 16 kHz mono WAV to use (repeatable; default: synthetic clips of --seconds and --seeds)")
+    ap.add_argument("--seconds", type=float, nargs="+", default=[s for _, s in CLIPS],
+                    help="lengths of the synthetic clips")
+    ap.add_argument("--seeds", type=int, nargs="+", default=list(range(len(CLIPS))),
+                    help="one noise seed per synthetic clip")
+    ap.add_argument("--question", default=QUESTION, help="the question asked with every clip")
     ap.add_argument("--max-new-tokens", type=int, default=8, help="greedy tokens compared per prompt")
     ap.add_argument("--logits-tol", type=float, default=TOLERANCES["text_logits"], help="max abs logit difference")
     ap.add_argument("--feature-tol", type=float, default=TOLERANCES["whisper_feature"],
@@ -145,6 +153,11 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.max_new_tokens < 1:
         ap.error("--max-new-tokens must be at least 1")
+    if not args.clip and len(args.seeds) != len(args.seconds):
+        ap.error(f"--seeds gives {len(args.seeds)} seeds for {len(args.seconds)} --seconds: one per clip")
+    for c in args.clip:
+        if not c.is_file():
+            ap.error(f"{c}: no such file")
     for name in ("Kimi-Audio", "GLM-4-Voice", "Kimi-Audio-7B-Instruct"):
         if not (args.upstream / name).is_dir():
             ap.error(f"{args.upstream / name}: not a folder (clone it as docs/kimi_audio.md says)")
@@ -156,6 +169,7 @@ def main(argv=None) -> int:
     import soundfile as sf
     import torch
 
+    from aqa.data.audio import load_audio
     from aqa.io import write_json
     from aqa.models.registry import load_backend
     from aqa.models.tiny_kimi_audio import TinyKimiSpec, build_tiny_kimi
@@ -170,12 +184,18 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        audios, cases = [], []
-        for ci, (_, seconds) in enumerate(CLIPS):
-            audios.append(clip(seconds, seed=ci))
+        if args.clip:
+            names = [str(c) for c in args.clip]
+            audios = [load_audio(str(c), max_seconds=None).samples for c in args.clip]
+        else:
+            known = dict((s, n) for n, s in CLIPS)
+            names = [f"{known.get(s, f'{s:g} s noise + tones')}, seed {seed}" for s, seed in zip(args.seconds, args.seeds)]
+            audios = [clip(s, seed=seed) for s, seed in zip(args.seconds, args.seeds)]
+        cases = []
+        for ci in range(len(audios)):
             wav = tmp / f"clip{ci}.wav"
             sf.write(wav, audios[-1], 16000, subtype="FLOAT")  # float WAV: both sides read identical samples
-            cases.append({"id": f"clip{ci}", "wav": str(wav), "question": QUESTION, "max_new_tokens": args.max_new_tokens})
+            cases.append({"id": f"clip{ci}", "wav": str(wav), "question": args.question, "max_new_tokens": args.max_new_tokens})
         (tmp / "cases.json").write_text(json.dumps(cases))
         for si, (spec_name, kw) in enumerate(SPECS.items()):
             model = build_tiny_kimi(tmp / f"model{si}", TinyKimiSpec(seed=si, **kw))
@@ -184,17 +204,17 @@ def main(argv=None) -> int:
                             "--cases", str(tmp / "cases.json"), "--out-dir", str(ref_dir)], check=True)
             refs = [np.load(ref_dir / f"{c['id']}.npz") for c in cases]
             backend = load_backend(str(model), device="cpu", dtype="fp32")
-            singles = [ours(backend, [a], QUESTION, args.max_new_tokens)[0] for a in audios]
-            batch = ours(backend, audios, QUESTION, args.max_new_tokens)
-            for label, mine_rows in (("one clip", singles), ("batch of 2, left-padded", batch)):
-                for (clip_name, _), mine, ref in zip(CLIPS, mine_rows, refs):
+            singles = [ours(backend, [a], args.question, args.max_new_tokens)[0] for a in audios]
+            batch = ours(backend, audios, args.question, args.max_new_tokens)
+            for label, mine_rows in (("one clip", singles), (f"batch of {len(audios)}, left-padded", batch)):
+                for clip_name, mine, ref in zip(names, mine_rows, refs):
                     row = dict(model=spec_name, case=label, clip=clip_name, padding=mine["padding"],
                                **compare(mine, ref, tolerances))
                     rows.append(row)
                     print(json.dumps(row))
     ok = verdict(rows)
     write_json(args.output / "results.json", {
-        "verdict": "EQUIVALENT" if ok else "DIFFERENT", "question": QUESTION, "tolerances": tolerances,
+        "verdict": "EQUIVALENT" if ok else "DIFFERENT", "question": args.question, "clips": names, "tolerances": tolerances,
         "max_new_tokens": args.max_new_tokens, "rows": rows, "torch": torch.__version__, "platform": sys.platform,
         "upstream_commits": {n: git_commit(up / n) for n in ("Kimi-Audio", "GLM-4-Voice", "Kimi-Audio-7B-Instruct")}})
     print(f"{'EQUIVALENT' if ok else 'DIFFERENT'}: {len(rows)} rows; results in {args.output / 'results.json'}")

@@ -27,6 +27,7 @@ BACKENDS = {
     "qwen3_omni_moe_thinker": "aqa.models.qwen3_omni:Qwen3OmniBackend",
     "audioflamingo3": "aqa.models.audio_flamingo3:AudioFlamingo3Backend",
     "voxtral": "aqa.models.voxtral:VoxtralBackend",  # Voxtral Mini (needs mistral-common: aqa[voxtral])
+    "moss_audio": "aqa.models.moss_audio:MossAudioBackend",  # MOSS-Audio 4B/8B Instruct and Thinking
 }
 
 

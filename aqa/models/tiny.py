@@ -127,6 +127,8 @@ FAMILIES = {
     "audio-flamingo3": ("aqa.models.tiny_audio_flamingo3:build_tiny_audio_flamingo3",
                         "aqa.models.tiny_audio_flamingo3:TinyAudioFlamingo3Spec"),
     "voxtral": ("aqa.models.tiny_voxtral:build_tiny_voxtral", "aqa.models.tiny_voxtral:TinyVoxtralSpec"),
+    "moss-audio": ("aqa.models.tiny_moss_audio:build_tiny_moss_audio",
+                   "aqa.models.tiny_moss_audio:TinyMossAudioSpec"),
 }
 
 

@@ -26,6 +26,12 @@ from torch import nn
 SAMPLE_RATE = 16000
 SEGMENT_SECONDS = 30
 
+#: Upstream's `WhisperVQConfig.__init__` defaults (GLM-4-Voice, speech_tokenizer/configuration_whisper.py):
+#: a config.json that leaves a key out means this value, as it does to upstream's loader.
+VQ_DEFAULTS = dict(pooling_kernel_size=None, pooling_type="max", pooling_position=0, quantize_vocab_size=None,
+                   quantize_position=16, quantize_causal_encoder=False, quantize_causal_block_size=None,
+                   encoder_causal_attention=False, encoder_causal_convolution=False)
+
 
 def tokens_for(n_samples: int, samples_per_token: int = 1280) -> int:
     """Tokens of a segment of `n_samples` (one per started 80 ms)."""
@@ -45,6 +51,9 @@ class WhisperVQTokenizer(nn.Module):
         from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
 
         super().__init__()
+        for key, value in VQ_DEFAULTS.items():
+            if not hasattr(config, key):
+                setattr(config, key, value)
         if config.quantize_vocab_size is None or config.quantize_position is None:
             raise ValueError("a Whisper-VQ config needs quantize_vocab_size and quantize_position")
         self.config = config
@@ -54,7 +63,7 @@ class WhisperVQTokenizer(nn.Module):
         self.conv2 = nn.Conv1d(d, d, kernel_size=3, stride=2)
         # Upstream's WhisperVQConfig defaults to symmetric convolutions; the released
         # glm-4-voice-tokenizer's config.json sets causal ones explicitly.
-        self.causal_conv = bool(getattr(config, "encoder_causal_convolution", False))
+        self.causal_conv = bool(config.encoder_causal_convolution)
         self.embed_positions = nn.Embedding(config.max_source_positions, d)
         self.layers = nn.ModuleList(WhisperEncoderLayer(config) for _ in range(config.quantize_position))
         k = config.pooling_kernel_size
@@ -97,7 +106,7 @@ class WhisperVQTokenizer(nn.Module):
         T = x.shape[1]
         x = x + self.embed_positions.weight[:T]
         keep = frame_mask[:, ::2][:, :T]
-        causal = bool(getattr(cfg, "encoder_causal_attention", False) or getattr(cfg, "quantize_causal_encoder", False))
+        causal = bool(cfg.encoder_causal_attention or cfg.quantize_causal_encoder)
         block = cfg.quantize_causal_block_size
         mask = self._mask(keep, block, causal, x.dtype)
         for idx, layer in enumerate(self.layers):
@@ -136,7 +145,7 @@ class WhisperVQTokenizer(nn.Module):
         raw = json.loads(cfg_path.read_text())
         for key in ("auto_map", "architectures", "model_type"):
             raw.pop(key, None)
-        config = WhisperConfig(**raw)
+        config = WhisperConfig(**{**VQ_DEFAULTS, **raw})
         config._attn_implementation = "sdpa"
         # Full WhisperVQ checkpoints prefix the encoder's names with `model.encoder.`.
         return load_module_weights(lambda: cls(config), folder, dtype=dtype, device=device,
