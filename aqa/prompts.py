@@ -112,11 +112,16 @@ class ThinkFormat:
     open: str = THINK_OPEN
     close: str = THINK_CLOSE
     start: str = ""
+    #: The empty block where a family documents another one than Qwen3's (empty: Qwen3's).
+    empty_block: str = ""
 
     def block(self, rationale: str | None) -> str:
         """The whole think block around `rationale` (None or "": the empty block), with the
         blank line before the answer."""
-        return f"{self.open}\n{(rationale or '').strip()}\n{self.close}\n\n"
+        r = (rationale or "").strip()
+        if not r and self.empty_block:
+            return self.empty_block
+        return f"{self.open}\n{r}\n{self.close}\n\n"
 
     @property
     def empty(self) -> str:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from aqa.models.base import Example
-from aqa.models.moss_audio import THINK, MossAudioBackend, audio_token_count, time_marker_layout
+from aqa.models.moss_audio import MossAudioBackend, audio_token_count, time_marker_layout
 from aqa.models.registry import load_backend
 from aqa.prompts import question_text
 from conftest import noise
@@ -256,14 +256,20 @@ def test_thinking_variant_is_marked_and_carries_the_think_facts(folder, tmp_path
     thinking = tmp_path / "MOSS-Audio-4B-Thinking"
     shutil.copytree(folder, thinking)
     b = load_backend(str(thinking), device="cpu")
-    assert b.thinking and not load_backend(str(folder), device="cpu").thinking
-    assert (b.think["open"], b.think["close"], b.think["separator"]) == ("<think>", "</think>", "\n\n")
-    assert b.think == THINK
+    assert b.thinks and not load_backend(str(folder), device="cpu").thinks
+    fmt = b.think_format
+    assert (fmt.open, fmt.close, fmt.empty) == ("<think>", "</think>", "<think>\n</think>\n\n")
+    assert fmt.block("dog, then cat") == "<think>\ndog, then cat\n</think>\n\n"
+    # Letter scoring on the Thinking model reads after the usage guide's empty block.
+    ex = [Example(noise(1.3, 0), "Which sound? A. dog B. cat")]
+    empty = b.tokenizer.encode("<think>\n</think>\n\n", add_special_tokens=False)
+    ids = b.answer_batch(ex)["input_ids"][0].tolist()
+    assert ids[-len(empty):] == empty and ids[:-len(empty)] == b.collate(ex)["input_ids"][0].tolist()
     # Both delimiters are single tokens of the tokenizer (Qwen3's added tokens).
     for s in ("<think>", "</think>"):
         assert len(b.tokenizer.encode(s, add_special_tokens=False)) == 1
     w = MossAudioBackend.without_weights(str(thinking))
-    assert w.model is None and w.thinking and w.prompt_tokens("Why?", 2.0) == b.prompt_tokens("Why?", 2.0)
+    assert w.model is None and w.thinks and w.prompt_tokens("Why?", 2.0) == b.prompt_tokens("Why?", 2.0)
 
 
 def test_time_markers_option_and_environment(folder, monkeypatch):

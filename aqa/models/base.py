@@ -166,6 +166,8 @@ class Backend:
     # --- reasoning ---------------------------------------------------------------------------
     #: The family's think delimiters (Qwen3's unless a family says otherwise).
     think_delimiters: tuple[str, str] = (THINK_OPEN, THINK_CLOSE)
+    #: The family's empty think block, where it documents another than Qwen3's (empty: Qwen3's).
+    think_empty: str = ""
 
     def chat_template_text(self) -> str:
         """The checkpoint's chat template(s) as text (empty for a family without one)."""
@@ -213,7 +215,7 @@ class Backend:
                 except NotImplementedError:
                     rendered = ""
                 start = next((s for s in (opening + "\n", opening) if rendered.endswith(s)), "")
-            cache["_think_format"] = ThinkFormat(opening, closing, start)
+            cache["_think_format"] = ThinkFormat(opening, closing, start, self.think_empty)
         return cache["_think_format"]
 
     def template_ids(self, text: str) -> list[int]:

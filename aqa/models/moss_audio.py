@@ -36,7 +36,9 @@ Facts from upstream (github.com/OpenMOSS/MOSS-Audio at 2c9984b, `src/`; read, no
   folder's processor_config.json says otherwise, `time_markers=` or AQA_MOSS_TIME_MARKERS=0/1.
 - the answer: the assistant text then `<|im_end|>` (finetune.py's labels). The Thinking models
   answer `<think>...</think>\\n\\n{answer}` (Qwen3's format; moss_audio_usage_guide.md shows
-  `<think>\\n</think>\\n\\n...` for a transcription): `THINK` holds those facts.
+  `<think>\\n</think>\\n\\n...` for a transcription, the empty block `think_empty` takes).
+  A Thinking checkpoint is known by its name or `aqa_thinking` in config.json (`is_thinking`), not
+  by a chat template: the hub folder's Qwen3 template mentions `<think>` in either variant.
 
 Left padding with explicit positions `cumsum(attention_mask) - 1`; the clips of a batch are
 padded to the longest and the encoder masks each clip's padding after every convolution and in
@@ -75,9 +77,6 @@ MARKER_EVERY_SECONDS = 2
 #: Upstream's processor defaults (`MossAudioProcessor.__init__`), also the released processor_config.json's.
 AUDIO_TOKEN_ID, AUDIO_START_ID, AUDIO_END_ID = 151654, 151669, 151670
 SYSTEM = "You are a helpful assistant."
-#: The Thinking models' answer format (Qwen3's): the reasoning between the delimiters, then the
-#: answer after `separator`; `empty` is the empty block as the usage guide shows one.
-THINK = {"open": "<think>", "close": "</think>", "separator": "\n\n", "empty": "<think>\n</think>\n\n"}
 
 #: Upstream's `MossAudioEncoderConfig` defaults: a key a config.json leaves out reads as these.
 ENCODER_DEFAULTS = dict(
@@ -452,17 +451,14 @@ class MossAudioBackend(Backend):
         self.tokenizer.padding_side = "left"
         self.end_ids = self.tokenizer.encode("<|im_end|>", add_special_tokens=False)
         self.audio_token_id = processor.audio_token_id
-        #: Whether the checkpoint is a Thinking model (answers after a `THINK` block).
-        self.thinking = False
-        self.think = dict(THINK)
+        self.set_thinking(False)  # until `mark_thinking`: the template cannot tell (module docstring)
+
+    #: The empty block of moss_audio_usage_guide.md (Qwen3's template writes `<think>\n\n</think>\n\n`).
+    think_empty = "<think>\n</think>\n\n"
 
     def mark_thinking(self, on: bool) -> None:
-        """Record whether the checkpoint is a Thinking model. MOSS-Audio ships no chat template
-        that aqa reads, so a Backend that detects thinking from the template cannot see it: where
-        the Backend has `set_thinking` (thinking support), it is told here."""
-        self.thinking = bool(on)
-        if on and hasattr(super(), "set_thinking"):
-            self.set_thinking(True)
+        """Whether the checkpoint is a Thinking model, as its name or config says (`is_thinking`)."""
+        self.set_thinking(bool(on))
 
     @property
     def time_markers(self) -> bool:
