@@ -31,7 +31,7 @@ DATA_COMMANDS = (
 #: Modules that add a subcommand under `aqa model`.
 MODEL_COMMANDS = (
     "aqa.models.tiny",
-    "aqa.models.tiny_kimi_audio",
+    "aqa.models.tiny.kimi_audio",
     "aqa.train.pretrain",
 )
 #: Modules that add a top-level subcommand.

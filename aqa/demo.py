@@ -132,7 +132,7 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
     from aqa.eval.report import build_report
     from aqa.eval.run import EvalSettings, evaluate
     from aqa.models.tiny import build_tiny_family
-    from aqa.models.tiny_builder import corpus_from_records
+    from aqa.models.tiny.builder import corpus_from_records
     from aqa.train.pretrain import pretrain
     from aqa.ensemble import run_fit
     from aqa.io import safe_name

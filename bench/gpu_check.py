@@ -48,7 +48,7 @@ def kimi_7b_backend(device: torch.device, tmp: Path):
 
     from aqa.models.kimi_audio import KimiAudioConfig, KimiAudioForCausalLM
     from aqa.models.registry import load_backend
-    from aqa.models.tiny_kimi_audio import TinyKimiSpec, build_tiny_kimi
+    from aqa.models.tiny.kimi_audio import TinyKimiSpec, build_tiny_kimi
     from aqa.models.whisper_vq import WhisperVQTokenizer
 
     tiny = load_backend(str(build_tiny_kimi(tmp / "kimi", TinyKimiSpec(speech_codes=16384))), device="cpu",
@@ -86,7 +86,7 @@ def kimi_forward(args) -> int:
             backend = kimi_7b_backend(device, Path(tmp))
         else:  # the CPU check of this script
             from aqa.models.registry import load_backend
-            from aqa.models.tiny_kimi_audio import build_tiny_kimi
+            from aqa.models.tiny.kimi_audio import build_tiny_kimi
 
             backend = load_backend(str(build_tiny_kimi(Path(tmp) / "kimi")), device=str(device))
     from aqa.models.base import Example

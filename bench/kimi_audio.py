@@ -51,7 +51,7 @@ def main() -> int:
     args = ap.parse_args()
     from aqa.models.base import Example
     from aqa.models.registry import load_backend
-    from aqa.models.tiny_kimi_audio import TinyKimiSpec, build_tiny_kimi
+    from aqa.models.tiny.kimi_audio import TinyKimiSpec, build_tiny_kimi
 
     device = torch.device(args.device)
     torch.manual_seed(0)

@@ -179,7 +179,7 @@ def measure(path: str | Path, device: str, dtype: str, ways: list[str], threads:
 def build(family: str, sizes: dict, out: Path) -> Path:
     """A random-weight checkpoint of `family` (fp32, as the tiny builders save it)."""
     if family == "kimi-audio":
-        from aqa.models.tiny_kimi_audio import TinyKimiSpec, build_tiny_kimi
+        from aqa.models.tiny.kimi_audio import TinyKimiSpec, build_tiny_kimi
 
         return build_tiny_kimi(out, TinyKimiSpec(**sizes))
     from aqa.models.tiny import build_tiny_family

@@ -62,7 +62,7 @@ def write_dataset(folder: Path, n: int, seconds: float, seed: int) -> Path:
 
 def qwen2_audio(shapes: str, device: torch.device):
     from aqa.models.qwen2_audio import Qwen2AudioBackend
-    from aqa.models.tiny import TinySpec, random_model, tiny_processor_and_config
+    from aqa.models.tiny.qwen2_audio import TinySpec, random_model, tiny_processor_and_config
 
     spec = TinySpec(**speed.SHAPES[shapes])
     processor, config = tiny_processor_and_config(spec)
@@ -73,7 +73,7 @@ def qwen2_audio(shapes: str, device: torch.device):
 
 def kimi_audio(shapes: str, device: torch.device, tmp: Path):
     from aqa.models.registry import load_backend
-    from aqa.models.tiny_kimi_audio import TinyKimiSpec, build_tiny_kimi
+    from aqa.models.tiny.kimi_audio import TinyKimiSpec, build_tiny_kimi
 
     folder = build_tiny_kimi(tmp / "kimi", TinyKimiSpec(**kimi_bench.SHAPES[shapes]))
     return load_backend(str(folder), device=str(device), dtype="fp32")

@@ -100,7 +100,7 @@ def main() -> int:
 
     from aqa.models.base import Example
     from aqa.models.qwen2_audio import Qwen2AudioBackend
-    from aqa.models.tiny import TinySpec, random_model, tiny_processor_and_config
+    from aqa.models.tiny.qwen2_audio import TinySpec, random_model, tiny_processor_and_config
     from aqa.prompts import question_text
     from aqa.train.grpo_loss import grpo_loss, group_advantages
 

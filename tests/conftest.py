@@ -83,8 +83,8 @@ def synth_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, synth_data) -> Path:
     """A random-weight Qwen2-Audio saved like a downloaded checkpoint (2-second window)."""
-    from aqa.models.tiny import TinySpec, build_tiny
-    from aqa.models.tiny_builder import corpus_from_records
+    from aqa.models.tiny.qwen2_audio import TinySpec, build_tiny
+    from aqa.models.tiny.builder import corpus_from_records
 
     out = tmp_path_factory.mktemp("tiny") / "model"
     return build_tiny(out, TinySpec(audio_seconds=2, num_mel_bins=32, encoder_dim=32, decoder_dim=32,
@@ -124,7 +124,7 @@ def tiny_family(tmp_path_factory, synth_data, request):
     import importlib
 
     from aqa.models.tiny import FAMILIES
-    from aqa.models.tiny_builder import corpus_from_records
+    from aqa.models.tiny.builder import corpus_from_records
 
     built: dict[str, Path] = {}
 
@@ -132,7 +132,7 @@ def tiny_family(tmp_path_factory, synth_data, request):
         if name == "qwen2-audio":
             return request.getfixturevalue("tiny_model")
         if name == "kimi-audio" and name not in built:
-            from aqa.models.tiny_kimi_audio import build_tiny_kimi
+            from aqa.models.tiny.kimi_audio import build_tiny_kimi
 
             built[name] = build_tiny_kimi(tmp_path_factory.mktemp(name) / "model",
                                           corpus=corpus_from_records(synth_data / "qa.jsonl"))

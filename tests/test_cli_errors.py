@@ -230,8 +230,8 @@ def test_a_run_folder_given_as_the_adapter_uses_its_adapter(tiny_model, adapter,
 def resized(tmp_path_factory, synth_data):
     """The tiny Qwen2-Audio with a wider decoder (an adapter of the other one fits none of its
     layers), and with a deeper one (the adapter holds nothing for its third layer)."""
-    from aqa.models.tiny import TinySpec, build_tiny
-    from aqa.models.tiny_builder import corpus_from_records
+    from aqa.models.tiny.qwen2_audio import TinySpec, build_tiny
+    from aqa.models.tiny.builder import corpus_from_records
 
     corpus = corpus_from_records(synth_data / "qa.jsonl")
     sizes = dict(audio_seconds=2, num_mel_bins=32, encoder_dim=32, decoder_dim=32, vocab_size=400)

@@ -29,8 +29,8 @@ def test_traced_decoder_gives_the_eager_answer_logits(family, tiny_model, synth_
     import torch._dynamo
 
     if family == "kimi_audio":
-        from aqa.models.tiny_builder import corpus_from_records
-        from aqa.models.tiny_kimi_audio import build_tiny_kimi
+        from aqa.models.tiny.builder import corpus_from_records
+        from aqa.models.tiny.kimi_audio import build_tiny_kimi
 
         path = build_tiny_kimi(tmp_path / "kimi", corpus=corpus_from_records(synth_data / "qa.jsonl"))
     else:

@@ -30,7 +30,7 @@ def test_tiny_qwen2_audio_folder(tiny_model):
 
 
 def test_tiny_kimi_audio_folder(tmp_path):
-    from aqa.models.tiny_kimi_audio import build_tiny_kimi
+    from aqa.models.tiny.kimi_audio import build_tiny_kimi
 
     out = build_tiny_kimi(tmp_path / "kimi")
     assert (out / "model.safetensors").is_file() and (out / "glm-4-voice-tokenizer" / "model.safetensors").is_file()

@@ -24,7 +24,7 @@ META = torch.device("meta")
 
 @pytest.fixture(scope="module")
 def tiny_kimi(tmp_path_factory):
-    from aqa.models.tiny_kimi_audio import build_tiny_kimi
+    from aqa.models.tiny.kimi_audio import build_tiny_kimi
 
     return build_tiny_kimi(tmp_path_factory.mktemp("kimi") / "model")
 

@@ -32,21 +32,21 @@ def build(family: str, out, corpus):
     here, 300 s and 600 s in the real models; Qwen3-Omni bounded by its context; Kimi-Audio none)."""
     small = dict(num_mel_bins=32, encoder_dim=32, decoder_dim=32, vocab_size=400)
     if family == "qwen2-audio":
-        from aqa.models.tiny import TinySpec, build_tiny
+        from aqa.models.tiny.qwen2_audio import TinySpec, build_tiny
         return build_tiny(out, TinySpec(audio_seconds=30, **small), corpus)
     if family == "kimi-audio":
-        from aqa.models.tiny_kimi_audio import build_tiny_kimi
+        from aqa.models.tiny.kimi_audio import build_tiny_kimi
         return build_tiny_kimi(out, corpus=corpus)
     if family == "qwen2.5-omni":
-        from aqa.models.tiny_omni import TinyQwen25OmniSpec, build_tiny_qwen2_5_omni
+        from aqa.models.tiny.omni import TinyQwen25OmniSpec, build_tiny_qwen2_5_omni
         return build_tiny_qwen2_5_omni(out, TinyQwen25OmniSpec(audio_seconds=120, **small), corpus)
     if family == "qwen3-omni":
-        from aqa.models.tiny_omni import TinyQwen3OmniSpec, build_tiny_qwen3_omni
+        from aqa.models.tiny.omni import TinyQwen3OmniSpec, build_tiny_qwen3_omni
         return build_tiny_qwen3_omni(out, TinyQwen3OmniSpec(**small), corpus)
     if family == "voxtral":
-        from aqa.models.tiny_voxtral import TinyVoxtralSpec, build_tiny_voxtral
+        from aqa.models.tiny.voxtral import TinyVoxtralSpec, build_tiny_voxtral
         return build_tiny_voxtral(out, TinyVoxtralSpec(**small), corpus)
-    from aqa.models.tiny_audio_flamingo3 import TinyAudioFlamingo3Spec, build_tiny_audio_flamingo3
+    from aqa.models.tiny.audio_flamingo3 import TinyAudioFlamingo3Spec, build_tiny_audio_flamingo3
     return build_tiny_audio_flamingo3(out, TinyAudioFlamingo3Spec(audio_seconds=30, max_windows=4, **small), corpus)
 
 
@@ -75,7 +75,7 @@ _MODELS: dict = {}
 
 @pytest.fixture(scope="module")
 def model(request, tmp_path_factory, synth_data):
-    from aqa.models.tiny_builder import corpus_from_records
+    from aqa.models.tiny.builder import corpus_from_records
 
     family = request.param
     if family not in _MODELS:

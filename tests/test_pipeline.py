@@ -123,8 +123,8 @@ def test_workers_end_with_the_same_adapters(tiny_model, synth_data, tmp_path):
 # --- Kimi-Audio: frozen speech tokens computed once ----------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_kimi(tmp_path_factory, synth_data):
-    from aqa.models.tiny_builder import corpus_from_records
-    from aqa.models.tiny_kimi_audio import build_tiny_kimi
+    from aqa.models.tiny.builder import corpus_from_records
+    from aqa.models.tiny.kimi_audio import build_tiny_kimi
 
     return build_tiny_kimi(tmp_path_factory.mktemp("kimi") / "model",
                            corpus=corpus_from_records(synth_data / "qa.jsonl"))

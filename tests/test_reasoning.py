@@ -1,5 +1,5 @@
 """Reasoning models (issue 22): a tiny Qwen3-Omni-Thinking thinker whose chat template has the
-Thinking checkpoint's layout (aqa/models/tiny_omni.py `_thinking_template`), with the real
+Thinking checkpoint's layout (aqa/models/tiny/omni.py `_thinking_template`), with the real
 classes: letter scoring after an empty think block, SFT targets with a rationale, a reasoning
 adapter that `aqa eval` generates from and reads after its think block (unfinished when the
 budget cuts it), reason-then-score, GRPO's rewards on reasoning completions; and the LoRA scale

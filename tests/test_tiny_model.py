@@ -6,7 +6,7 @@ from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration, Qwen
 
 from aqa.cli import main
 from aqa.models.registry import load_backend
-from aqa.models.tiny import SPECIAL_TOKENS
+from aqa.models.tiny.qwen2_audio import SPECIAL_TOKENS
 
 
 def test_tiny_loads_like_a_checkpoint(tiny_model):

@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     from aqa.data.audio import load_audio
     from aqa.io import write_json
     from aqa.models.registry import load_backend
-    from aqa.models.tiny_kimi_audio import TinyKimiSpec, build_tiny_kimi
+    from aqa.models.tiny.kimi_audio import TinyKimiSpec, build_tiny_kimi
 
     tolerances = {"whisper_feature": args.feature_tol, "text_logits": args.logits_tol}
     up = args.upstream.resolve()

@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     from aqa.data.audio import load_audio
     from aqa.io import write_json
     from aqa.models.registry import load_backend
-    from aqa.models.tiny_moss_audio import TinyMossAudioSpec, build_tiny_moss_audio
+    from aqa.models.tiny.moss_audio import TinyMossAudioSpec, build_tiny_moss_audio
 
     tolerances = {"features": args.feature_tol, "logits": args.logits_tol}
     args.output.mkdir(parents=True, exist_ok=True)

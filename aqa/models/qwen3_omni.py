@@ -23,7 +23,7 @@ is; that template mentions `<think>`, so the backend takes it for a model that r
 assistant turn open for the model's `<think>`, letters are scored after an empty think block
 (`<think>\n\n</think>\n\n`, thinking switched off as in Qwen3's template), SFT targets start
 with a think block, and generation reads the answer after `</think>`. Tested on the tiny
-`qwen3-omni-thinking`, whose template is written in that layout (aqa/models/tiny_omni.py
+`qwen3-omni-thinking`, whose template is written in that layout (aqa/models/tiny/omni.py
 `_thinking_template` says what of the real one is known). Left padding, explicit positions
 (aqa/models/omni.py).
 

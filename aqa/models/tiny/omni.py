@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aqa.io import ordinary_modes
-from aqa.models.tiny_builder import BASE_CORPUS, TinyAudioEncoderSpec, train_byte_level_bpe
+from aqa.models.tiny.builder import BASE_CORPUS, TinyAudioEncoderSpec, train_byte_level_bpe
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def build_tiny_omni(family: Family, out_dir: str | Path, spec: TinyOmniSpec, cor
     torch.manual_seed(spec.seed)
     model = getattr(transformers, family.thinker_class)(config)
     with torch.no_grad():
-        # Unit-scale logits, as in a trained model (see aqa/models/tiny.py).
+        # Unit-scale logits, as in a trained model (see aqa/models/tiny/qwen2_audio.py).
         model.lm_head.weight.normal_(0.0, spec.decoder_dim ** -0.5)
     model.generation_config.eos_token_id = [config.text_config.eos_token_id,
                                             tokenizer.convert_tokens_to_ids("<|endoftext|>")]

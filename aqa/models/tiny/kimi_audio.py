@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aqa.io import ordinary_modes
-from aqa.models.tiny_builder import BASE_CORPUS, TinyDecoderSpec, add_builder_command, train_tiktoken_ranks
+from aqa.models.tiny.builder import BASE_CORPUS, TinyDecoderSpec, add_builder_command, train_tiktoken_ranks
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def build_tiny_kimi(out_dir: str | Path, spec: TinyKimiSpec | None = None, corpu
     config._attn_implementation = "sdpa"
     model = KimiAudioForCausalLM(config)
     with torch.no_grad():
-        # Unit-scale logits, as in a trained model (see aqa/models/tiny.py).
+        # Unit-scale logits, as in a trained model (see aqa/models/tiny/qwen2_audio.py).
         model.lm_head.weight.normal_(0.0, d ** -0.5)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     # The audio-generation branch, under upstream's names, so upstream's code finds every weight.

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aqa.io import ordinary_modes, write_json
-from aqa.models.tiny_builder import BASE_CORPUS, TinyAudioEncoderSpec, train_byte_level_bpe
+from aqa.models.tiny.builder import BASE_CORPUS, TinyAudioEncoderSpec, train_byte_level_bpe
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def build_tiny_moss_audio(out_dir: str | Path, spec: TinyMossAudioSpec | None = 
     torch.manual_seed(spec.seed)
     model = MossAudioModel(config)
     with torch.no_grad():
-        # Unit-scale logits, as in a trained model (see aqa/models/tiny.py); adapters and DeepStack
+        # Unit-scale logits, as in a trained model (see aqa/models/tiny/qwen2_audio.py); adapters and DeepStack
         # mergers at a scale that lets audio move the decoder's states.
         model.lm_head.weight.normal_(0.0, d ** -0.5)
         for m in [model.audio_adapter, *model.deepstack_audio_merger_list]:

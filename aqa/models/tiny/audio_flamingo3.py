@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aqa.io import ordinary_modes
-from aqa.models.tiny_builder import BASE_CORPUS, TinyAudioEncoderSpec, train_byte_level_bpe
+from aqa.models.tiny.builder import BASE_CORPUS, TinyAudioEncoderSpec, train_byte_level_bpe
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def build_tiny_audio_flamingo3(out_dir: str | Path, spec: TinyAudioFlamingo3Spec
     torch.manual_seed(spec.seed)
     model = AudioFlamingo3ForConditionalGeneration(config)
     with torch.no_grad():
-        # Unit-scale logits, as in a trained model (see aqa/models/tiny.py).
+        # Unit-scale logits, as in a trained model (see aqa/models/tiny/qwen2_audio.py).
         model.lm_head.weight.normal_(0.0, d ** -0.5)
     model.generation_config.eos_token_id = [ids("<|im_end|>"), ids("<|endoftext|>")]
     model.generation_config.pad_token_id = tok.pad_token_id

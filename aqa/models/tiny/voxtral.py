@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aqa.io import UserError, ordinary_modes, write_json
-from aqa.models.tiny_builder import BASE_CORPUS, TinyAudioEncoderSpec, train_tiktoken_ranks
+from aqa.models.tiny.builder import BASE_CORPUS, TinyAudioEncoderSpec, train_tiktoken_ranks
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def build_tiny_voxtral(out_dir: str | Path, spec: TinyVoxtralSpec | None = None,
     torch.manual_seed(spec.seed)
     model = VoxtralForConditionalGeneration(config)
     with torch.no_grad():
-        # Unit-scale logits, as in a trained model (see aqa/models/tiny.py).
+        # Unit-scale logits, as in a trained model (see aqa/models/tiny/qwen2_audio.py).
         model.lm_head.weight.normal_(0.0, d ** -0.5)
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
