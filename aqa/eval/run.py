@@ -26,7 +26,7 @@ from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 from aqa.config import doc
-from aqa.io import UserError, append_jsonl, drop_partial_last_line, write_json, write_jsonl
+from aqa.io import UserError, append_jsonl, drop_partial_last_line, safe_name, write_json, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -563,7 +563,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "configs/<family>/eval.yaml); flags given here override them")
     p.add_argument("--model", required=True, help="Hugging Face id or local folder")
     p.add_argument("--adapter", help="peft adapter folder (e.g. RUN/adapter)")
-    p.add_argument("--data", required=True, help="AQA JSONL")
+    p.add_argument("--data", help="AQA JSONL (or --suite)")
+    p.add_argument("--suite", metavar="YAML", help="evaluate on every benchmark a suite file names (configs/suites/), "
+                                                   "each into OUTPUT/eval/NAME; the report shows them side by side")
     p.add_argument("-o", "--output", required=True, help="eval folder to write (resumed if it exists)")
     p.add_argument("--mode", choices=list(EvalSettings.MODES), default="score",
                    help="score: option-letter probabilities from one forward pass (after an empty think block on a "
@@ -643,7 +645,10 @@ def _run(args) -> int:
         shard, barrier = (rank, world), dist.barrier
         if not device and torch.cuda.is_available():
             device = f"cuda:{local}"
-    s = EvalSettings(model=args.model, adapter=adapter, data=args.data, mode=args.mode,
+    suite = load_suite(args.suite) if args.suite else None
+    if (suite is None) == (args.data is None):
+        raise UserError("aqa eval needs --data FILE or --suite FILE (one of them)")
+    s = EvalSettings(model=args.model, adapter=adapter, data=args.data or suite[0][1], mode=args.mode,
                      shuffles=args.shuffles, vote=args.vote, max_new_tokens=args.max_new_tokens, seed=args.seed,
                      audio=args.audio, max_prompt_tokens=args.max_prompt_tokens, batch_size=args.batch_size,
                      device=device, dtype=args.dtype, trust_remote_code=args.trust_remote_code,
@@ -652,12 +657,67 @@ def _run(args) -> int:
                      compile=args.compile, cache_dir=args.cache_dir, thinking=args.thinking,
                      adapter_scale=args.adapter_scale)
     try:
-        evaluate(s, args.output, barrier=barrier)
+        if suite is None:
+            evaluate(s, args.output, barrier=barrier)
+        else:
+            run_suite(s, suite, Path(args.output), args.suite, barrier=barrier)
     finally:
         if barrier:
             import torch.distributed as dist
 
             dist.destroy_process_group()
     if not shard or (barrier and shard[0] == 0):
-        print(f"wrote {args.output}/ (predictions.jsonl, metrics.json)")
+        print(f"wrote {args.output}/ " + ("(predictions.jsonl, metrics.json)" if suite is None else
+                                          "(suite.json, eval/NAME/ per benchmark; aqa report shows them)"))
     return 0
+
+
+#: Written into a suite's output folder: the model, the adapter and the benchmarks, in order.
+SUITE_FILE = "suite.json"
+
+
+def load_suite(path: str) -> list[tuple[str, str]]:
+    """(benchmark name, data file) of a suite file (`benchmarks:` a list of `name:` / `data:`,
+    data paths relative to the working directory, as --data), each file checked to exist before
+    anything runs."""
+    from aqa.config import read_yaml_mapping
+
+    raw = read_yaml_mapping(path)
+    items = raw.get("benchmarks")
+    if not isinstance(items, list) or not items or set(raw) - {"benchmarks"}:
+        raise UserError(f"{path}: a suite is `benchmarks:` followed by a list of `- name: NAME` / `data: FILE`")
+    out = []
+    for i, b in enumerate(items):
+        if not isinstance(b, dict) or set(b) != {"name", "data"} or not all(isinstance(v, str) for v in b.values()):
+            raise UserError(f"{path}: benchmark {i + 1} needs exactly `name` and `data` (strings), got {b!r}")
+        if not Path(b["data"]).is_file():
+            raise UserError(f"{path}: benchmark {b['name']!r}: no such data file {b['data']} (convert it first: "
+                            f"aqa data --help)")
+        out.append((b["name"], b["data"]))
+    names = [n for n, _ in out]
+    if len(set(names)) < len(names) or any(n != safe_name(n) for n in names):
+        raise UserError(f"{path}: benchmark names must be distinct and usable as folder names, got {names}")
+    return out
+
+
+def run_suite(settings: EvalSettings, suite: list[tuple[str, str]], out: Path, suite_file: str, *,
+              barrier=None) -> dict[str, dict]:
+    """Evaluate one model (and adapter) on each benchmark of a suite into OUT/eval/NAME, the
+    model loaded once; writes OUT/suite.json. Returns each benchmark's metrics."""
+    import dataclasses
+
+    from aqa.models.registry import load_backend
+
+    backend = load_backend(settings.model, adapter=settings.adapter, device=settings.device, dtype=settings.dtype,
+                           trust_remote_code=settings.trust_remote_code, allow_pickle=settings.allow_pickle)
+    if settings.compile:
+        backend.compile_decoder()
+    results = {}
+    for name, data in suite:
+        log.info("suite %s: %s (%s)", suite_file, name, data)
+        results[name] = evaluate(dataclasses.replace(settings, data=data, name=name), out / "eval" / name,
+                                 backend=backend, barrier=barrier)
+    if (settings.shard or (0, 1))[0] == 0:
+        write_json(out / SUITE_FILE, {"suite": str(suite_file), "model": settings.model, "adapter": settings.adapter,
+                                     "benchmarks": [n for n, _ in suite]})
+    return results

@@ -18,11 +18,39 @@ def report_tables(evals: Sequence[EvalRun], trains: Sequence[TrainRun], ece: dic
     """Every table of the report, in report order; the optional ones only when they have rows."""
     tables: list[Table | None] = []
     if evals:
-        tables += [accuracy_table(evals), details_table(evals, ece), question_type_table(evals),
+        tables += [suite_table(evals), accuracy_table(evals), details_table(evals, ece), question_type_table(evals),
                    contribution_table(evals), sensitivity_table(evals)]
     if trains:
         tables += [training_table(trains, train_plots), completions_table(trains)]
     return [t for t in tables if t is not None]
+
+
+def suite_table(evals: Sequence[EvalRun]) -> Table | None:
+    """One row per suite run (`aqa eval --suite`), a column per benchmark (weighted-mean accuracy
+    with its 95% interval) and the mean over the benchmarks, as papers print them."""
+    import json
+
+    suites: dict = {}
+    for e in evals:
+        folder = e.path.parent.parent
+        if e.path.parent.name == "eval" and (folder / "suite.json").is_file():
+            suites.setdefault(folder, {})[e.path.name] = e
+    if not suites:
+        return None
+    columns: list[str] = []
+    for folder in suites:
+        columns += [b for b in json.loads((folder / "suite.json").read_text())["benchmarks"] if b not in columns]
+    rows = []
+    for folder, runs in suites.items():
+        accs = {b: finite(runs[b].metrics.get("weighted_mean", {}).get("value")) for b in columns if b in runs}
+        cells = [f"{pct(accs[b])} {ci_text(runs[b].metrics['weighted_mean'].get('ci95'))}".strip()
+                 if accs.get(b) is not None else NONE for b in columns]
+        have = [v for v in accs.values() if v is not None]
+        mean = pct(sum(have) / len(have)) if len(have) == len(columns) else NONE
+        rows.append([folder.name, *cells, mean])
+    return Table(["suite run", *columns, "mean"], rows, title="Benchmarks (%)",
+                 caption="Each benchmark's accuracy over its labelled questions (95% bootstrap interval) and the "
+                         "mean over the benchmarks (shown when every benchmark was evaluated), from aqa eval --suite.")
 
 
 def accuracy_table(evals: Sequence[EvalRun]) -> Table:
