@@ -15,18 +15,18 @@ from pathlib import Path
 
 #: Modules that add a subcommand under `aqa data`.
 DATA_COMMANDS = (
-    "aqa.data.dcase2025",
-    "aqa.data.mmau",
-    "aqa.data.audioset_strong",
+    "aqa.data.sources.dcase2025",
+    "aqa.data.sources.mmau",
+    "aqa.data.sources.audioset_strong",
     "aqa.data.synth",
     "aqa.data.check",
-    "aqa.data.interchange",
+    "aqa.data.sources.interchange",
     "aqa.eval.filter",
-    "aqa.data.dcase2026",
-    "aqa.data.mmar",
-    "aqa.data.mmau_pro",
-    "aqa.data.airbench",
-    "aqa.data.sakura",
+    "aqa.data.sources.dcase2026",
+    "aqa.data.sources.mmar",
+    "aqa.data.sources.mmau_pro",
+    "aqa.data.sources.airbench",
+    "aqa.data.sources.sakura",
 )
 #: Modules that add a subcommand under `aqa model`.
 MODEL_COMMANDS = (

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 
 from aqa.cli import main
-from aqa.data.airbench import convert_airbench
+from aqa.data.sources.airbench import convert_airbench
 from aqa.export import airbench_letter, airbench_truth, export_airbench
 from bench_helpers import eval_dir
 from conftest import write_audio

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from aqa.data.audioset_strong import DEFAULT_TYPES, clean_events, clip_rng, convert_strong, make_questions
+from aqa.data.sources.audioset_strong import DEFAULT_TYPES, clean_events, clip_rng, convert_strong, make_questions
 from aqa.data.events import Event, merge_occurrences, onsets_and_counts, read_labels, read_strong_tsv
 from aqa.data.question_types import GENERATORS, QUESTION_TYPES, drafts
 from aqa.data.records import read_records, write_records

@@ -145,7 +145,7 @@ def test_full_disk_is_a_failure_naming_the_output(tmp_path, capsys, monkeypatch)
 
 
 def test_a_bug_still_shows_its_traceback(monkeypatch):
-    import aqa.data.dcase2026 as mod
+    import aqa.data.sources.dcase2026 as mod
 
     def bug(args):
         raise KeyError("a bug")

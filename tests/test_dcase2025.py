@@ -9,7 +9,7 @@ import pytest
 from aqa.cli import main
 from aqa.data.audio import load_audio
 from aqa.data.convert import sniff_audio_format
-from aqa.data.dcase2025 import convert_dcase2025, locate_questions, subset_for_audio
+from aqa.data.sources.dcase2025 import convert_dcase2025, locate_questions, subset_for_audio
 from aqa.data.records import read_records
 from conftest import audio_bytes, tone, write_audio
 

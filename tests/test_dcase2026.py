@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from aqa.data.convert import write_conversion
-from aqa.data.dcase2026 import audiomcq_subset, convert_audiomcq, convert_dcase2026, register
+from aqa.data.sources.dcase2026 import audiomcq_subset, convert_audiomcq, convert_dcase2026, register
 from aqa.data.records import read_records
 from aqa.export import IncompleteSubmission, export_dcase2025
 from aqa.io import write_json, write_jsonl

@@ -126,7 +126,7 @@ def test_export_from_a_folder_that_is_no_eval_output(tmp_path, capsys):
 
 
 def test_repeated_option_exports_the_answers_spelling(tmp_path):
-    from aqa.data.dcase2025 import convert_question
+    from aqa.data.sources.dcase2025 import convert_question
     from conftest import write_audio
 
     write_audio(tmp_path / "a.wav")
@@ -184,7 +184,7 @@ def test_mmau_export_has_the_key_the_scorer_reads_and_both_accuracies(tmp_path, 
 
 
 def test_dcase2025_first_column_is_the_id_or_the_question_files_name(tmp_path, caplog):
-    from aqa.data.dcase2025 import convert_question
+    from aqa.data.sources.dcase2025 import convert_question
     from aqa.data.records import write_records
     from conftest import write_audio
 

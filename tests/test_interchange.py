@@ -4,7 +4,7 @@ import os
 import pytest
 
 from aqa.cli import main
-from aqa.data.interchange import (LLAMAFACTORY_DATASET_INFO, export_records, from_interchange, import_file,
+from aqa.data.sources.interchange import (LLAMAFACTORY_DATASET_INFO, export_records, from_interchange, import_file,
                                   parse_user_text, to_interchange)
 from aqa.data.records import AQARecord, RecordError, read_records
 from aqa.prompts import question_text
@@ -358,7 +358,7 @@ def test_an_import_with_audio_outside_its_folder_checks_clean_without_the_flag(r
 def test_the_recorded_root_is_the_input_folder_or_the_deepest_one_holding_every_clip(tmp_path):
     from pathlib import Path
 
-    from aqa.data.interchange import imported_root
+    from aqa.data.sources.interchange import imported_root
 
     def records(*paths):
         out = [AQARecord.from_dict(rec(f"r{i}", str(p))) for i, p in enumerate(paths)]

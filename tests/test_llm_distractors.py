@@ -7,7 +7,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from aqa.data.audioset_strong import clip_rng, make_questions
+from aqa.data.sources.audioset_strong import clip_rng, make_questions
 from aqa.data.events import Event
 from aqa.data.llm import (ChatClient, LLMDistractors, chat_url, merge_distractors, parse_options)
 from aqa.data.records import write_records

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from aqa.cli import main
-from aqa.data.mmar import convert_mmar
+from aqa.data.sources.mmar import convert_mmar
 from aqa.data.records import REFERENCE_REASONING
 from aqa.export import export_mmar, mmar_match
 from bench_helpers import eval_dir

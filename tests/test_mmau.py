@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from aqa.cli import main
-from aqa.data.mmau import audio_location, convert_mmau
+from aqa.data.sources.mmau import audio_location, convert_mmau
 from aqa.data.records import read_records
 from aqa.data.text import normalise_option
 from conftest import MMAU_JSON, write_audio

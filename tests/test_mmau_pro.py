@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from aqa.cli import main
-from aqa.data.mmau_pro import convert_mmau_pro
+from aqa.data.sources.mmau_pro import convert_mmau_pro
 from aqa.export import export_mmau_pro, mmau_pro_match
 from bench_helpers import eval_dir
 from conftest import write_audio

@@ -4,7 +4,7 @@ export only."""
 import json
 
 from aqa.cli import main
-from aqa.data.mmau import convert_mmau
+from aqa.data.sources.mmau import convert_mmau
 from aqa.data.records import read_records
 from aqa.export import export_mmau
 from bench_helpers import eval_dir

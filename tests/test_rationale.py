@@ -5,7 +5,7 @@ on the same item with and without a rationale."""
 
 import numpy as np
 
-from aqa.data.interchange import to_interchange
+from aqa.data.sources.interchange import to_interchange
 from aqa.data.records import REFERENCE_REASONING, AQARecord
 from aqa.eval.score import make_queries
 from aqa.models.base import Backend

@@ -7,7 +7,7 @@ import pytest
 
 from aqa.cli import main
 from aqa.data.convert import SkipItem
-from aqa.data.sakura import convert_sakura, split_inline_options
+from aqa.data.sources.sakura import convert_sakura, split_inline_options
 from conftest import write_audio
 
 

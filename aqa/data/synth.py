@@ -11,7 +11,7 @@ the SNR (each event's RMS over the background's RMS) is `snr_db` +- 3 dB.
 
 Writes `wav/<clip>.wav` (16 kHz mono PCM16), `strong.tsv` (AudioSet-Strong format, onsets
 and offsets on the millisecond grid the audio was built on), `labels.tsv` (mid<TAB>name)
-and `qa.jsonl` (made by aqa.data.audioset_strong's converter, plus `identification` questions), and
+and `qa.jsonl` (made by aqa.data.sources.audioset_strong's converter, plus `identification` questions), and
 with a dev fraction `train.jsonl`/`dev.jsonl` split by clip. Every random choice for clip i
 comes from a generator seeded by (seed, i), so the output does not depend on the number of
 worker processes.
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from aqa.data.audio import TARGET_SR
-from aqa.data.audioset_strong import convert_strong
+from aqa.data.sources.audioset_strong import convert_strong
 from aqa.data.events import Event
 from aqa.data.llm import LLMDistractors, add_llm_arguments, llm_from_args
 from aqa.data.question_types import QUESTION_TYPES, parse_types
