@@ -131,14 +131,17 @@ def load_checkpoint(ckpt: Path, accelerator, model, optimizer, scheduler) -> dic
     return json.loads((ckpt / "state.json").read_text())
 
 
-def save_adapter(run: RunDir, accelerator, model, name: str = "adapter") -> Path:
-    """The final adapter in peft's format (loadable with PeftModel.from_pretrained)."""
+def save_adapter(run: RunDir, accelerator, model, name: str = "adapter", card: str = "") -> Path:
+    """The final adapter in peft's format (loadable with PeftModel.from_pretrained), with `card`
+    as its README.md in place of peft's empty template."""
     out = run.path / name
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         tmp = run.path / f".tmp-{name}"
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped.model.save_pretrained(tmp, safe_serialization=True)
+        if card:
+            atomic_write_text(tmp / "README.md", card)
         shutil.rmtree(out, ignore_errors=True)
         ordinary_modes(tmp)  # save_pretrained leaves adapter_model.safetensors 0600
         tmp.rename(out)

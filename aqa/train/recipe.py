@@ -25,12 +25,20 @@ import math
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aqa.config import doc
 from aqa.io import UserError
 
 log = logging.getLogger(__name__)
+
+
+#: The trackers `report_to` may name (accelerate's), each with the package it needs.
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "swanlab": "swanlab", "mlflow": "mlflow"}
+#: The project (mlflow: experiment, unless MLFLOW_EXPERIMENT_NAME says) of every run in wandb,
+#: swanlab and mlflow; the run's name, its folder's, tells the runs apart.
+TRACKER_PROJECT = "aqa"
 
 
 @dataclass
@@ -81,10 +89,15 @@ class TrainConfig:
                                      "enable_thinking, or an adapter it starts from was trained with "
                                      "target=reasoning), on, off. A model that reasons answers after a think block: "
                                      "letter targets and scored letters come after an empty one")
+    report_to: list[str] = doc(["tensorboard"], help="experiment trackers that get train_log.jsonl's rows: "
+                                                     "tensorboard, wandb, swanlab, mlflow ([]: none); their keys "
+                                                     "come from the environment")
+    card_eval: str = doc("", help="an eval folder whose metrics.json the adapter's README.md (model card) shows")
 
     #: Keys a resumed run may change: how it runs, not what it computes.
     RESUMABLE_CHANGES = ("resume", "stop_after", "device", "num_workers", "prefetch", "cache_dir", "log_every",
-                         "save_every", "keep_checkpoints", "compile", "allow_pickle", "output_dir")
+                         "save_every", "keep_checkpoints", "compile", "allow_pickle", "output_dir", "report_to",
+                         "card_eval")
 
     def __post_init__(self):
         bad = [f"{k}={getattr(self, k)}" for k in ("lora_r", "lora_alpha", "batch_size", "micro_batch_size")
@@ -105,6 +118,10 @@ class TrainConfig:
             raise ValueError("need num_workers >= 0 and prefetch >= 1")
         if self.thinking not in ("auto", "on", "off"):
             raise ValueError(f"thinking must be auto, on or off, got {self.thinking!r}")
+        unknown = [t for t in self.report_to if t not in TRACKERS]
+        if unknown:
+            raise ValueError(f"report_to: unknown tracker(s) {', '.join(map(repr, unknown))}; known: "
+                             f"{', '.join(TRACKERS)}")
 
     def accumulation(self, world: int) -> int:
         """Micro-batches per optimizer step on each process, so that batch_size =
@@ -168,12 +185,50 @@ def make_accelerator(folder, cfg: TrainConfig):
     # The recipe steps the schedule once per optimizer step; accelerate would step it once per
     # process per optimizer step (it assumes a per-process batch that grows with the processes).
     acc = Accelerator(gradient_accumulation_steps=accum, mixed_precision="bf16" if use_bf16 else "no",
-                      log_with="tensorboard", project_dir=str(folder.path), cpu=cfg.device == "cpu" and not deepspeed,
+                      log_with=trackers(folder, cfg) or None, project_dir=str(folder.path),
+                      cpu=cfg.device == "cpu" and not deepspeed,
                       step_scheduler_with_optimizer=False)
     plugin = acc.state.deepspeed_plugin
     if plugin is not None:
         plugin.deepspeed_config.update(deepspeed_batch(cfg, world))
     return acc, world, accum, use_bf16
+
+
+def check_trackers(cfg: TrainConfig) -> None:
+    """Refuse a tracker whose package is missing: accelerate would leave it out without a word."""
+    import importlib.util
+
+    for name in cfg.report_to:
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise UserError(f"report_to names {name}, which is not installed: pip install {TRACKERS[name]}")
+
+
+def trackers(folder, cfg: TrainConfig) -> list:
+    """accelerate's `log_with` for `cfg.report_to`. TensorBoard as a tracker object, so that its
+    events stay in RUN/tensorboard/ while the other trackers get the project name."""
+    from accelerate.tracking import TensorBoardTracker
+
+    return [TensorBoardTracker("tensorboard", str(folder.path)) if t == "tensorboard" else t
+            for t in dict.fromkeys(cfg.report_to)]
+
+
+def tracker_config(cfg: TrainConfig) -> dict:
+    """The run's config as trackers store it: TensorBoard's hparams take only scalars and text."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else ",".join(map(str, v))
+            for k, v in dataclasses.asdict(cfg).items()}
+
+
+def start_trackers(accelerator, folder, cfg: TrainConfig) -> None:
+    """Start the trackers with the run's config and name (its folder's). API keys are theirs to
+    read from the environment (WANDB_API_KEY, ...); no config field holds one. wandb writes into
+    the run folder unless WANDB_DIR says where."""
+    import os
+
+    name = folder.path.resolve().name
+    wandb_kw = {"name": name} if os.environ.get("WANDB_DIR") else {"name": name, "dir": str(folder.path)}
+    accelerator.init_trackers(TRACKER_PROJECT, config=tracker_config(cfg),
+                              init_kwargs={"wandb": wandb_kw, "swanlab": {"experiment_name": name},
+                                           "mlflow": {"run_name": name}})
 
 
 @dataclass
@@ -202,6 +257,7 @@ class TrainRun:
     t0: float = field(default_factory=time.time)
     stopped_early: bool = False
     merged: list[str] = field(default_factory=list)  # adapters merged into the weights, in order
+    recipe: str = ""  # sft, grpo: the model card's tag
     #: What the model's limits did to the data: audio_truncated (clips heard cut to the model's
     #: window) and prompt_too_long (items left out), counted once at setup.
     limits: dict = field(default_factory=dict)
@@ -287,6 +343,17 @@ class TrainRun:
         self.stopped_early = stop_now
         return stop_now
 
+    def card(self) -> str:
+        """The adapter's README.md (aqa.train.card); only the main process, which saves, builds it."""
+        from aqa.train.card import model_card
+
+        if not self.accelerator.is_main_process:
+            return ""
+        cfg = self.cfg
+        return model_card(recipe=self.recipe, model=cfg.model, train_data=cfg.train_data,
+                          config_yaml=(self.folder.path / "config.yaml").read_text(), log_file=self.folder.log_file,
+                          merged=self.merged, eval_dir=cfg.card_eval)
+
     def finish(self, **summary: Any) -> dict:
         """Close the bar, save the adapter unless stopped early; returns the run's summary."""
         from aqa.train.checkpoint import save_adapter
@@ -298,7 +365,7 @@ class TrainRun:
         if self.stopped_early:
             log.warning("stopped after %d steps (stop_after); the same command resumes", self.cfg.stop_after)
         else:
-            adapter = save_adapter(self.folder, self.accelerator, self.module)
+            adapter = save_adapter(self.folder, self.accelerator, self.module, card=self.card())
             if self.merged and self.accelerator.is_main_process:
                 from aqa.io import write_json
                 from aqa.models.base import STACK_FILE
@@ -419,6 +486,10 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
         raise UserError("config key 'train_data' is empty: name at least one AQA JSONL file")
     folder = RunDir(cfg.output_dir)
     check_resume_settings(folder, cfg)
+    check_trackers(cfg)
+    if cfg.card_eval and not (Path(cfg.card_eval) / "metrics.json").is_file():
+        # Said now, not after the training the card comes at the end of.
+        raise UserError(f"card_eval={cfg.card_eval}: no metrics.json there; name a folder that aqa eval wrote")
     accelerator, world, accum, use_bf16 = make_accelerator(folder, cfg)
     torch.manual_seed(cfg.seed)
     if accelerator.is_main_process:
@@ -475,7 +546,7 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
     if accelerator.process_index:
         torch.manual_seed(hash((cfg.seed, accelerator.process_index)) & (2**63 - 1))
     start = resume(folder, cfg.resume, accelerator, module, optimizer, scheduler)
-    accelerator.init_trackers("tensorboard")
+    start_trackers(accelerator, folder, cfg)
     log.info("%s: %d items, %d steps (%d per epoch), %d items per step = %d process(es) x %d accumulation x %d "
              "per micro-batch; %.2f M of %.1f M parameters trainable", name, len(items), steps, steps_per_epoch, n_step,
              world, accum, cfg.micro_batch_size, n_trainable / 1e6, n_total / 1e6)
@@ -484,7 +555,8 @@ def setup(cfg: TrainConfig, *, name: str, adapter: str = "", merge: str = "", lo
     run = TrainRun(cfg=cfg, folder=folder, accelerator=accelerator, world=world, accum=accum, backend=backend,
                    items=items, module=module, params=params, optimizer=optimizer, scheduler=scheduler, plan=plan,
                    per_step=n_step, steps_per_epoch=steps_per_epoch, steps=steps, start=start,
-                   n_trainable=n_trainable, merged=merged, limits=limits, reasoning=reasoning or backend.thinks)
+                   n_trainable=n_trainable, merged=merged, limits=limits, reasoning=reasoning or backend.thinks,
+                   recipe=name.split()[0])
     run.bar = tqdm(total=steps, initial=start, desc=name, disable=not accelerator.is_main_process)
     return run
 
@@ -504,7 +576,8 @@ def add_recipe_command(sub: argparse._SubParsersAction, name: str, help: str, do
             path = None
         summary = train_fn(load_config(cfg_cls, path, overrides))
         if not summary.get("stopped_early"):
-            print(f"wrote {summary['run_dir']}/ (config.yaml, adapter/, checkpoints/, train_log.jsonl, tensorboard/)")
+            print(f"wrote {summary['run_dir']}/ (config.yaml, adapter/ with its README.md, checkpoints/, "
+                  f"train_log.jsonl, tensorboard/)")
         return 0
 
     p = sub.add_parser(name, help=help, description=doc_text, formatter_class=argparse.RawDescriptionHelpFormatter)
