@@ -22,8 +22,10 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 RECIPES = {"sft": (SFTConfig, 32), "grpo": (GRPOConfig, 40)}
 #: Family-folder files that are no recipe config: `aqa eval` flags.
 NOT_RECIPES = {"eval.yaml"}
+#: Folders of configs/ that hold no family's recipes: launchers, `aqa eval --suite` files.
+NOT_FAMILIES = {"accelerate", "suites"}
 ACCELERATE = sorted((CONFIGS / "accelerate").glob("*.yaml"))
-RECIPE_CONFIGS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name != "accelerate"
+RECIPE_CONFIGS = sorted(p for p in CONFIGS.glob("*/*.yaml") if p.parent.name not in NOT_FAMILIES
                         and p.name not in NOT_RECIPES)
 PROCESSES = sorted({1, 2, 4, 8} | {load_config_from_file(str(p)).num_processes for p in ACCELERATE})
 
