@@ -251,8 +251,14 @@ def test_document_html_escapes_text():
 def test_report_markdown_and_html_show_the_same_content(runs):
     tmp, dirs = runs
     res = build_report(dirs, tmp / "r5", names=["<b>zs</b>", "a|b", "rl & co"])
-    md = res["markdown"].read_text()
-    md_o, html_o = md_outline(md), html_outline(res["html"].read_text())
+    md, page = res["markdown"].read_text(), res["html"].read_text()
+    # the item browser is the one HTML-only section (tests/test_report_browser.py); report.md
+    # points to it in one line
+    browser = re.compile(r'<section id="browser">.*?</section>', re.S)
+    assert len(browser.findall(page)) == 1
+    assert [ln for ln in md.splitlines() if "browser" in ln.lower()] == [
+        "Item browser (17 items, with filters and audio players): in report.html."]
+    md_o, html_o = md_outline(md), html_outline(browser.sub("", page))
     assert md_o == html_o
     assert [h for _, h in md_o["headings"]] == ["AQA report", "Accuracy (%)", "Details", "Accuracy by question type (%)",
                                                 "Training runs", "Plots", "Sources"]

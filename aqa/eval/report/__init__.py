@@ -11,7 +11,8 @@ Each DIR is one of:
 - any other dir with eval dirs under `eval/<name>/` (e.g. a demo dir): one row per eval dir.
 
 Written to OUT: `report.md`, `report.html` (self-contained apart from the PNGs beside it,
-which it references by relative path), `accuracy_per_subset.png`, `loss_<run>.png` per
+which it references by relative path, and the clips its item browser links to;
+`--embed-audio N` puts N of them in the page), `accuracy_per_subset.png`, `loss_<run>.png` per
 training run (the run's name made safe for a file name), and `calibration.png` when any eval
 dir has per-option probabilities.
 
@@ -29,10 +30,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from aqa.eval.report.browser import MAX_ITEMS, browser_data, browser_html
 from aqa.eval.report.calibration import calibration_curves, calibration_points
 from aqa.eval.report.data import EvalRun, ReportError, TrainRun, discover
 from aqa.eval.report.document import (
-    BulletList, Code, Document, Heading, Image, Paragraph, Table, markdown_blocks, to_html, to_markdown)
+    BulletList, Code, Document, Heading, HtmlSection, Image, Paragraph, Table, markdown_blocks, to_html, to_markdown)
 from aqa.eval.report.plots import Plot, write_plots
 from aqa.eval.report.tables import report_tables
 from aqa.io import atomic_write_text
@@ -43,13 +45,14 @@ __all__ = ["ReportError", "EvalRun", "TrainRun", "build_report", "calibration_po
 
 def build_report(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
                  names: Sequence[str] | None = None, *, n_boot: int = 1000,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, max_items: int = MAX_ITEMS, embed_audio: int = 0) -> dict[str, Any]:
     """Write report.md, report.html and the plots to `out_dir`.
 
     Returns {"markdown": Path, "html": Path, "plots": [Path, ...], "files": [every Path
     written], "runs": [row names in table order], "training_runs": [names], "table": the
     accuracy table in Markdown, or "" when there is no eval dir}.
     `n_boot` and `seed` apply only to eval dirs whose metrics.json has to be computed.
+    `max_items` and `embed_audio` shape report.html's item browser (aqa.eval.report.browser).
     """
     evals, trains = discover(dirs, names, n_boot=n_boot, seed=seed)
     out = Path(out_dir)
@@ -57,7 +60,8 @@ def build_report(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     curves = calibration_curves(evals)
     plots, train_plots = write_plots(evals, trains, curves, out)
     tables = report_tables(evals, trains, {k: c["ece"] for k, c in curves.items()}, train_plots)
-    doc = report_document(evals, trains, tables, plots)
+    doc = report_document(evals, trains, tables, plots,
+                          browser_data(evals, out, max_items=max_items, embed_audio=embed_audio))
     md_path = atomic_write_text(out / "report.md", to_markdown(doc))
     html_path = atomic_write_text(out / "report.html", to_html(doc))
     pngs = [p.path for p in plots]
@@ -68,11 +72,16 @@ def build_report(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
 
 
 def report_document(evals: Sequence[EvalRun], trains: Sequence[TrainRun], tables: Sequence[Table],
-                    plots: Sequence[Plot]) -> Document:
-    """The report: a summary line, the tables, the plots, and the folder each run came from."""
+                    plots: Sequence[Plot], browser: dict | None = None) -> Document:
+    """The report: a summary line, the tables, the plots, the item browser (`browser_data`;
+    in report.md one line pointing to it), and the folder each run came from."""
     blocks = [Paragraph(f"{len(evals)} evaluated run(s), {len(trains)} training run(s)."), *tables]
     if plots:
         blocks += [Heading("Plots"), *(Image(p.path.name, p.caption) for p in plots)]
+    if browser is not None:
+        blocks.append(HtmlSection(browser_html(browser), (
+            f"Item browser ({len(browser['items'])} items, with filters and audio players): "
+            "in report.html.")))
     sources = [(f"{r.name}: ", Code(str(r.path))) for r in [*evals, *trains]]
     blocks += [Heading("Sources"), BulletList(sources)]
     return Document("AQA report", blocks)
@@ -92,13 +101,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--n-boot", type=int, default=1000,
                    help="bootstrap replicates where metrics.json must be computed (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--max-items", type=int, default=MAX_ITEMS, metavar="N",
+                   help=f"items in report.html's item browser, at most (default {MAX_ITEMS})")
+    p.add_argument("--embed-audio", type=int, default=0, metavar="N",
+                   help="embed N clips in report.html (the first items some run got wrong, then "
+                        "others), so that it plays them without the dataset; the rest are linked")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.names.split(",")] if args.names else None
     try:
-        res = build_report(args.dirs, args.out, names, n_boot=args.n_boot, seed=args.seed)
+        res = build_report(args.dirs, args.out, names, n_boot=args.n_boot, seed=args.seed,
+                           max_items=args.max_items, embed_audio=args.embed_audio)
     except ReportError as e:
         print(f"aqa report: error: {e}", file=sys.stderr)
         return 2

@@ -60,7 +60,16 @@ class BulletList:
     items: list[Sequence[Inline]]
 
 
-Block = Heading | Paragraph | Table | Image | BulletList
+@dataclass
+class HtmlSection:
+    """A section only the HTML page can hold (the item browser, with its script): given as
+    finished HTML, and as the one Markdown line that points to it."""
+
+    html: str
+    markdown: str
+
+
+Block = Heading | Paragraph | Table | Image | BulletList | HtmlSection
 
 
 @dataclass
@@ -95,6 +104,8 @@ def _md_block(b: Block) -> str:
             return f"![{b.caption}]({quote(b.src)})"
         case BulletList():
             return "\n".join("- " + "".join(_md_inline(x) for x in item) for item in b.items)
+        case HtmlSection():
+            return b.markdown
     raise TypeError(f"not a document block: {b!r}")
 
 
@@ -158,6 +169,8 @@ def _html_block(b: Block) -> str:
         case BulletList():
             items = ("<li>" + "".join(_html_inline(x) for x in item) + "</li>" for item in b.items)
             return "<ul>" + "".join(items) + "</ul>"
+        case HtmlSection():
+            return b.html
     raise TypeError(f"not a document block: {b!r}")
 
 
