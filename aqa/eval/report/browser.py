@@ -83,11 +83,13 @@ def browser_data(evals: Sequence[EvalRun], out_dir: str | os.PathLike, *,
     total = len(items)
     shown = list(items.values())[:max_items]
     no_audio = [e.metrics.get("audio") in NO_AUDIO and bool(e.metrics.get("reference")) for e in runs]
+    # "wrong" and "disagree" are about the runs that heard the audio: a silent run being wrong,
+    # or differing, is what it is run for (all runs when every one was silent)
+    heard = [k for k, na in enumerate(no_audio) if not na] or list(range(len(runs)))
     for it in shown:
-        it["wrong"] = any(p is not None and p != it["answer"] for p in it["picks"])
-        # disagreement among the runs that heard the audio; a silent run differing is expected
-        heard = {p for p, na in zip(it["picks"], no_audio) if not na and p is not None}
-        it["disagree"] = len(heard) > 1
+        picks = [it["picks"][k] for k in heard]
+        it["wrong"] = any(p is not None and p != it["answer"] for p in picks)
+        it["disagree"] = len({p for p in picks if p is not None}) > 1
         it["no_audio_right"] = any(na and p is not None and p == it["answer"]
                                    for p, na in zip(it["picks"], no_audio))
     embedded = _embed(shown, embed_audio)
@@ -96,7 +98,7 @@ def browser_data(evals: Sequence[EvalRun], out_dir: str | os.PathLike, *,
     note = ""
     if embed_audio > 0:
         note = (f"{embedded} clip(s) embedded in the page (--embed-audio {embed_audio}): the first "
-                "items some run got wrong, then the first others; the rest are linked.")
+                "items a run got wrong, then the first others; the rest are linked.")
     return {"runs": [{"name": e.name, "no_audio": na} for e, na in zip(runs, no_audio)],
             "items": shown, "total": total, "max_items": max_items, "embedded": embedded,
             "embed_note": note}
@@ -132,9 +134,10 @@ def browser_html(data: dict) -> str:
 <h2>Item browser</h2>
 <p class="caption">{cap}{note} Clips are linked relative to this file. "Answered without audio":
 a run with silent or no audio (<code>--audio silence|none --reference</code>) got it right.
-"Models disagree": the runs that heard the audio picked differently.</p>
+"Wrong" and "models disagree" count the runs that heard the audio. Sorting by confidence: the
+mean probability the runs gave their picks.</p>
 <div id="b-controls">
-<label><input type="checkbox" id="f-wrong"> wrong (any run)</label>
+<label><input type="checkbox" id="f-wrong"> wrong (any run that heard the audio)</label>
 <label><input type="checkbox" id="f-disagree"> models disagree</label>
 <label><input type="checkbox" id="f-noaudio"> answered without audio</label>
 <label>subset <select id="f-subset"><option value="">all</option></select></label>
