@@ -143,8 +143,8 @@ def test_browser_embeds_a_sample_caps_items_and_survives_a_missing_data_file(eva
 def chromium_exe():
     exe = os.environ.get("AQA_CHROMIUM") or next(
         (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-    if not exe:
-        pytest.fail("no Chromium found for the item browser test: install it (Debian: `apt-get install "
+    if not exe or not os.access(exe, os.X_OK):
+        pytest.fail(f"no Chromium {'at ' + repr(exe) if exe else 'found'}: the item browser test needs it: install it (Debian: `apt-get install "
                     "chromium`; `./run test` does so when run as root) or set AQA_CHROMIUM to its path")
     return exe
 

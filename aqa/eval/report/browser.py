@@ -57,7 +57,13 @@ def browser_data(evals: Sequence[EvalRun], out_dir: str | os.PathLike, *,
         return None
     out = Path(out_dir).resolve()
     records: dict[str, Any] = {}
+    read: set[str] = set()
     for e in runs:
+        data = e.metrics.get("data")
+        data = data if isinstance(data, str) else ""
+        if data in read:  # runs over the same benchmark: its file is read once
+            continue
+        read.add(data)
         for rid, rec in _records_by_id(e).items():
             records.setdefault(rid, rec)
     items: dict[str, dict] = {}
@@ -181,8 +187,8 @@ var so=$('f-sort').value;
 if(so!=='file'){its=its.slice().sort(function(a,b){var x=conf(a),y=conf(b);if(x===null)return 1;if(y===null)return -1;return so==='conf-asc'?x-y:y-x})}
 tb.textContent='';
 its.forEach(function(it){
-var n=Math.max(it.choices.length,1);
-it.choices.forEach(function(c,i){
+var cs=it.choices.length?it.choices:['(no options recorded)'],n=cs.length;
+cs.forEach(function(c,i){
 var tr=el('tr');tr.dataset.id=it.id;if(i===0)tr.className='first';if(i===it.answer)tr.classList.add('answer');
 if(i===0){var td=el('td');td.rowSpan=n;td.className='q';
 td.appendChild(el('div',it.id+' \u00b7 '+it.subset+(it.type?' \u00b7 '+it.type:''),'meta'));
