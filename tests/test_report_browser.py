@@ -113,6 +113,16 @@ def test_browser_content_offline_and_filters_flags(evals):
     assert items["q0"]["question"] == "What is heard in q0?"
     assert items["q3"]["audio"] == "../data/clips/q3.wav" and (out / items["q3"]["audio"]).is_file()
     assert items["q4"]["picks"] == [1, 0, 3]
+    # a mismatched-audio control run, wrong everywhere: neither "wrong" nor "disagree" moves
+    m = tmp / "eval" / "mismatched"
+    m.mkdir()
+    rows = [{**r, "pred": 3, "correct": False} for r in map(json.loads, (dirs[0] / "predictions.jsonl").open())]
+    (m / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_metrics(m, rows, n_boot=0, extra={"audio": "mismatched", "reference": str(dirs[1]), "data": str(data)})
+    d2 = page_data(build_report([*dirs, m], tmp / "r-m")["html"].read_text())
+    assert len(d2["runs"]) == 4 and [it["picks"][3] for it in d2["items"]] == [3] * 6
+    for flag, ids in (("wrong", WRONG), ("disagree", DISAGREE), ("no_audio_right", NO_AUDIO_RIGHT)):
+        assert [it["id"] for it in d2["items"] if it[flag]] == ids
     md = (out / "report.md").read_text()
     assert "Item browser (6 items, with filters and audio players): in report.html." in md
     assert "<script" not in md
@@ -144,8 +154,9 @@ def chromium_exe():
     exe = os.environ.get("AQA_CHROMIUM") or next(
         (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
     if not exe or not os.access(exe, os.X_OK):
-        pytest.fail(f"no Chromium {'at ' + repr(exe) if exe else 'found'}: the item browser test needs it: install it (Debian: `apt-get install "
-                    "chromium`; `./run test` does so when run as root) or set AQA_CHROMIUM to its path")
+        where = f"at {exe!r}" if exe else "found"
+        pytest.fail(f"no Chromium {where}: the item browser test needs it. Install it (Debian: `apt-get "
+                    "install chromium`; `./run test` does so when run as root) or set AQA_CHROMIUM to its path")
     return exe
 
 

@@ -89,9 +89,12 @@ def browser_data(evals: Sequence[EvalRun], out_dir: str | os.PathLike, *,
     total = len(items)
     shown = list(items.values())[:max_items]
     no_audio = [e.metrics.get("audio") in NO_AUDIO and bool(e.metrics.get("reference")) for e in runs]
-    # "wrong" and "disagree" are about the runs that heard the audio: a silent run being wrong,
-    # or differing, is what it is run for (all runs when every one was silent)
-    heard = [k for k, na in enumerate(no_audio) if not na] or list(range(len(runs)))
+    # "wrong" and "disagree" are about the runs that heard their own clip: a silent or
+    # mismatched control run being wrong, or differing, is what it is run for (all runs when
+    # every one is a control)
+    control = [e.metrics.get("audio") in (*NO_AUDIO, "mismatched") and bool(e.metrics.get("reference"))
+               for e in runs]
+    heard = [k for k, c in enumerate(control) if not c] or list(range(len(runs)))
     for it in shown:
         picks = [it["picks"][k] for k in heard]
         it["wrong"] = any(p is not None and p != it["answer"] for p in picks)
@@ -140,10 +143,11 @@ def browser_html(data: dict) -> str:
 <h2>Item browser</h2>
 <p class="caption">{cap}{note} Clips are linked relative to this file. "Answered without audio":
 a run with silent or no audio (<code>--audio silence|none --reference</code>) got it right.
-"Wrong" and "models disagree" count the runs that heard the audio. Sorting by confidence: the
+"Wrong" and "models disagree" count the runs that heard the item's own clip (not the
+<code>--audio silence|none|mismatched</code> controls). Sorting by confidence: the
 mean probability the runs gave their picks.</p>
 <div id="b-controls">
-<label><input type="checkbox" id="f-wrong"> wrong (any run that heard the audio)</label>
+<label><input type="checkbox" id="f-wrong"> wrong (any run that heard the clip)</label>
 <label><input type="checkbox" id="f-disagree"> models disagree</label>
 <label><input type="checkbox" id="f-noaudio"> answered without audio</label>
 <label>subset <select id="f-subset"><option value="">all</option></select></label>
