@@ -56,7 +56,9 @@ def evals(tmp_path):
     recs = []
     for i, rid in enumerate(PICKS):
         write_wav(data_dir / "clips" / f"{rid}.wav")
-        recs.append({"id": rid, "audio": f"clips/{rid}.wav", "question": f"What is heard in {rid}?",
+        # dataset text that would break out of the page's script element if written as is
+        nasty = " </script><!--<script>alert(1)</script>" if rid == "q1" else ""
+        recs.append({"id": rid, "audio": f"clips/{rid}.wav", "question": f"What is heard in {rid}?{nasty}",
                      "choices": ["dog", "cat", "car", "rain"], "answer": 0,
                      "subset": "sound" if i < 3 else "music", "question_type": f"type{i % 2}"})
     data = data_dir / "test.jsonl"
@@ -81,7 +83,7 @@ def evals(tmp_path):
 
 def page_data(html):
     m = re.search(r'<script type="application/json" id="b-data">(.*?)</script>', html, re.S)
-    return json.loads(m[1].replace("<\\/", "</"))
+    return json.loads(m[1])
 
 
 class _Urls(HTMLParser):
@@ -282,6 +284,8 @@ def test_browser_in_headless_chromium(evals):
         # the question, each run's probability and pick, and the answer, in the item's rows
         q4 = b.js("Array.from(document.querySelectorAll('#b-items tr[data-id=q4]')).map(r=>r.innerText)")
         assert "What is heard in q4?" in q4[0] and "answer" in q4[0] and "pick" in q4[1]
+        q1 = b.js("document.querySelector('#b-items tr[data-id=q1] .q').innerText")
+        assert "What is heard in q1? </script><!--<script>alert(1)</script>" in q1
 
         b.click("#f-wrong")
         assert b.js("document.getElementById('f-wrong').checked") is True

@@ -132,8 +132,9 @@ def _embed(items: list[dict], n: int) -> int:
 
 def browser_html(data: dict) -> str:
     """The section: filters, a sort, the item table (filled in by the inline script)."""
-    # "</" would end the script element early whatever the JSON holds
-    payload = json.dumps(data, ensure_ascii=False).replace("</", "<\\/")
+    # every "<" escaped: "</script>" or "<!--" in a question would otherwise end or confuse the
+    # script element (a "<" only occurs inside JSON strings, where \u003c reads back as "<")
+    payload = json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
     left = data["total"] - len(data["items"])
     cap = (f"{len(data['items'])} of {data['total']} items are in the page (at most "
            f"{data['max_items']}); {left} left out." if left else
