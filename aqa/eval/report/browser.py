@@ -87,7 +87,7 @@ def browser_data(evals: Sequence[EvalRun], out_dir: str | os.PathLike, *,
             if isinstance(probs, list):
                 it["probs"][k] = [finite(p) for p in probs]
     total = len(items)
-    shown = list(items.values())[:max_items]
+    shown = list(items.values())[:max(max_items, 0)]
     no_audio = [e.metrics.get("audio") in NO_AUDIO and bool(e.metrics.get("reference")) for e in runs]
     # "wrong" and "disagree" are about the runs that heard their own clip: a silent or
     # mismatched control run being wrong, or differing, is what it is run for (all runs when
@@ -97,7 +97,8 @@ def browser_data(evals: Sequence[EvalRun], out_dir: str | os.PathLike, *,
     heard = [k for k, c in enumerate(control) if not c] or list(range(len(runs)))
     for it in shown:
         picks = [it["picks"][k] for k in heard]
-        it["wrong"] = any(p is not None and p != it["answer"] for p in picks)
+        # an unlabelled item (no answer) is never wrong
+        it["wrong"] = it["answer"] is not None and any(p is not None and p != it["answer"] for p in picks)
         it["disagree"] = len({p for p in picks if p is not None}) > 1
         it["no_audio_right"] = any(na and p is not None and p == it["answer"]
                                    for p, na in zip(it["picks"], no_audio))
