@@ -322,3 +322,13 @@ def test_browser_in_headless_chromium(evals):
     assert img.size[0] >= 800 and img.size[1] >= 600
     # a page with text, a table and coloured picks, not a blank or one-colour frame
     assert len(img.getcolors(1 << 20)) > 50
+
+
+def test_an_unlabelled_item_is_never_wrong(tmp_path):
+    from aqa.eval.report.browser import browser_data
+    from aqa.eval.report.data import EvalRun
+    rows = [{"id": "u", "choices": ["x", "y"], "answer": None, "pred": 1},
+            {"id": "l", "choices": ["x", "y"], "answer": 0, "pred": 1}]
+    d = browser_data([EvalRun("r", tmp_path, {}, rows)], tmp_path)
+    assert [(it["id"], it["wrong"]) for it in d["items"]] == [("u", False), ("l", True)]
+    assert d["items"][0]["audio"] is None and d["items"][0]["question"] == ""
