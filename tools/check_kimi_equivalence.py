@@ -33,6 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from equivalence import clip as noise_clip, git_commit, verdict  # noqa: E402
+from equivalence import compare as compare_rows  # noqa: E402
+
 CLIPS = [("12 s noise + tones", 12.0), ("35 s (two 30 s segments)", 35.0)]
 SPECS = {"tiny (default)": {}, "wider (4 layers, 128 wide)": dict(decoder_layers=4, decoder_dim=128, decoder_heads=8,
                                                                   decoder_kv_heads=2, whisper_dim=64, tokenizer_dim=64)}
@@ -42,16 +46,21 @@ EXACT = ("question_ids", "audio_input_ids", "text_input_ids", "is_continuous_mas
 #: Float32 rounding between two implementations of the same arithmetic is ~1e-6 here (logits
 #: of scale ~5); 1e-4 is far above that and far below any real difference in the model.
 TOLERANCES = {"whisper_feature": 1e-4, "text_logits": 1e-4}
-RUNNER = Path(__file__).resolve().parent / "kimi_reference_runner.py"
 
 
 def clip(seconds: float, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    x = 0.05 * rng.standard_normal(t.size)
-    for k, f in enumerate((440.0, 880.0, 1250.0)):  # tones switching on and off, so tokens vary
-        x += 0.2 * np.sin(2 * np.pi * f * t) * ((t // (1.5 + k)) % 2 == 0)
-    return x.astype(np.float32)
+    """The test clip (tools/equivalence.py) with this checker's tone period, as its recorded results used."""
+    return noise_clip(seconds, seed, 1.5)
+
+
+def compare(mine: dict, ref, tolerances: dict[str, float] = TOLERANCES) -> dict:
+    """One row of the table (tools/equivalence.py `compare`) with this family's measures."""
+    row = compare_rows(mine, ref, exact=EXACT, tolerances=tolerances, logits="text_logits")
+    row["speech_tokens"] = int(len(np.asarray(ref["glm_tokens"])))
+    return row
+
+
+RUNNER = Path(__file__).resolve().parent / "kimi_reference_runner.py"
 
 
 def ours(backend, audios: list[np.ndarray], question: str, max_new_tokens: int) -> list[dict]:
@@ -81,55 +90,6 @@ def ours(backend, audios: list[np.ndarray], question: str, max_new_tokens: int) 
                          letters=backend.letter_token_ids(4)))
         start += n
     return rows
-
-
-def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """inf when the shapes differ, nan when either side has a nan (both fail any threshold)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.abs(a - b).max()) if a.shape == b.shape and a.size else float("inf")
-
-
-def first_difference(a, b) -> int | None:
-    """Index of the first differing token (the shorter length when one is a prefix), or None."""
-    a, b = list(np.asarray(a).tolist()), list(np.asarray(b).tolist())
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
-
-
-def compare(mine: dict, ref, tolerances: dict[str, float] = TOLERANCES) -> dict:
-    """One row of the table: each measure of `mine` (aqa) against `ref` (upstream), and
-    `failures`, the measures outside their threshold (empty: equivalent)."""
-    row, failures = {}, []
-    for k in EXACT:
-        same = np.asarray(mine[k]).shape == np.asarray(ref[k]).shape and bool(np.array_equal(mine[k], ref[k]))
-        row[f"same_{k}"] = same
-        if not same:
-            failures.append(k)
-    row["generated_first_difference"] = first_difference(mine["generated"], ref["generated"])
-    row["generated_upstream"] = np.asarray(ref["generated"]).tolist()
-    for k, tol in tolerances.items():
-        d = max_abs_diff(mine[k], ref[k])
-        row[f"{k}_max_abs_diff"] = d
-        if not d < tol:  # also catches nan
-            failures.append(k)
-    a, r = np.asarray(mine["text_logits"]), np.asarray(ref["text_logits"])
-    row["logits_scale"] = float(np.abs(r).max())
-    row["argmax_agree"] = float((a.argmax(-1) == r.argmax(-1)).mean()) if a.shape == r.shape else 0.0
-    if "letters" in mine and a.shape == r.shape:  # what score mode reads: the answer letters' logits
-        row["answer_logits_max_abs_diff"] = max_abs_diff(a[-1, mine["letters"]], r[-1, mine["letters"]])
-    row["positions"] = int(r.shape[0])
-    row["speech_tokens"] = int(len(np.asarray(ref["glm_tokens"])))
-    row["failures"] = failures
-    return row
-
-
-def verdict(rows: list[dict]) -> bool:
-    """True when no row has a failure (and there is at least one row)."""
-    return bool(rows) and not any(r["failures"] for r in rows)
-
-
-def git_commit(folder: Path) -> str | None:
-    r = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return r.stdout.strip() if r.returncode == 0 else None
 
 
 def parse_args(argv=None):

@@ -33,6 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from equivalence import clip as noise_clip, git_commit, verdict  # noqa: E402
+from equivalence import compare as compare_rows  # noqa: E402
+
 QUESTION = "Which sound is heard first in the clip? A. dog barking B. car horn C. bird singing D. speech"
 #: Compared for equality.
 EXACT = ("input_ids", "generated")
@@ -40,17 +44,20 @@ EXACT = ("input_ids", "generated")
 #: or a bfloat16 step apart. Logits of scale ~5 differ by ~1e-6 between two float32
 #: implementations of the same arithmetic; 1e-4 is far above that, far below any real difference.
 TOLERANCES = {"features": 1e-6, "logits": 1e-4}
-RUNNER = Path(__file__).resolve().parent / "moss_reference_runner.py"
 
 
 def clip(seconds: float, seed: int) -> np.ndarray:
-    """Noise with tones switching on and off, so that the audio tokens differ along the clip."""
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * 16000)) / 16000
-    x = 0.05 * rng.standard_normal(t.size)
-    for k, f in enumerate((440.0, 880.0, 1250.0)):
-        x += 0.2 * np.sin(2 * np.pi * f * t) * ((t // (0.7 + k)) % 2 == 0)
-    return x.astype(np.float32)
+    """The test clip (tools/equivalence.py) with this checker's tone period, as its recorded results used."""
+    return noise_clip(seconds, seed, 0.7)
+
+
+def compare(mine: dict, ref, tolerances: dict[str, float] = TOLERANCES) -> dict:
+    """One row of the table (tools/equivalence.py `compare`) with this family's measures."""
+    row = compare_rows(mine, ref, exact=EXACT, tolerances=tolerances, logits="logits")
+    return row
+
+
+RUNNER = Path(__file__).resolve().parent / "moss_reference_runner.py"
 
 
 def ours(backend, audios: list[np.ndarray], question: str, max_new_tokens: int) -> list[dict]:
@@ -72,57 +79,6 @@ def ours(backend, audios: list[np.ndarray], question: str, max_new_tokens: int) 
                          features=batch["input_features"][i, :, :frames].numpy(), generated=np.array(generated[i]),
                          padding=int((~real).sum()), letters=backend.letter_token_ids(4)))
     return rows
-
-
-def max_abs_diff(a, b) -> float:
-    """inf when the shapes differ, nan when either side has a nan (both fail any threshold)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.abs(a - b).max()) if a.shape == b.shape and a.size else float("inf")
-
-
-def first_difference(a, b) -> int | None:
-    """Index of the first differing token (the shorter length when one is a prefix), or None."""
-    a, b = list(np.asarray(a).tolist()), list(np.asarray(b).tolist())
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
-
-
-def compare(mine: dict, ref, tolerances: dict[str, float] = TOLERANCES) -> dict:
-    """One row of the table: each measure of `mine` (aqa) against `ref` (upstream), and
-    `failures`, the measures outside their threshold (empty: equivalent)."""
-    row, failures = {}, []
-    for k in EXACT:
-        same = np.asarray(mine[k]).shape == np.asarray(ref[k]).shape and bool(np.array_equal(mine[k], ref[k]))
-        row[f"same_{k}"] = same
-        if not same:
-            failures.append(k)
-    row["generated_first_difference"] = first_difference(mine["generated"], ref["generated"])
-    row["generated_upstream"] = np.asarray(ref["generated"]).tolist()
-    for k, tol in tolerances.items():
-        d = max_abs_diff(mine[k], ref[k])
-        row[f"{k}_max_abs_diff"] = d
-        if not d < tol:  # also catches nan
-            failures.append(k)
-    a, r = np.asarray(mine["logits"]), np.asarray(ref["logits"])
-    row["logits_scale"] = float(np.abs(r).max())
-    row["argmax_agree"] = float((a.argmax(-1) == r.argmax(-1)).mean()) if a.shape == r.shape else 0.0
-    if a.shape == r.shape:  # what score mode reads: the answer letters' logits at the last position
-        d = max_abs_diff(a[-1, mine["letters"]], r[-1, mine["letters"]])
-        row["answer_logits_max_abs_diff"] = d
-        if not d < tolerances["logits"]:
-            failures.append("answer_logits")
-    row["positions"] = int(r.shape[0])
-    row["failures"] = failures
-    return row
-
-
-def verdict(rows: list[dict]) -> bool:
-    """True when no row has a failure (and there is at least one row)."""
-    return bool(rows) and not any(r["failures"] for r in rows)
-
-
-def git_commit(folder: Path) -> str | None:
-    r = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return r.stdout.strip() if r.returncode == 0 else None
 
 
 def parse_args(argv=None):
