@@ -27,16 +27,21 @@ FIRST_LAST = 10  # steps averaged at each end of the training curve
 
 def demo_settings(demo: Path) -> tuple[dict, dict, dict]:
     """(paths, GRPO settings, eval options) of an `aqa demo` folder, as the demo's own GRPO and
-    eval stages use them."""
+    eval stages use them (`aqa.demo.grpo_config`)."""
+    import dataclasses
+
     from aqa.config import load_config
-    from aqa.demo import DemoConfig
+    from aqa.demo import DemoConfig, grpo_config
+    from aqa.train.grpo import GRPOConfig
 
     cfg = load_config(DemoConfig, demo / "demo_config.yaml")
     paths = dict(model=demo / "models" / "base", sft_adapter=demo / "runs" / "sft" / "adapter",
                  train=demo / "data" / "train.jsonl", dev=demo / "data" / "dev.jsonl")
-    grpo = dict(rollout="choice", group_size=cfg.grpo_group, lr=cfg.grpo_lr, batch_size=cfg.grpo_batch,
-                micro_batch_size=cfg.grpo_batch, max_steps=cfg.grpo_steps, lora_r=cfg.lora_r,
-                lora_alpha=2 * cfg.lora_r, save_every=20, shuffle_options=False)
+    own = ("model", "sft_adapter", "train_data", "output_dir", "seed")
+    demo_cfg = grpo_config(cfg, paths["model"], paths["sft_adapter"], paths["train"], demo / "runs" / "grpo")
+    defaults = GRPOConfig()
+    # Only what the demo sets apart from GRPOConfig's defaults, so the table's header stays short.
+    grpo = {k: v for k, v in dataclasses.asdict(demo_cfg).items() if k not in own and v != getattr(defaults, k)}
     return paths, grpo, dict(batch_size=cfg.eval_batch, seed=cfg.seed)
 
 
