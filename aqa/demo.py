@@ -341,7 +341,7 @@ def report(demo: Demo, t0: float) -> dict:
     summary = {"seconds": round(time.time() - t0, 1), "stages": demo.timings,
                "pooled_dev_accuracy": {n: m["weighted_mean"]["value"] for n, m in metrics.items()},
                "chance": metrics["sft"]["weighted_mean"].get("chance"),
-               "report": str(rep["markdown"]), "html": str(rep["html"]), "table": rep["table"]}
+               "report": str(rep["markdown"]), "html": str(rep["html"]), "table": rep["table_text"]}
     write_json(demo.out / "demo_summary.json", summary)
     return summary
 
@@ -374,8 +374,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _run(args) -> int:
     cfg = load_config(DemoConfig, args.config if Path(args.config).is_file() else None, args.overrides)
     s = run_demo(args.output, cfg)
-    acc = s["pooled_dev_accuracy"]
-    stages = ", ".join(f"{k} {100 * v:.1f}%" for k, v in acc.items())
-    print(f"\ndemo finished in {s['seconds']:.0f} s: pooled dev accuracy {stages} (chance {100 * (s['chance'] or 0):.1f}%)")
-    print(f"report: {s['report']} (and report.html, plots beside it)")
+    print(f"\ndemo finished in {s['seconds']:.0f} s" + (f" ({stage_times(s['stages'])})" if s["stages"] else ""))
+    print(f"\n{s['table']}")
+    print(f"report: {s['html']} (report.md and the plots beside it)")
     return 0
+
+
+def stage_times(timings: dict[str, float]) -> str:
+    """'data 9 s, pretraining 150 s, ...': where this invocation's time went."""
+    return ", ".join(f"{name} {seconds:.0f} s" for name, seconds in timings.items())
