@@ -140,6 +140,8 @@ class Demo:
     rows: list = dataclasses.field(default_factory=list)  # eval dir names under eval/, in report order
     runs: list = dataclasses.field(default_factory=list)  # training run folders
     extras: list = dataclasses.field(default_factory=list)  # (eval dir, row name): the ensemble's baselines
+    #: The 1-minute load average at the start: stage times mean little when other work shares the cores.
+    load_at_start: float = dataclasses.field(default_factory=lambda: load_average())
 
     @property
     def data(self) -> Path:
@@ -339,11 +341,19 @@ def report(demo: Demo, t0: float) -> dict:
                        demo.out / "report", names=names)
     metrics = {n: json.loads((demo.evals / n / "metrics.json").read_text()) for n in demo.rows}
     summary = {"seconds": round(time.time() - t0, 1), "stages": demo.timings,
+               "load_average": [demo.load_at_start, load_average()],
                "pooled_dev_accuracy": {n: m["weighted_mean"]["value"] for n, m in metrics.items()},
                "chance": metrics["sft"]["weighted_mean"].get("chance"),
                "report": str(rep["markdown"]), "html": str(rep["html"]), "table": rep["table_text"]}
     write_json(demo.out / "demo_summary.json", summary)
     return summary
+
+
+def load_average() -> float:
+    """The 1-minute load average (NaN where the system has none)."""
+    import os
+
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else float("nan")
 
 
 def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict:

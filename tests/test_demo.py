@@ -45,6 +45,7 @@ def test_demo_writes_every_stage_and_resumes(tmp_path, capsys):
     again = run_demo(out, TOY, progress=False)
     assert again["stages"] == {} and again["pooled_dev_accuracy"] == s["pooled_dev_accuracy"]
     check_printed_table(out, capsys)
+    check_bench_record(out, s, tmp_path)
 
 
 def check_printed_table(out, capsys):
@@ -79,3 +80,25 @@ def test_an_unknown_family_is_refused_before_anything_runs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "command-line override: no tiny model for second_family=qwen9" in err and "qwen2.5-omni" in err
     assert not (tmp_path / "d").exists()
+
+
+def check_bench_record(out, first, tmp_path):
+    """bench/demo.py --read records a finished demo: its stage times (those of the run that did
+    the work, kept in demo_summary.json by the first run only) and every claim with a verdict."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (out / "demo_summary.json").write_text(json.dumps(first))
+    results = tmp_path / "RESULTS.md"
+    r = subprocess.run([sys.executable, str(root / "bench" / "demo.py"), "--read", str(out), "--results", str(results)],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = results.read_text()
+    for stage in ("data", "pretraining", "LoRA SFT", "GRPO", "ensemble"):
+        assert f"| {stage} | {first['stages'][stage]:.0f} |" in text
+    verdicts = [x.rsplit("|", 2)[-2].strip() for x in text.splitlines() if x.startswith(("| SFT >=", "| ensemble >=",
+                                                                                          "| GRPO >="))]
+    assert len(verdicts) == 4 and set(verdicts) <= {"holds with margin", "holds", "fails"}
