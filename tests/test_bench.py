@@ -138,18 +138,35 @@ def test_gpu_check_builds_the_kimi_audio_7b_layout_at_small_sizes(monkeypatch, c
     assert r["finite"] and r["batch"] == 2 and r["params_b"] >= 0.02
 
 
-def test_grpo_policy_bench_runs_both_policies(tiny_model, sft_adapter, synth_data, tmp_path):
+def grpo_bench(tiny_model, sft_adapter, synth_data, tmp_path, *args):
     results = tmp_path / "RESULTS.md"
     results.write_text("# results\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "grpo_policy.py"), "--model", str(tiny_model),
                         "--sft-adapter", str(sft_adapter),
                         "--train", str(synth_data / "train.jsonl"), "--dev", str(synth_data / "dev.jsonl"),
-                        "--seeds", "1", "-o", str(tmp_path / "cmp"), "--results", str(results), "--set",
+                        "-o", str(tmp_path / "cmp"), "--results", str(results), *args, "--set",
                         "max_steps=2", "batch_size=2", "micro_batch_size=2", "group_size=2", "lora_r=2",
                         "lora_alpha=4", "lr=1e-3", "device=cpu", "num_workers=0"],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
-    text = results.read_text()
-    assert "GRPO policy=new vs policy=sft" in text and "| new | 1 |" in text and "| sft | 1 |" in text
+    return results.read_text()
+
+
+def test_grpo_policy_bench_runs_both_policies(tiny_model, sft_adapter, synth_data, tmp_path):
+    text = grpo_bench(tiny_model, sft_adapter, synth_data, tmp_path, "--seeds", "1")
+    assert "GRPO variants after one SFT adapter" in text
+    assert "| policy=new | 1 |" in text and "| policy=sft | 1 |" in text
     assert '"lr": 0.001' in text  # overrides are read as typed config values
+
+
+def test_grpo_bench_variants_override_the_common_settings(tiny_model, sft_adapter, synth_data, tmp_path):
+    text = grpo_bench(tiny_model, sft_adapter, synth_data, tmp_path, "--seeds", "1,2", "--train-eval", "4",
+                      "--variants", "lr=1e-4", "temperature=2.0,beta=0.5")
+    runs = {p.name for p in (tmp_path / "cmp").iterdir() if p.name.startswith("grpo-")}
+    assert runs == {f"grpo-{v}-s{seed}" for v in ("lr1e-4", "temperature2.0_beta0.5") for seed in (1, 2)}
+    import yaml
+
+    cfg = yaml.safe_load((tmp_path / "cmp" / "grpo-temperature2.0_beta0.5-s2" / "config.yaml").read_text())
+    assert (cfg["temperature"], cfg["beta"], cfg["lr"], cfg["seed"]) == (2.0, 0.5, 1e-3, 2)
+    assert "| **lr=1e-4** | mean |" in text and "train accuracy (SFT" in text

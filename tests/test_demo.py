@@ -1,5 +1,6 @@
 """`aqa demo` at toy sizes: every stage's files, the report, and resuming a finished demo."""
 
+import dataclasses
 import json
 
 from aqa.demo import DemoConfig, run_demo
@@ -10,7 +11,7 @@ TOY = DemoConfig(clips=24, clip_seconds=2, dev_fraction=0.25, dev_questions=0, e
                  second_sft_steps=2, second_family="qwen2.5-omni")  # the cross-family ensemble
 
 
-def test_demo_writes_every_stage_and_resumes(tmp_path):
+def test_demo_writes_every_stage_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     s = run_demo(out, TOY, progress=False)
     assert set(s["pooled_dev_accuracy"]) == {"zero-shot", "zero-shot-generate", "sft", "sft-silence", "sft-b", "grpo",
@@ -43,6 +44,33 @@ def test_demo_writes_every_stage_and_resumes(tmp_path):
     # A second run finds every stage done.
     again = run_demo(out, TOY, progress=False)
     assert again["stages"] == {} and again["pooled_dev_accuracy"] == s["pooled_dev_accuracy"]
+    check_printed_table(out, capsys)
+    check_bench_record(out, s, tmp_path)
+
+
+def check_printed_table(out, capsys):
+    """`aqa demo` ends with the report's accuracy table and where report.html is: one line per
+    row with its pooled accuracy and 95% interval as in metrics.json, then chance."""
+    from aqa.cli import main
+
+    capsys.readouterr()
+    assert main(["demo", "-o", str(out), *(f"{k}={v}" for k, v in dataclasses.asdict(TOY).items())]) == 0
+    printed = capsys.readouterr().out
+    assert f"report: {out / 'report' / 'report.html'}" in printed
+    lines = printed.splitlines()
+    rows = {"zero-shot": "zero-shot", "zero-shot, generated answers": "zero-shot-generate", "sft": "sft",
+            "sft, silent audio": "sft-silence", "sft-b (qwen2.5-omni)": "sft-b", "grpo": "grpo",
+            "ensemble (cross-fitted)": "ensemble"}
+    for shown, folder in rows.items():
+        m = json.loads((out / "eval" / folder / "metrics.json").read_text())["weighted_mean"]
+        line = next(x for x in lines if x.startswith(shown + "  "))
+        lo, hi = m["ci95"]
+        assert line.endswith(f"{100 * m['value']:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]"), line
+    chance = json.loads((out / "eval" / "sft" / "metrics.json").read_text())["weighted_mean"]["chance"]
+    assert next(x for x in lines if x.startswith("chance  ")).endswith(f"{100 * chance:.1f}")
+    # Columns line up: the last column is right-aligned, so every line of the table is as wide.
+    table = lines[lines.index("Accuracy (%)") + 1:]
+    assert len({len(x) for x in table[:table.index("")]}) == 1
 
 
 def test_an_unknown_family_is_refused_before_anything_runs(tmp_path, capsys):
@@ -52,3 +80,25 @@ def test_an_unknown_family_is_refused_before_anything_runs(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "command-line override: no tiny model for second_family=qwen9" in err and "qwen2.5-omni" in err
     assert not (tmp_path / "d").exists()
+
+
+def check_bench_record(out, first, tmp_path):
+    """bench/demo.py --read records a finished demo: its stage times (those of the run that did
+    the work, kept in demo_summary.json by the first run only) and every claim with a verdict."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    (out / "demo_summary.json").write_text(json.dumps(first))
+    results = tmp_path / "RESULTS.md"
+    r = subprocess.run([sys.executable, str(root / "bench" / "demo.py"), "--read", str(out), "--results", str(results)],
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = results.read_text()
+    for stage in ("data", "pretraining", "LoRA SFT", "GRPO", "ensemble"):
+        assert f"| {stage} | {first['stages'][stage]:.0f} |" in text
+    verdicts = [x.rsplit("|", 2)[-2].strip() for x in text.splitlines() if x.startswith(("| SFT >=", "| ensemble >=",
+                                                                                          "| GRPO >="))]
+    assert len(verdicts) == 4 and set(verdicts) <= {"holds with margin", "holds", "fails"}

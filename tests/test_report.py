@@ -12,7 +12,7 @@ from aqa.cli import main
 from aqa.eval.metrics import write_metrics
 from aqa.eval.report import TrainRun, build_report, calibration_points
 from aqa.eval.report.document import (
-    BulletList, Code, Document, Heading, Image, Paragraph, Table, markdown_blocks, to_html, to_markdown)
+    BulletList, Code, Document, Heading, Image, Paragraph, Table, markdown_blocks, text_table, to_html, to_markdown)
 from aqa.eval.report.plots import training_plot_names
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -222,6 +222,18 @@ def test_document_markdown_rendering():
                   "## Plots plain\n\n![Training: plain](loss%20plain.png)\n\n### Sources\n\n"
                   "- plain: `/runs/plain`\n- b: `/runs/b`\n")
     assert markdown_blocks([Paragraph("x"), Heading("y", 1)]) == "x\n\n# y\n"
+
+
+def test_text_table_aligns_names_left_and_numbers_right_and_wraps_the_caption():
+    t = Table(["run", "weighted mean"], [["items", "493"], ["a long run name", "64.3 [60.0, 68.6]"], ["b", "5.0"]],
+              {0}, title="Accuracy (%)", caption="word " * 30)
+    lines = text_table(t, width=40).splitlines()
+    assert lines[0] == "Accuracy (%)"
+    assert lines[1] == "run                  weighted mean"
+    assert lines[2] == "---------------  -----------------"
+    assert lines[3:6] == ["items                          493", "a long run name  64.3 [60.0, 68.6]",
+                          "b                              5.0"]
+    assert lines[6] == "" and all(len(x) <= 40 for x in lines[7:]) and " ".join(lines[7:]).split() == ["word"] * 30
 
 
 @pytest.mark.parametrize("text", ["plain", "a|b", "<b>&'\"", "back\\slash"])

@@ -86,41 +86,14 @@ def _step(loss, params, opt, sched) -> None:
     opt.zero_grad()
 
 
-def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Path, audio_root: str | Path,
-             out_dir: str | Path, *, encoder_steps: int = 200, steps: int = 300, batch_size: int = 16,
-             lr: float = 5e-4, encoder_lr: float = 1e-3, warmup: int = 30, seed: int = 0,
-             device: str | None = None, clip_ids: Iterable[str] | None = None, progress: bool = True) -> Path:
-    """Both stages on the clips of `strong_tsv` (only `clip_ids` if given); the result is
-    saved as a checkpoint folder at `out_dir`."""
-    import numpy as np
-    import torch
+def load_clips(clips: Mapping[str, Sequence], audio_root: str | Path, seconds: float,
+               progress: bool = True) -> tuple[list, list]:
+    """(audio samples, merged events) of every clip whose audio decodes, in clip-id order."""
     from tqdm.auto import tqdm
 
     from aqa.data.audio import AudioError, load_audio
-    from aqa.data.events import find_audio, merge_occurrences, read_labels, read_strong_tsv
-    from aqa.data.spoken import format_times
-    from aqa.io import ordinary_modes
-    from aqa.models.base import Example
-    from aqa.models.registry import load_backend
-    from aqa.train.recipe import lr_lambda
+    from aqa.data.events import find_audio, merge_occurrences
 
-    # ---- setup -----------------------------------------------------------------------------
-    clips = read_strong_tsv(strong_tsv)
-    names = read_labels(labels_tsv)
-    mids = sorted(names)
-    if clip_ids is not None:
-        keep = set(clip_ids)
-        clips = {k: v for k, v in clips.items() if k in keep}
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    backend = load_backend(str(model_dir), device=device, is_trainable=True)
-    try:
-        encoder = backend.audio_encoder()
-        n_frames, width = backend.encoder_shape
-    except NotImplementedError as e:
-        raise ValueError(f"{model_dir}: `aqa model pretrain` cannot train this model ({e})") from None
-    model = backend.model
-    seconds = backend.audio_seconds
     audio, events = [], []
     for cid in tqdm(sorted(clips), desc="load clips", disable=not progress):
         path = find_audio(audio_root, cid)
@@ -133,31 +106,51 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
             log.warning("skipped: %s", e)
             continue
         events.append(merge_occurrences(clips[cid]))
-    if not audio:
-        raise ValueError(f"{strong_tsv}: no clip with decodable audio to pretrain on")
-    dev = backend.device
+    return audio, events
 
-    # ---- stage 1: the encoder learns sound event detection ---------------------------------
+
+def train_encoder(backend, audio: list, events: list, mids: Sequence[str], rng, *, steps: int, batch_size: int,
+                  lr: float, warmup: int, progress: bool = True) -> None:
+    """Stage 1: the audio encoder (with a temporary linear head) learns sound event detection."""
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from aqa.train.recipe import lr_lambda
+
+    encoder, dev = backend.audio_encoder(), backend.device
+    n_frames, width = backend.encoder_shape
     feats = backend.encoder_inputs(audio)  # (N, ...)
-    targets = torch.tensor(np.stack([frame_targets(ev, mids, n_frames, seconds) for ev in events]))
+    targets = torch.tensor(np.stack([frame_targets(ev, mids, n_frames, backend.audio_seconds) for ev in events]))
     head = torch.nn.Linear(width, len(mids)).to(dev)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=encoder_lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(warmup, encoder_steps // 5), encoder_steps, "cosine"))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(warmup, steps // 5), steps, "cosine"))
     encoder.train()
-    bar = tqdm(range(encoder_steps), desc="encoder: event detection", disable=not progress)
+    bar = tqdm(range(steps), desc="encoder: event detection", disable=not progress)
     for _ in bar:
         idx = torch.as_tensor(rng.choice(len(audio), size=min(batch_size, len(audio)), replace=False))
         logits = head(backend.encoder_states(feats[idx].to(dev)))  # (B, frames, classes)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[idx].to(dev))
         _step(loss, params, opt, sched)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-    log.info("encoder pretraining: %d steps, last loss %.4f", encoder_steps, loss.item())
-    del feats, targets, head, opt
+    log.info("encoder pretraining: %d steps, last loss %.4f", steps, loss.item())
 
-    # ---- stage 2: alignment on captions and multiple-choice drills, encoder frozen ---------
-    encoder.requires_grad_(False)
-    pool = [names[m] for m in mids] + [format_times(k) for k in range(1, 6)] + [str(k) for k in range(1, 6)]
+
+def train_alignment(backend, audio: list, events: list, names: Mapping[str, str], rng, *, steps: int,
+                    batch_size: int, lr: float, warmup: int, progress: bool = True) -> None:
+    """Stage 2: every weight but the (frozen) encoder learns captions and text-only
+    multiple-choice drills, half and half."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from aqa.data.spoken import format_times
+    from aqa.models.base import Example
+    from aqa.train.recipe import lr_lambda
+
+    backend.audio_encoder().requires_grad_(False)
+    model = backend.model
+    pool = [names[m] for m in sorted(names)] + [format_times(k) for k in range(1, 6)] + [str(k) for k in range(1, 6)]
     capts = [caption(ev, names) for ev in events]
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -178,12 +171,17 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
         bar.set_postfix(loss=f"{loss.item():.3f}")
     log.info("alignment pretraining: %d clips, %d steps, last loss %.3f", len(audio), steps, loss.item())
 
-    # ---- save ------------------------------------------------------------------------------
+
+def save_base(backend, model_dir: str | Path, out_dir: str | Path) -> Path:
+    """The pretrained model as a checkpoint folder (weights, processor, the tiny model's sizes),
+    written beside `out_dir` and renamed into place."""
+    from aqa.io import ordinary_modes
+
     out = Path(out_dir)
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.eval()
-    model.save_pretrained(tmp, safe_serialization=True)
+    backend.model.eval()
+    backend.model.save_pretrained(tmp, safe_serialization=True)
     backend.processor.save_pretrained(tmp)
     ordinary_modes(tmp)  # save_pretrained leaves model.safetensors 0600
     if (Path(model_dir) / "aqa_tiny.json").is_file():
@@ -191,6 +189,46 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Path, audio_root: str | Path,
+             out_dir: str | Path, *, encoder_steps: int = 200, steps: int = 300, batch_size: int = 16,
+             lr: float = 5e-4, encoder_lr: float = 1e-3, warmup: int = 30, seed: int = 0,
+             device: str | None = None, clip_ids: Iterable[str] | None = None, progress: bool = True) -> Path:
+    """Both stages on the clips of `strong_tsv` (only `clip_ids` if given); the result is
+    saved as a checkpoint folder at `out_dir`."""
+    import time
+
+    import numpy as np
+    import torch
+
+    from aqa.data.events import read_labels, read_strong_tsv
+    from aqa.models.registry import load_backend
+
+    clips = read_strong_tsv(strong_tsv)
+    names = read_labels(labels_tsv)
+    if clip_ids is not None:
+        keep = set(clip_ids)
+        clips = {k: v for k, v in clips.items() if k in keep}
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)  # one stream through both stages: the clips and drills each step draws
+    backend = load_backend(str(model_dir), device=device, is_trainable=True)
+    try:
+        backend.audio_encoder()
+        backend.encoder_shape
+    except NotImplementedError as e:
+        raise ValueError(f"{model_dir}: `aqa model pretrain` cannot train this model ({e})") from None
+    audio, events = load_clips(clips, audio_root, backend.audio_seconds, progress)
+    if not audio:
+        raise ValueError(f"{strong_tsv}: no clip with decodable audio to pretrain on")
+    t = time.time()
+    train_encoder(backend, audio, events, sorted(names), rng, steps=encoder_steps, batch_size=batch_size,
+                  lr=encoder_lr, warmup=warmup, progress=progress)
+    t_encoder, t = time.time() - t, time.time()
+    train_alignment(backend, audio, events, names, rng, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
+                    progress=progress)
+    log.info("pretraining: encoder %.0f s, alignment %.0f s", t_encoder, time.time() - t)
+    return save_base(backend, model_dir, out_dir)
 
 
 def register(msub: argparse._SubParsersAction) -> None:

@@ -34,7 +34,8 @@ from aqa.eval.report.browser import MAX_ITEMS, browser_data, browser_html
 from aqa.eval.report.calibration import calibration_curves, calibration_points
 from aqa.eval.report.data import EvalRun, ReportError, TrainRun, discover
 from aqa.eval.report.document import (
-    BulletList, Code, Document, Heading, HtmlSection, Image, Paragraph, Table, markdown_blocks, to_html, to_markdown)
+    BulletList, Code, Document, Heading, HtmlSection, Image, Paragraph, Table, markdown_blocks, text_table, to_html,
+    to_markdown)
 from aqa.eval.report.plots import Plot, write_plots
 from aqa.eval.report.tables import report_tables
 from aqa.io import atomic_write_text
@@ -50,7 +51,8 @@ def build_report(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
 
     Returns {"markdown": Path, "html": Path, "plots": [Path, ...], "files": [every Path
     written], "runs": [row names in table order], "training_runs": [names], "table": the
-    accuracy table in Markdown, or "" when there is no eval dir}.
+    accuracy table in Markdown, "table_text": the same in aligned plain text for a terminal,
+    both "" when there is no eval dir}.
     `n_boot` and `seed` apply only to eval dirs whose metrics.json has to be computed.
     `max_items` and `embed_audio` shape report.html's item browser (aqa.eval.report.browser).
     """
@@ -68,7 +70,8 @@ def build_report(dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     return {"markdown": md_path, "html": html_path, "plots": pngs,
             "files": [md_path, html_path, *pngs], "runs": [e.name for e in evals],
             "training_runs": [t.name for t in trains],
-            "table": markdown_blocks([tables[0]]) if evals else ""}
+            "table": markdown_blocks([tables[0]]) if evals else "",
+            "table_text": text_table(tables[0]) if evals else ""}
 
 
 def report_document(evals: Sequence[EvalRun], trains: Sequence[TrainRun], tables: Sequence[Table],

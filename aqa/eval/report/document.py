@@ -1,11 +1,13 @@
-"""A small document model, and its two renderings: Markdown, and one HTML page with its CSS
-inline and its images referenced by relative path.
+"""A small document model, and its renderings: Markdown, one HTML page with its CSS inline and
+its images referenced by relative path, and plain text for a terminal.
 
 The report builds one Document and renders it twice, so report.md and report.html always show
-the same headings, tables, figures and text."""
+the same headings, tables, figures and text; a command that ends by showing a table in the
+terminal renders the same Table as text."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from html import escape
@@ -191,3 +193,25 @@ def _html_table(t: Table) -> str:
     if t.caption:
         out.append(f'<p class="caption">{escape(t.caption)}</p>')
     return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- plain text
+
+
+def text_table(t: Table, width: int = 100) -> str:
+    """The table in aligned columns (names left, numbers right, as in the other renderings)
+    under its title, with its caption wrapped to `width`: Markdown's pipes do not line up in a
+    terminal."""
+    grid = [t.header, *t.rows]
+    widths = [max(len(row[i]) if i < len(row) else 0 for row in grid) for i in range(len(t.header))]
+
+    def line(cells: Sequence[str]) -> str:
+        padded = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))]
+        return "  ".join(padded).rstrip()
+
+    lines = [t.title] if t.title else []
+    lines += [line(t.header), "  ".join("-" * w for w in widths)]
+    lines += [line(row) for row in t.rows]
+    if t.caption:
+        lines += ["", textwrap.fill(t.caption, width)]
+    return "\n".join(lines) + "\n"

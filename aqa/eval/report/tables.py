@@ -18,7 +18,8 @@ def report_tables(evals: Sequence[EvalRun], trains: Sequence[TrainRun], ece: dic
     """Every table of the report, in report order; the optional ones only when they have rows."""
     tables: list[Table | None] = []
     if evals:
-        tables += [suite_table(evals), accuracy_table(evals), details_table(evals, ece), question_type_table(evals),
+        # The accuracy table first: build_report returns it as the report's headline table.
+        tables += [accuracy_table(evals), suite_table(evals), details_table(evals, ece), question_type_table(evals),
                    contribution_table(evals), sensitivity_table(evals)]
     if trains:
         tables += [training_table(trains, train_plots), completions_table(trains)]
