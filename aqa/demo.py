@@ -232,11 +232,12 @@ def make_data(demo: Demo) -> None:
             write_records(demo.data / f"{split}.jsonl", recs, relative_to=demo.data)
 
     demo.stage("data", (demo.data / "dev.jsonl").is_file(), make)
-    train_clips, dev_clips = (train_clip_ids(demo.data / f"{split}.jsonl") for split in ("train", "dev"))
+    train_clips, dev_clips = (question_clips(demo.data / f"{split}.jsonl") for split in ("train", "dev"))
     assert not train_clips & dev_clips, "train and dev share clips"
 
 
-def train_clip_ids(path: Path) -> set[str]:
+def question_clips(path: Path) -> set[str]:
+    """The clips a question file asks about."""
     from aqa.data.records import load_records
 
     return {r.meta["segment_id"] for r in load_records(path)}
@@ -258,7 +259,7 @@ def base_model(demo: Demo, family: str, name: str, seed: int, what: str = "") ->
     demo.stage(f"{what}pretraining", (base / "config.json").is_file(),
                lambda: pretrain(tiny, synth / "strong.tsv", synth / "labels.tsv", synth / "wav", base,
                                 encoder_steps=cfg.encoder_steps, steps=cfg.pretrain_steps, seed=seed,
-                                clip_ids=train_clip_ids(demo.data / "train.jsonl"), progress=demo.progress))
+                                clip_ids=question_clips(demo.data / "train.jsonl"), progress=demo.progress))
     return base
 
 
