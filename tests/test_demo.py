@@ -102,3 +102,17 @@ def check_bench_record(out, first, tmp_path):
     verdicts = [x.rsplit("|", 2)[-2].strip() for x in text.splitlines() if x.startswith(("| SFT >=", "| ensemble >=",
                                                                                           "| GRPO >="))]
     assert len(verdicts) == 4 and set(verdicts) <= {"holds with margin", "holds", "fails"}
+    # --profile: one row per piece of a step, a positive time for each.
+    r = subprocess.run([sys.executable, str(root / "bench" / "demo.py"), "--profile", str(out), "--results",
+                        str(results)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [x for x in results.read_text().split("step costs")[1].splitlines() if x.startswith("| ") and "---" not in x]
+    assert [x.split(" | ")[0] for x in rows[1:]] == [
+        "| collate 16 items (log-mels, tokens)", "| audio encoder forward", "| scoring forward (an eval batch)",
+        "| SFT step, LoRA dropout 0.05", "| SFT step, LoRA dropout 0", "| GRPO step: rollouts + reference + update",
+        "| pretraining: encoder step", "| pretraining: alignment step",
+        "| SFT step, wall: LoRA dropout 0.05, 2 DataLoader workers",
+        "| SFT step, wall: LoRA dropout 0, 2 DataLoader workers",
+        "| SFT step, wall: LoRA dropout 0, 0 DataLoader workers"]
+    assert all(float(x.strip(" |").rsplit("|", 1)[1]) > 0 for x in rows[1:])
