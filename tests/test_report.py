@@ -277,3 +277,17 @@ def test_report_markdown_and_html_show_the_same_content(runs):
     assert len(md_o["images"]) == 3 and "a|b: " + str(dirs[1]) in md_o["items"]
     # the table the command prints is the report's accuracy section
     assert res["table"].startswith("## Accuracy (%)\n\n| run |") and res["table"] in md
+
+
+def test_sensitivity_table_passes_over_metrics_without_a_breakdown(tmp_path):
+    """A silence/mismatched pair whose metrics.json (hand-made, or from an older aqa) lacks
+    audio_contribution gives no sensitivity row instead of a KeyError."""
+    from aqa.eval.report.data import EvalRun
+    from aqa.eval.report.tables import sensitivity_table
+
+    both = {"all": {"n": 4, "accuracy_with_audio": 0.75, "accuracy_without": 0.25, "contribution": 0.5}}
+    silent = EvalRun("s", tmp_path, {"audio": "silence", "reference": "n"})
+    mismatched = EvalRun("m", tmp_path, {"audio": "mismatched", "reference": "n", "audio_contribution": both})
+    assert sensitivity_table([silent, mismatched]) is None
+    silent.metrics["audio_contribution"] = both
+    assert sensitivity_table([silent, mismatched]).rows[0][1] == "all"

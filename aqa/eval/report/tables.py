@@ -206,7 +206,8 @@ def sensitivity_table(evals: Sequence[EvalRun]) -> Table | None:
         other = by_ref.get((ref, "mismatched"))
         if mode != "silence" or other is None:
             continue
-        s, m = silent.metrics["audio_contribution"], other.metrics["audio_contribution"]
+        # A metrics.json written by hand or by an older aqa may lack the per-subset breakdown.
+        s, m = (silent.metrics.get("audio_contribution") or {}), (other.metrics.get("audio_contribution") or {})
         for subset in [k for k in s if k in m]:
             with_audio = s[subset]["accuracy_with_audio"]
             without = (s[subset]["accuracy_without"] + m[subset]["accuracy_without"]) / 2
