@@ -365,10 +365,34 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else float("nan")
 
 
+#: What each family setting's models made: a resumed demo keeps any stage whose output exists,
+#: so after a change of family these would stand in for the new family's models unnoticed.
+FAMILY_OUTPUTS = {"family": ("models", "runs", "eval"),
+                  "second_family": ("models/tiny-b", "models/base-b", "runs/sft-b", "eval/sft-b", "eval/ensemble")}
+
+
+def check_family_outputs(out: Path, cfg: DemoConfig) -> None:
+    """Refuse to resume a demo folder over the outputs of another `family` or `second_family`
+    (demo_config.yaml says which made them), naming what to delete to rerun those stages."""
+    from aqa.config import read_yaml_mapping
+
+    saved = out / "demo_config.yaml"
+    if not saved.is_file():
+        return
+    old = read_yaml_mapping(saved)
+    for key, paths in FAMILY_OUTPUTS.items():
+        before = old.get(key, getattr(cfg, key))
+        stale = [p for p in paths if (out / p).exists()]
+        if before != getattr(cfg, key) and stale:
+            raise ValueError(f"{out} was made with {key}={before}, not {getattr(cfg, key)}: delete "
+                             f"{', '.join(str(out / p) for p in stale)} to rerun those stages, or use another folder")
+
+
 def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict:
     """Every stage in order, each skipped when its output exists; returns the summary."""
     t0 = time.time()
     demo = Demo(Path(out), cfg, progress)
+    check_family_outputs(demo.out, cfg)
     demo.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(demo.out / "demo_config.yaml", dump_yaml(cfg))
     make_data(demo)
