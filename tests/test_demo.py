@@ -14,11 +14,23 @@ TOY = DemoConfig(clips=24, clip_seconds=2, dev_fraction=0.25, dev_questions=0, e
                  second_sft_steps=2, second_family="qwen2.5-omni")  # the cross-family ensemble
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="module")
 def toy_demo(tmp_path_factory):
-    """A finished toy demo folder and its first run's summary (a test that changes its stages copies it)."""
+    """A finished toy demo folder and its first run's summary (a test that changes its stages
+    copies it). One torch thread, as `one_thread` gives the tests: beside another demo on 2 cores
+    the toy demo took 10 s so and 84 s with two threads (their spin-waits, README)."""
+    import torch
+
     out = tmp_path_factory.mktemp("toy") / "demo"
-    return out, run_demo(out, TOY, progress=False)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return out, run_demo(out, TOY, progress=False)
+    finally:
+        torch.set_num_threads(n)
 
 
 def test_demo_writes_every_stage_and_resumes(toy_demo, tmp_path, capsys):
