@@ -375,6 +375,7 @@ def check_family_outputs(out: Path, cfg: DemoConfig) -> None:
     """Refuse to resume a demo folder over the outputs of another `family` or `second_family`
     (demo_config.yaml says which made them), naming what to delete to rerun those stages."""
     from aqa.config import read_yaml_mapping
+    from aqa.io import UserError
 
     saved = out / "demo_config.yaml"
     if not saved.is_file():
@@ -384,7 +385,7 @@ def check_family_outputs(out: Path, cfg: DemoConfig) -> None:
         before = old.get(key, getattr(cfg, key))
         stale = [p for p in paths if (out / p).exists()]
         if before != getattr(cfg, key) and stale:
-            raise ValueError(f"{out} was made with {key}={before}, not {getattr(cfg, key)}: delete "
+            raise UserError(f"{out} was made with {key}={before}, not {getattr(cfg, key)}: delete "
                              f"{', '.join(str(out / p) for p in stale)} to rerun those stages, or use another folder")
 
 

@@ -94,15 +94,20 @@ def check_printed_table(out, capsys):
     assert len({len(x) for x in table[:table.index("")]}) == 1
 
 
-def test_a_moss_audio_second_model_on_a_finished_demos_first_model(toy_demo, tmp_path):
+def test_a_moss_audio_second_model_on_a_finished_demos_first_model(toy_demo, tmp_path, capsys):
     """second_family=moss-audio: a tiny MOSS-Audio pretrained through its hooks, tuned, evaluated and
     ensembled with the first model, whose stages a finished demo already holds (kept: the demo
     resumes). The old second family's outputs are refused until deleted."""
+    from aqa.cli import main
+
     out = tmp_path / "demo"
     shutil.copytree(toy_demo[0], out)
     moss = dataclasses.replace(TOY, second_family="moss-audio")
-    with pytest.raises(ValueError, match="second_family=qwen2.5-omni, not moss-audio: delete .*base-b"):
-        run_demo(out, moss, progress=False)
+    saved = (out / "demo_config.yaml").read_text()
+    assert main(["demo", "-o", str(out), *(f"{k}={v}" for k, v in dataclasses.asdict(moss).items())]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} was made with second_family=qwen2.5-omni, not moss-audio: delete {out}/models/tiny-b" in err
+    assert "Traceback" not in err and (out / "demo_config.yaml").read_text() == saved
     for stale in ("models/tiny-b", "models/base-b", "runs/sft-b", "eval/sft-b", "eval/ensemble"):
         shutil.rmtree(out / stale)
     s = run_demo(out, moss, progress=False)

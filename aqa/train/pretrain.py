@@ -251,6 +251,7 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     import torch
 
     from aqa.data.events import read_labels, read_strong_tsv
+    from aqa.io import UserError
     from aqa.models.registry import load_backend
 
     clips = read_strong_tsv(strong_tsv)
@@ -264,7 +265,7 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     try:
         backend.audio_encoder()
     except NotImplementedError as e:
-        raise ValueError(f"{model_dir}: `aqa model pretrain` cannot train this model ({e})") from None
+        raise UserError(f"{model_dir}: `aqa model pretrain` cannot train this model ({e})") from None
     audio, events = load_clips(clips, audio_root, backend.audio_seconds, progress)
     if not audio:
         raise ValueError(f"{strong_tsv}: no clip with decodable audio to pretrain on")
@@ -276,7 +277,7 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
         train_encoder(backend, audio, events, sorted(names), rng, seconds=seconds, steps=encoder_steps,
                       batch_size=batch_size, lr=encoder_lr, warmup=warmup, progress=progress)
     except NotImplementedError as e:  # a family with some of the hooks but not all
-        raise ValueError(f"{model_dir}: `aqa model pretrain` cannot train this model ({e})") from None
+        raise UserError(f"{model_dir}: `aqa model pretrain` cannot train this model ({e})") from None
     t_encoder, t = time.time() - t, time.time()
     train_alignment(backend, audio, events, names, rng, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                     progress=progress)
