@@ -129,6 +129,7 @@ def step_costs(demo: Path) -> dict[str, float]:
     from aqa.demo import DemoConfig
     from aqa.models.registry import load_backend
     from aqa.train.data import QAItems
+    from aqa.train.pretrain import encoder_output_shape
 
     cfg = load_config(DemoConfig, demo / "demo_config.yaml")
     base = str(demo / "models" / "base")
@@ -177,8 +178,8 @@ def step_costs(demo: Path) -> dict[str, float]:
     out["GRPO step: rollouts + reference + update"] = rollout + reference + update
     pb = load_backend(base, device="cpu", is_trainable=True)
     encoder = pb.audio_encoder()
-    frames, width = pb.encoder_shape
     feats = pb.encoder_inputs([e.audio for e in examples])
+    frames, width = encoder_output_shape(pb, feats)
     classes = len(read_labels(demo / "data" / "synth" / "labels.tsv"))
     head = torch.nn.Linear(width, classes)
     targets = torch.zeros(len(examples), frames, classes)

@@ -2,6 +2,9 @@
 
 import dataclasses
 import json
+import shutil
+
+import pytest
 
 from aqa.demo import DemoConfig, run_demo
 
@@ -11,9 +14,27 @@ TOY = DemoConfig(clips=24, clip_seconds=2, dev_fraction=0.25, dev_questions=0, e
                  second_sft_steps=2, second_family="qwen2.5-omni")  # the cross-family ensemble
 
 
-def test_demo_writes_every_stage_and_resumes(tmp_path, capsys):
-    out = tmp_path / "demo"
-    s = run_demo(out, TOY, progress=False)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def toy_demo(tmp_path_factory):
+    """A finished toy demo folder and its first run's summary (a test that changes its stages
+    copies it). One torch thread, as `one_thread` gives the tests: beside another demo on 2 cores
+    the toy demo took 10 s so and 84 s with two threads (their spin-waits, README)."""
+    import torch
+
+    out = tmp_path_factory.mktemp("toy") / "demo"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return out, run_demo(out, TOY, progress=False)
+    finally:
+        torch.set_num_threads(n)
+
+
+def test_demo_writes_every_stage_and_resumes(toy_demo, tmp_path, capsys):
+    out, s = toy_demo
     assert set(s["pooled_dev_accuracy"]) == {"zero-shot", "zero-shot-generate", "sft", "sft-silence", "sft-b", "grpo",
                                              "ensemble"}
     silent = json.loads((out / "eval" / "sft-silence" / "metrics.json").read_text())
@@ -71,6 +92,35 @@ def check_printed_table(out, capsys):
     # Columns line up: the last column is right-aligned, so every line of the table is as wide.
     table = lines[lines.index("Accuracy (%)") + 1:]
     assert len({len(x) for x in table[:table.index("")]}) == 1
+
+
+def test_a_moss_audio_second_model_on_a_finished_demos_first_model(toy_demo, tmp_path, capsys):
+    """second_family=moss-audio: a tiny MOSS-Audio pretrained through its hooks, tuned, evaluated and
+    ensembled with the first model, whose stages a finished demo already holds (kept: the demo
+    resumes). The old second family's outputs are refused until deleted."""
+    from aqa.cli import main
+
+    out = tmp_path / "demo"
+    shutil.copytree(toy_demo[0], out)
+    moss = dataclasses.replace(TOY, second_family="moss-audio")
+    saved = (out / "demo_config.yaml").read_text()
+    assert main(["demo", "-o", str(out), *(f"{k}={v}" for k, v in dataclasses.asdict(moss).items())]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} was made with second_family=qwen2.5-omni, not moss-audio: delete {out}/models/tiny-b" in err
+    assert "Traceback" not in err and (out / "demo_config.yaml").read_text() == saved
+    for stale in ("models/tiny-b", "models/base-b", "runs/sft-b", "eval/sft-b", "eval/ensemble"):
+        shutil.rmtree(out / stale)
+    s = run_demo(out, moss, progress=False)
+    assert list(s["stages"]) == ["second tiny model", "second pretraining", "second LoRA SFT", "second SFT eval",
+                                 "ensemble"]
+    assert json.loads((out / "models" / "base-b" / "config.json").read_text())["model_type"] == "moss_audio"
+    # The pretrained base keeps the release's layout: its tokenizer files, no tokenizer.json.
+    assert {"vocab.json", "merges.txt", "processor_config.json", "generation_config.json"} <= {
+        f.name for f in (out / "models" / "base-b").iterdir()}
+    assert json.loads((out / "eval" / "sft-b" / "metrics.json").read_text())["n"] > 0
+    assert "cross-fitted" in json.loads((out / "eval" / "ensemble" / "metrics.json").read_text())["fit"]
+    md = (out / "report" / "report.md").read_text()
+    assert "sft-b (moss-audio)" in md and "ensemble (cross-fitted)" in md
 
 
 def test_an_unknown_family_is_refused_before_anything_runs(tmp_path, capsys):

@@ -278,12 +278,20 @@ def test_official_7b_weight_names_and_shapes_load():
     assert cfg.rope_parameters["rope_theta"] == 10000.0  # upstream's config class default
 
 
-def test_pretraining_a_kimi_folder_is_refused_by_name(tiny_kimi, synth_data):
+def test_pretraining_a_kimi_folder_is_refused_by_name(tiny_kimi, synth_data, capsys):
+    from aqa.cli import main
     from aqa.train.pretrain import pretrain
 
     with pytest.raises(ValueError, match="moonshot_kimia"):
         pretrain(tiny_kimi, synth_data / "strong.tsv", synth_data / "labels.tsv", synth_data / "wav",
                  synth_data / "never")
+    capsys.readouterr()
+    assert main(["model", "pretrain", str(tiny_kimi), "--strong", str(synth_data / "strong.tsv"), "--labels",
+                 str(synth_data / "labels.tsv"), "--audio-root", str(synth_data / "wav"), "-o",
+                 str(synth_data / "never")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot train this model (the moonshot_kimia backend has no audio-encoder pretraining hooks)" in err
+    assert "Traceback" not in err
 
 
 def test_spec_augment_masks_the_whisper_features_not_the_speech_tokens(kimi):

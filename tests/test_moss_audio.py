@@ -154,6 +154,38 @@ def test_deepstack_features_reach_the_first_decoder_layers(b):
     assert torch.allclose(b.option_logits(batch, [2]), base)
 
 
+def test_pretraining_hooks_train_the_encoder_the_prompt_reads(folder, synth_data):
+    """`aqa model pretrain`'s hooks: the encoder states of a clip are the ones its SFT/eval batch
+    gets (same log-mels, one state per audio token), and event detection on them learns."""
+    from aqa.data.events import read_labels, read_strong_tsv
+    from aqa.train.pretrain import (encoder_output_shape, load_clips, pad_clips, pretraining_window,
+                                    train_encoder)
+
+    pb = load_backend(str(folder), device="cpu", is_trainable=True)
+    clip = noise(2.0, 3)
+    feats = pb.encoder_inputs([clip, noise(2.0, 4)])
+    batch = pb.collate([Example(clip, "Which sound?")])
+    assert torch.equal(feats[0], batch["input_features"][0])
+    with torch.no_grad():
+        pb.audio_encoder().eval()
+        states = pb.encoder_states(feats)
+        own_states = pb.base_model().audio_encoder(batch["input_features"], batch["feature_lengths"])[0]
+    assert encoder_output_shape(pb, feats) == tuple(states.shape[1:])
+    assert states.shape[1] == int((batch["input_ids"] == pb.audio_token_id).sum()) == audio_token_count(200)
+    assert torch.allclose(states[:1], own_states, atol=1e-5)
+    with pytest.raises(ValueError, match="one length"):
+        pb.encoder_inputs([clip, noise(1.5)])
+    # No window of its own: the clips are padded to the longest, and event detection learns on them.
+    clips, names = read_strong_tsv(synth_data / "strong.tsv"), read_labels(synth_data / "labels.tsv")
+    audio, events = load_clips(clips, synth_data / "wav", pb.audio_seconds, progress=False)
+    seconds = pretraining_window(pb, audio)
+    assert pb.audio_seconds is None and seconds == 2.0
+    torch.manual_seed(0)  # the temporary head's initial weights
+    losses = train_encoder(pb, pad_clips(audio, seconds), events, sorted(names), np.random.default_rng(0),
+                           seconds=seconds, steps=12, batch_size=8, lr=3e-3, warmup=2, progress=False)
+    assert len(losses) == 12 and np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3]), losses
+
+
 @torch.no_grad()
 def test_lora_round_trips_through_its_folder(folder, tmp_path):
     lb = load_backend(str(folder), device="cpu")

@@ -552,12 +552,8 @@ class Backend:
         raise NotImplementedError(f"the {self.family} backend has no audio-encoder pretraining hooks")
 
     def encoder_states(self, inputs: torch.Tensor) -> torch.Tensor:
-        """(B, F, D) encoder output states of `encoder_inputs` rows."""
-        raise NotImplementedError(f"the {self.family} backend has no audio-encoder pretraining hooks")
-
-    @property
-    def encoder_shape(self) -> tuple[int, int]:
-        """(F, D): output frames for one full window of audio, and their width."""
+        """(B, F, D) encoder output states of `encoder_inputs` rows: F frames spread evenly over
+        the clip (pretraining reads F and D from these states, `pretrain.encoder_output_shape`)."""
         raise NotImplementedError(f"the {self.family} backend has no audio-encoder pretraining hooks")
 
     @property

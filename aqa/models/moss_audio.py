@@ -552,6 +552,23 @@ class MossAudioBackend(Backend):
     def output_embedding(self) -> torch.nn.Module:
         return self.base_model().lm_head
 
+    # --- audio-encoder pretraining (tiny models) --------------------------------------------
+    # The log-mels `collate` makes (bf16-rounded) and the encoder `embed` runs, so event
+    # detection trains the very path SFT and eval read. The encoder has no window: pretraining
+    # hands it clips of one length, and one clip's frames are the states the encoder returns.
+    def audio_encoder(self) -> torch.nn.Module:
+        return self.base_model().audio_encoder
+
+    def encoder_inputs(self, clips: list[np.ndarray]) -> torch.Tensor:
+        mels = [self.processor.features(c) for c in clips]
+        if len({m.shape[-1] for m in mels}) > 1:
+            raise ValueError("MOSS-Audio's pretraining inputs stack clips of one length (pad them to one first)")
+        return torch.stack(mels)  # (N, mels, frames)
+
+    def encoder_states(self, inputs: torch.Tensor) -> torch.Tensor:
+        lengths = torch.full((inputs.shape[0],), inputs.shape[-1], dtype=torch.long, device=inputs.device)
+        return self.audio_encoder()(inputs, lengths)[0]  # (B, tokens, output_dim): what the adapter reads
+
     def lora_target_modules(self, audio_tower: bool = False) -> str:
         # Upstream's finetune.py adapts the same decoder projections, and with
         # --lora_on_audio_encoder the encoder's q/k/v; here its whole attention (out_proj too).

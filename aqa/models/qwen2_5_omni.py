@@ -85,10 +85,3 @@ class Qwen25OmniBackend(OmniThinkerBackend):
         mask = torch.ones(B, F, dtype=torch.long, device=inputs.device)
         states = self.audio_embeddings({"input_features": inputs, "feature_attention_mask": mask})  # (B * T, D)
         return states.view(B, -1, states.shape[-1])
-
-    @property
-    def encoder_shape(self) -> tuple[int, int]:
-        fe = self.processor.feature_extractor
-        frames = torch.tensor([fe.n_samples // fe.hop_length])
-        _, tokens = self.audio_encoder()._get_feat_extract_output_lengths(frames)
-        return int(tokens[0]), self.audio_encoder().config.output_dim

@@ -162,11 +162,6 @@ class Qwen2AudioBackend(Backend):
     def encoder_states(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.audio_encoder()(inputs).last_hidden_state  # (B, F, D), after the average pooling
 
-    @property
-    def encoder_shape(self) -> tuple[int, int]:
-        cfg = self.audio_encoder().config
-        return cfg.max_source_positions // 2, cfg.d_model  # the encoder pools its positions by 2
-
     @torch.no_grad()
     def generate_ids(self, batch: dict[str, torch.Tensor], *, max_new_tokens: int = 16, do_sample: bool = False,
                      temperature: float = 1.0, top_p: float = 1.0, num_return_sequences: int = 1) -> list[list[int]]:

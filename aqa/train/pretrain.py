@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +41,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 INSTRUCTION = "Describe the sounds you hear, in order."
+#: The weight files of a model folder, which the pretrained model's own save replaces.
+WEIGHT_FILE = re.compile(r"\.(safetensors|bin|pt|pth)(\.index\.json)?$")
 
 
 def caption(events: Sequence, names: Mapping[str, str]) -> str:
@@ -109,9 +112,45 @@ def load_clips(clips: Mapping[str, Sequence], audio_root: str | Path, seconds: f
     return audio, events
 
 
-def train_encoder(backend, audio: list, events: list, mids: Sequence[str], rng, *, steps: int, batch_size: int,
-                  lr: float, warmup: int, progress: bool = True) -> None:
-    """Stage 1: the audio encoder (with a temporary linear head) learns sound event detection."""
+def encoder_output_shape(backend, feats) -> tuple[int, int]:
+    """(frames, width) of the encoder's states for one row of `encoder_inputs`: read from the
+    encoder itself, so the frame targets match what it outputs in every family (a model without
+    a fixed window has no frame count apart from its clips). Run in eval mode so that dropout
+    draws nothing from the RNG the training then uses."""
+    import torch
+
+    encoder = backend.audio_encoder()
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        states = backend.encoder_states(feats[:1].to(backend.device))
+    encoder.train(was_training)
+    return int(states.shape[1]), int(states.shape[2])
+
+
+def pretraining_window(backend, audio: list) -> float:
+    """Seconds of audio each clip stands for in the frame targets: the model's window, or for a
+    model that hears any length (`audio_seconds` None) the longest clip, the others padded to it."""
+    from aqa.data.audio import TARGET_SR
+
+    return backend.audio_seconds or max(len(a) for a in audio) / TARGET_SR
+
+
+def pad_clips(audio: list, seconds: float) -> list:
+    """Every clip padded with silence to `seconds`: one length, so that the encoder inputs stack
+    and each row's frames stand for the same time (a windowed model's extractor pads so itself)."""
+    import numpy as np
+
+    from aqa.data.audio import TARGET_SR
+
+    n = round(seconds * TARGET_SR)
+    return [np.pad(a, (0, n - len(a))) if len(a) < n else a for a in audio]
+
+
+def train_encoder(backend, audio: list, events: list, mids: Sequence[str], rng, *, seconds: float, steps: int,
+                  batch_size: int, lr: float, warmup: int, progress: bool = True) -> list[float]:
+    """Stage 1: the audio encoder (with a temporary linear head) learns sound event detection
+    on clips of `seconds` (`pretraining_window`); returns each step's loss."""
     import numpy as np
     import torch
     from tqdm.auto import tqdm
@@ -119,22 +158,25 @@ def train_encoder(backend, audio: list, events: list, mids: Sequence[str], rng, 
     from aqa.train.recipe import lr_lambda
 
     encoder, dev = backend.audio_encoder(), backend.device
-    n_frames, width = backend.encoder_shape
     feats = backend.encoder_inputs(audio)  # (N, ...)
-    targets = torch.tensor(np.stack([frame_targets(ev, mids, n_frames, backend.audio_seconds) for ev in events]))
+    n_frames, width = encoder_output_shape(backend, feats)
+    targets = torch.tensor(np.stack([frame_targets(ev, mids, n_frames, seconds) for ev in events]))
     head = torch.nn.Linear(width, len(mids)).to(dev)
     params = [p for p in encoder.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(min(warmup, steps // 5), steps, "cosine"))
     encoder.train()
     bar = tqdm(range(steps), desc="encoder: event detection", disable=not progress)
+    losses = []
     for _ in bar:
         idx = torch.as_tensor(rng.choice(len(audio), size=min(batch_size, len(audio)), replace=False))
         logits = head(backend.encoder_states(feats[idx].to(dev)))  # (B, frames, classes)
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[idx].to(dev))
         _step(loss, params, opt, sched)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-    log.info("encoder pretraining: %d steps, last loss %.4f", steps, loss.item())
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    log.info("encoder pretraining: %d steps, last loss %.4f", steps, losses[-1] if losses else float("nan"))
+    return losses
 
 
 def train_alignment(backend, audio: list, events: list, names: Mapping[str, str], rng, *, steps: int,
@@ -177,15 +219,21 @@ def save_base(backend, model_dir: str | Path, out_dir: str | Path) -> Path:
     written beside `out_dir` and renamed into place."""
     from aqa.io import ordinary_modes
 
-    out = Path(out_dir)
+    out, src = Path(out_dir), Path(model_dir)
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     backend.model.eval()
     backend.model.save_pretrained(tmp, safe_serialization=True)
-    backend.processor.save_pretrained(tmp)
+    if src.is_dir():
+        # Pretraining changes weights only: the folder's other files (tokenizer, processor and
+        # generation settings, aqa_tiny.json) are carried over as they are, which keeps each
+        # family's own layout (MOSS-Audio's processor is no transformers class that saves itself).
+        for f in src.iterdir():
+            if f.is_file() and not (tmp / f.name).exists() and not WEIGHT_FILE.search(f.name):
+                shutil.copy(f, tmp / f.name)
+    else:  # a hub id
+        backend.processor.save_pretrained(tmp)
     ordinary_modes(tmp)  # save_pretrained leaves model.safetensors 0600
-    if (Path(model_dir) / "aqa_tiny.json").is_file():
-        shutil.copy(Path(model_dir) / "aqa_tiny.json", tmp / "aqa_tiny.json")
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -203,6 +251,7 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     import torch
 
     from aqa.data.events import read_labels, read_strong_tsv
+    from aqa.io import UserError
     from aqa.models.registry import load_backend
 
     clips = read_strong_tsv(strong_tsv)
@@ -215,15 +264,20 @@ def pretrain(model_dir: str | Path, strong_tsv: str | Path, labels_tsv: str | Pa
     backend = load_backend(str(model_dir), device=device, is_trainable=True)
     try:
         backend.audio_encoder()
-        backend.encoder_shape
     except NotImplementedError as e:
-        raise ValueError(f"{model_dir}: `aqa model pretrain` cannot train this model ({e})") from None
+        raise UserError(f"{model_dir}: `aqa model pretrain` cannot train this model ({e})") from None
     audio, events = load_clips(clips, audio_root, backend.audio_seconds, progress)
     if not audio:
         raise ValueError(f"{strong_tsv}: no clip with decodable audio to pretrain on")
+    seconds = pretraining_window(backend, audio)
+    if backend.audio_seconds is None:
+        audio = pad_clips(audio, seconds)
     t = time.time()
-    train_encoder(backend, audio, events, sorted(names), rng, steps=encoder_steps, batch_size=batch_size,
-                  lr=encoder_lr, warmup=warmup, progress=progress)
+    try:
+        train_encoder(backend, audio, events, sorted(names), rng, seconds=seconds, steps=encoder_steps,
+                      batch_size=batch_size, lr=encoder_lr, warmup=warmup, progress=progress)
+    except NotImplementedError as e:  # a family with some of the hooks but not all
+        raise UserError(f"{model_dir}: `aqa model pretrain` cannot train this model ({e})") from None
     t_encoder, t = time.time() - t, time.time()
     train_alignment(backend, audio, events, names, rng, steps=steps, batch_size=batch_size, lr=lr, warmup=warmup,
                     progress=progress)
