@@ -18,7 +18,17 @@ Stages (each skipped when its output already exists, so an interrupted demo resu
    why the default keeps the second model in the first one's family and base. The tuned
    model is also evaluated with every clip replaced by silence of the same length, so the
    report shows how much of its accuracy comes from listening.
-4. the report: a Table-2-style table, accuracy per subset, the training loss curve; the
+4. with `reasoning=true`, the reasoning path after them: every training question gets an exact
+   rationale from its clip's labels (what is heard when, then the conclusion: "beep at 0.5 s,
+   twice; then knocking at 2.0 s, once. So 2 different sounds are heard."; the tiny tokenizer
+   learns their words), a LoRA SFT from the same pretrained base learns to write it in a think
+   block before the letter (target=reasoning), its answers are read from the generated text and
+   as letter scores after its own reasoning (reason-then-score), and GRPO samples reasonings
+   from it (generate rollouts, accuracy and format rewards, GDPO advantages) before its own
+   evaluation. The report's Reasoning table gives each of these rows' share of finished
+   reasonings and their mean length. Off by default: it adds minutes, and its tokenizer (with
+   the rationales' words) changes the other stages' numbers a little.
+5. the report: a Table-2-style table, accuracy per subset, the training loss curve; the
    terminal gets each stage's seconds, the same accuracy table and the path of report.html.
 
 Where the demo departs from the method: options keep a fixed order and are not shuffled in
