@@ -518,6 +518,9 @@ def _run(args) -> int:
     s = run_demo(args.output, cfg)
     print(f"\ndemo finished in {s['seconds']:.0f} s" + (f" ({stage_times(s['stages'])})" if s["stages"] else ""))
     print(f"\n{s['table']}")
+    for name, r in s.get("reasoning", {}).items():
+        words = "-" if r["mean_words"] is None else f"{r['mean_words']:.1f}"
+        print(f"{name}: {100 * r['finished']:.1f}% of the reasonings finished, {words} words on average")
     print(f"report: {s['html']} (report.md and the plots beside it)")
     return 0
 

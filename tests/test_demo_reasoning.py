@@ -1,9 +1,11 @@
 """`aqa demo reasoning=true` at toy sizes: the exact rationales, the reasoning stages' files,
 and the finished share and mean length of reasonings in metrics.json and the report."""
 
+import dataclasses
 import json
 from pathlib import Path
 
+from aqa.cli import main
 from aqa.data.events import Event
 from aqa.demo import DemoConfig, fixed_order_questions, half_seconds, run_demo
 from aqa.eval.metrics import compute_metrics
@@ -56,7 +58,7 @@ TOY = DemoConfig(clips=24, clip_seconds=2, dev_fraction=0.25, encoder_dim=32, en
                  reasoning_tokens=6, reasoning_grpo_steps=1, reasoning_grpo_batch=2, reasoning_grpo_group=2)
 
 
-def test_reasoning_path_writes_its_stages_and_reports_them(tmp_path):
+def test_reasoning_path_writes_its_stages_and_reports_them(tmp_path, capsys):
     out = tmp_path / "demo"
     s = run_demo(out, TOY, progress=False)
     for stage in ("reasoning data", "reasoning SFT", "reasoning GRPO"):
@@ -82,8 +84,13 @@ def test_reasoning_path_writes_its_stages_and_reports_them(tmp_path):
                   "grpo reasoning, generated answers"):
         assert f"| {shown} |" in table
     assert "finished (%)" in table and "mean words" in table
-    # Resumed: every stage is found done.
+    # Resumed: every stage is found done; the terminal gets each reasoning row's two numbers.
     assert run_demo(out, TOY, progress=False)["stages"] == {}
+    capsys.readouterr()
+    assert main(["demo", "-o", str(out), *(f"{k}={v}" for k, v in dataclasses.asdict(TOY).items())]) == 0
+    printed = capsys.readouterr().out
+    for name, r in s["reasoning"].items():
+        assert f"{name}: {100 * r['finished']:.1f}% of the reasonings finished" in printed
 
 
 def test_the_default_demo_config_keeps_the_reasoning_path_off():
