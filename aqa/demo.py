@@ -98,7 +98,7 @@ class DemoConfig:
                                    "collates, 4% of a step here, leaving the cores to the step)")
     reasoning: bool = doc(False, help="then the reasoning path: SFT on exact rationales, GRPO on generated "
                                       "reasonings, evals that read them (a few more minutes)")
-    reasoning_sft_steps: int = doc(300, help="reasoning path: LoRA SFT optimizer steps (target=reasoning)")
+    reasoning_sft_steps: int = doc(600, help="reasoning path: LoRA SFT optimizer steps (target=reasoning)")
     reasoning_tokens: int = doc(96, help="reasoning path: token budget of a generated reasoning and its answer")
     reasoning_grpo_steps: int = doc(20, help="reasoning path: GRPO optimizer steps (0 skips the stage)")
     reasoning_grpo_batch: int = doc(8, help="reasoning path: GRPO questions per step")
