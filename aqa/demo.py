@@ -132,7 +132,7 @@ def rationale(heard: dict[str, tuple[float, int]], names: dict[str, str], conclu
     """The exact reasoning behind an answer, from the clip's labels: what is heard when (each
     sound in order of first onset, its onset to the half second and how often it occurs), then
     `conclusion`: 'beep at 0.5 s, twice; then knocking at 2.0 s, once. So 2 different sounds
-    are heard.' Short, because the tiny model has to write it on CPU (about 25 to 60 tokens)."""
+    are heard.' Short, because the tiny model has to write it on CPU (about 40 tokens)."""
     from aqa.data.spoken import format_times
 
     heard_when = "; then ".join(f"{names[m]} at {half_seconds(onset):.1f} s, {format_times(n)}"
@@ -306,7 +306,9 @@ def reasoning_data(demo: Demo) -> None:
 def tokenizer_corpus(demo: Demo) -> list[str]:
     """The texts the tiny tokenizer is trained on: the synthetic QA's questions and options, and
     with the reasoning path the think blocks of its rationales, so that a rationale takes about
-    half the tokens (fewer to generate, and to learn) and the delimiters a few."""
+    half the tokens (fewer to generate, and to learn) and the delimiters a few. A demo folder
+    first made without the path keeps its tokenizer when resumed with it: its rationales then
+    take about 60 tokens with the think block, still within `reasoning_tokens`."""
     from aqa.io import iter_jsonl
     from aqa.models.tiny.builder import corpus_from_records
     from aqa.prompts import ThinkFormat
