@@ -20,7 +20,17 @@ Stages (each skipped when its output already exists, so an interrupted demo resu
    A folder is not resumed over the models of another family (`check_family_outputs`). The tuned
    model is also evaluated with every clip replaced by silence of the same length, so the
    report shows how much of its accuracy comes from listening.
-4. the report: a Table-2-style table, accuracy per subset, the training loss curve; the
+4. with `reasoning=true`, the reasoning path after them: every training question gets an exact
+   rationale from its clip's labels (what is heard when, then the conclusion: "beep at 0.5 s,
+   twice; then knocking at 2.0 s, once. So 2 different sounds are heard."; the tiny tokenizer
+   learns their words), a LoRA SFT from the same pretrained base learns to write it in a think
+   block before the letter (target=reasoning), its answers are read from the generated text and
+   as letter scores after its own reasoning (reason-then-score), and GRPO samples reasonings
+   from it (generate rollouts, accuracy and format rewards, GDPO advantages) before its own
+   evaluation. The report's Reasoning table gives each of these rows' share of finished
+   reasonings and their mean length. Off by default: it adds minutes, and its tokenizer (with
+   the rationales' words) changes the other stages' numbers a little.
+5. the report: a Table-2-style table, accuracy per subset, the training loss curve; the
    terminal gets each stage's seconds, the same accuracy table and the path of report.html.
 
 Where the demo departs from the method: options keep a fixed order and are not shuffled in
@@ -89,6 +99,15 @@ class DemoConfig:
     eval_batch: int = doc(16, help="evaluation batch size")
     num_workers: int = doc(0, help="DataLoader workers of the SFT and GRPO stages (0: the training process "
                                    "collates, 4% of a step here, leaving the cores to the step)")
+    reasoning: bool = doc(False, help="then the reasoning path: SFT on exact rationales, GRPO on generated "
+                                      "reasonings, evals that read them (a few more minutes)")
+    reasoning_sft_steps: int = doc(600, help="reasoning path: LoRA SFT optimizer steps (target=reasoning)")
+    reasoning_tokens: int = doc(96, help="reasoning path: token budget of a generated reasoning and its answer")
+    reasoning_grpo_steps: int = doc(20, help="reasoning path: GRPO optimizer steps (0 skips the stage)")
+    reasoning_grpo_batch: int = doc(8, help="reasoning path: GRPO questions per step")
+    reasoning_grpo_group: int = doc(6, help="reasoning path: GRPO completions sampled per question (G)")
+    reasoning_temperature: float = doc(0.7, help="reasoning path: GRPO sampling temperature (at 1.0 over 40% of the tiny "
+                                                 "model's sampled reasonings were malformed)")
 
     def __post_init__(self):
         from aqa.models.tiny import FAMILIES
@@ -105,8 +124,29 @@ TIMES = ["once", "twice", "three times"]
 FIRST_GAP_S = 0.3
 
 
-def fixed_order_questions(clip_ids, clips, names, wav_dir: Path, split: str, seed: int) -> list:
-    """The demo's three question types for each clip, options in a fixed order."""
+def half_seconds(t: float) -> float:
+    """`t` to the nearest half second (halves round up, unlike round()'s to-even)."""
+    import math
+
+    return math.floor(2 * t + 0.5) / 2
+
+
+def rationale(heard: dict[str, tuple[float, int]], names: dict[str, str], conclusion: str) -> str:
+    """The exact reasoning behind an answer, from the clip's labels: what is heard when (each
+    sound in order of first onset, its onset to the half second and how often it occurs), then
+    `conclusion`: 'beep at 0.5 s, twice; then knocking at 2.0 s, once. So 2 different sounds
+    are heard.' Short, because the tiny model has to write it on CPU (about 40 tokens)."""
+    from aqa.data.spoken import format_times
+
+    heard_when = "; then ".join(f"{names[m]} at {half_seconds(onset):.1f} s, {format_times(n)}"
+                                for m, (onset, n) in heard.items())
+    return f"{heard_when}. So {conclusion}."
+
+
+def fixed_order_questions(clip_ids, clips, names, wav_dir: Path, split: str, seed: int,
+                          rationales: bool = False) -> list:
+    """The demo's three question types for each clip, options in a fixed order; with
+    `rationales`, each with the exact reasoning from the clip's labels (`rationale`)."""
     import numpy as np
 
     from aqa.data.events import onsets_and_counts
@@ -120,22 +160,27 @@ def fixed_order_questions(clip_ids, clips, names, wav_dir: Path, split: str, see
         order = list(heard)
         common = dict(audio=str(wav_dir / f"{cid}.wav"), source="synth", split=split, meta={"segment_id": cid})
 
-        def add(kind: str, question: str, choices: list[str], answer: str) -> None:
+        def add(kind: str, question: str, choices: list[str], answer: str, conclusion: str) -> None:
             r = AQARecord(id=f"{cid}-{kind.replace(' ', '-')}", question=question, choices=choices,
-                          answer=choices.index(answer), subset=kind, question_type=kind, **common)
+                          answer=choices.index(answer), subset=kind, question_type=kind, **common,
+                          rationale=rationale(heard, names, conclusion) if rationales else None)
             r.meta = dict(r.meta)
             r.audio_path = wav_dir / f"{cid}.wav"
             out.append(r)
 
-        if 1 <= len(order) <= len(COUNTS):
-            add("counting", "How many different sounds are in the audio clip?", COUNTS, str(len(order)))
-        if len(order) == 1 or heard[order[1]][0] - heard[order[0]][0] >= FIRST_GAP_S:
-            add("first sound", "Which sound is heard first?", all_names, names[order[0]])
+        n = len(order)
+        if 1 <= n <= len(COUNTS):
+            add("counting", "How many different sounds are in the audio clip?", COUNTS, str(n),
+                f"{n} different sounds are heard" if n > 1 else "1 sound is heard")
+        if n == 1 or heard[order[1]][0] - heard[order[0]][0] >= FIRST_GAP_S:
+            add("first sound", "Which sound is heard first?", all_names, names[order[0]],
+                f"{names[order[0]]} is heard first")
         rng = np.random.default_rng([seed, int(cid.rsplit("_", 1)[-1])])
-        label = order[int(rng.integers(len(order)))]
+        label = order[int(rng.integers(n))]
         if heard[label][1] <= len(TIMES):
-            add("frequency", f"How many times does the {names[label]} sound occur?", TIMES,
-                format_times(heard[label][1]))
+            times = format_times(heard[label][1])
+            add("frequency", f"How many times does the {names[label]} sound occur?", TIMES, times,
+                f"the {names[label]} occurs {times}")
     return out
 
 
@@ -181,14 +226,15 @@ class Demo:
         self.timings[name] = round(time.time() - t, 1)
 
     def eval_stage(self, stage: str, name: str, model: Path, adapter: Path | None = None, *, audio: str = "normal",
-                   mode: str = "score", reference: Path | None = None) -> None:
+                   mode: str = "score", reference: Path | None = None, max_new_tokens: int | None = None) -> None:
         """`aqa eval` of `model` (+ `adapter`) on dev into eval/<name>, unless it is there."""
         from aqa.eval.run import EvalSettings, evaluate
 
         cfg = self.cfg
         settings = EvalSettings(str(model), str(adapter) if adapter else None, str(self.data / "dev.jsonl"),
                                 seed=cfg.seed, audio=audio, mode=mode, batch_size=cfg.eval_batch, name=name,
-                                progress=self.progress, reference=None if reference is None else str(reference))
+                                progress=self.progress, reference=None if reference is None else str(reference),
+                                max_new_tokens=max_new_tokens)
         self.stage(stage, (self.evals / name / "metrics.json").is_file(),
                    lambda: evaluate(settings, self.evals / name))
 
@@ -239,6 +285,44 @@ def make_data(demo: Demo) -> None:
     assert not train_clips & dev_clips, "train and dev share clips"
 
 
+#: The reasoning path's training questions (with rationales), under the demo's data/.
+REASONING_TRAIN = "train-reasoning.jsonl"
+
+
+def reasoning_data(demo: Demo) -> None:
+    """Stage 1b (reasoning path): the training questions again, each with its exact rationale,
+    in data/train-reasoning.jsonl; train.jsonl stays as the other stages read it."""
+    from aqa.data.events import read_labels, read_strong_tsv
+    from aqa.data.records import write_records
+
+    cfg, synth, path = demo.cfg, demo.synth, demo.data / REASONING_TRAIN
+
+    def make():
+        clips, names = read_strong_tsv(synth / "strong.tsv"), read_labels(synth / "labels.tsv")
+        ids = sorted(question_clips(demo.data / "train.jsonl"))
+        recs = fixed_order_questions(ids, clips, names, synth / "wav", "train", cfg.seed, rationales=True)
+        write_records(path, recs, relative_to=demo.data)
+
+    demo.stage("reasoning data", path.is_file(), make)
+
+
+def tokenizer_corpus(demo: Demo) -> list[str]:
+    """The texts the tiny tokenizer is trained on: the synthetic QA's questions and options, and
+    with the reasoning path the think blocks of its rationales, so that a rationale takes about
+    half the tokens (fewer to generate, and to learn) and the delimiters a few. A demo folder
+    first made without the path keeps its tokenizer when resumed with it: its rationales then
+    take about 60 tokens with the think block, still within `reasoning_tokens`."""
+    from aqa.io import iter_jsonl
+    from aqa.models.tiny.builder import corpus_from_records
+    from aqa.prompts import ThinkFormat
+
+    corpus = corpus_from_records(demo.synth / "qa.jsonl")
+    if demo.cfg.reasoning:
+        think = ThinkFormat()
+        corpus += [think.block(r["rationale"]) for _, r in iter_jsonl(demo.data / REASONING_TRAIN)]
+    return corpus
+
+
 def question_clips(path: Path) -> set[str]:
     """The clips a question file asks about."""
     from aqa.data.records import load_records
@@ -249,7 +333,6 @@ def question_clips(path: Path) -> set[str]:
 def base_model(demo: Demo, family: str, name: str, seed: int, what: str = "") -> Path:
     """Stage 2: a tiny random `family` model pretrained on the training clips: models/base<name>."""
     from aqa.models.tiny import build_tiny_family
-    from aqa.models.tiny.builder import corpus_from_records
     from aqa.train.pretrain import pretrain
 
     cfg, synth = demo.cfg, demo.synth
@@ -258,7 +341,7 @@ def base_model(demo: Demo, family: str, name: str, seed: int, what: str = "") ->
                  vocab_size=1000)
     tiny, base = demo.models / f"tiny{name}", demo.models / f"base{name}"
     demo.stage(f"{what}tiny model", (tiny / "config.json").is_file(),
-               lambda: build_tiny_family(family, tiny, corpus_from_records(synth / "qa.jsonl"), seed=seed, **sizes))
+               lambda: build_tiny_family(family, tiny, tokenizer_corpus(demo), seed=seed, **sizes))
     demo.stage(f"{what}pretraining", (base / "config.json").is_file(),
                lambda: pretrain(tiny, synth / "strong.tsv", synth / "labels.tsv", synth / "wav", base,
                                 encoder_steps=cfg.encoder_steps, steps=cfg.pretrain_steps, seed=seed,
@@ -340,6 +423,41 @@ def ensemble(demo: Demo) -> None:
         demo.extras.append((ens / "baselines" / safe_name(n), f"sft + sft-b, {n}"))
 
 
+def reason(demo: Demo, base: Path) -> None:
+    """Stage 8 (reasoning path): LoRA SFT with target=reasoning on the exact rationales, from the
+    same pretrained base; its answers read from the generated text and as letter scores after
+    its own reasoning; GRPO on generated reasonings (accuracy and format rewards, GDPO
+    advantages) from that adapter, and its answers read from the generated text."""
+    from aqa.train.grpo import train as grpo_train
+    from aqa.train.sft import train as sft_train
+
+    cfg = demo.cfg
+    train = demo.data / REASONING_TRAIN
+    run = demo.out / "runs" / "sft-reasoning"
+    s_cfg = dataclasses.replace(sft_config(cfg, base, train, run), target="reasoning", max_steps=cfg.reasoning_sft_steps)
+    demo.stage("reasoning SFT", (run / "adapter" / "adapter_config.json").is_file(), lambda: sft_train(s_cfg))
+    # The adapter says it reasons (aqa_reasoning.json): eval generates its think block first.
+    demo.eval_stage("reasoning SFT eval, generated answers", "sft-reasoning", base, run / "adapter",
+                    mode="generate", max_new_tokens=cfg.reasoning_tokens)
+    demo.eval_stage("reasoning SFT eval, letters scored after the reasoning", "sft-reasoning-rts", base,
+                    run / "adapter", mode="reason-then-score", max_new_tokens=cfg.reasoning_tokens)
+    demo.rows += ["sft-reasoning", "sft-reasoning-rts"]
+    demo.runs.append(run)
+    if not cfg.reasoning_grpo_steps:
+        return
+    g_run = demo.out / "runs" / "grpo-reasoning"
+    g_cfg = dataclasses.replace(grpo_config(cfg, base, run / "adapter", train, g_run), rollout="generate",
+                                rewards=["accuracy", "format"], advantage="gdpo", max_new_tokens=cfg.reasoning_tokens,
+                                max_steps=cfg.reasoning_grpo_steps, batch_size=cfg.reasoning_grpo_batch,
+                                micro_batch_size=cfg.reasoning_grpo_batch, group_size=cfg.reasoning_grpo_group,
+                                temperature=cfg.reasoning_temperature, save_every=10)
+    demo.stage("reasoning GRPO", (g_run / "adapter" / "adapter_config.json").is_file(), lambda: grpo_train(g_cfg))
+    demo.eval_stage("reasoning GRPO eval, generated answers", "grpo-reasoning", base, g_run / "adapter",
+                    mode="generate", max_new_tokens=cfg.reasoning_tokens)
+    demo.rows.append("grpo-reasoning")
+    demo.runs.append(g_run)
+
+
 def report(demo: Demo, t0: float) -> dict:
     """Stage 8: report.md and report.html over every row and training run; the summary."""
     from aqa.eval.report import build_report
@@ -347,6 +465,9 @@ def report(demo: Demo, t0: float) -> dict:
     cfg = demo.cfg
     shown = {"ensemble": "ensemble (cross-fitted)", "sft-silence": "sft, silent audio",
              "zero-shot-generate": "zero-shot, generated answers",
+             "sft-reasoning": "sft reasoning, generated answers",
+             "sft-reasoning-rts": "sft reasoning, letters scored after it",
+             "grpo-reasoning": "grpo reasoning, generated answers",
              "sft-b": f"sft-b ({cfg.second_family})" if cfg.second_family != cfg.family else "sft-b"}
     names = [shown.get(r, r) for r in demo.rows] + [n for _, n in demo.extras] + [p.name for p in demo.runs]
     rep = build_report([demo.evals / r for r in demo.rows] + [d for d, _ in demo.extras] + demo.runs,
@@ -356,6 +477,8 @@ def report(demo: Demo, t0: float) -> dict:
                "load_average": [demo.load_at_start, load_average()],
                "pooled_dev_accuracy": {n: m["weighted_mean"]["value"] for n, m in metrics.items()},
                "chance": metrics["sft"]["weighted_mean"].get("chance"),
+               **({"reasoning": {n: m["reasoning"] for n, m in metrics.items() if "reasoning" in m}}
+                  if demo.cfg.reasoning else {}),
                "report": str(rep["markdown"]), "html": str(rep["html"]), "table": rep["table_text"]}
     write_json(demo.out / "demo_summary.json", summary)
     return summary
@@ -400,12 +523,16 @@ def run_demo(out: str | Path, cfg: DemoConfig, *, progress: bool = True) -> dict
     demo.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(demo.out / "demo_config.yaml", dump_yaml(cfg))
     make_data(demo)
+    if cfg.reasoning:  # before the tiny model: its tokenizer learns the rationales' words
+        reasoning_data(demo)
     base = base_model(demo, cfg.family, "", cfg.seed)
     zero_shot(demo, base)
     sft_run = tune(demo, base)
     second_model(demo, base)
     reinforce(demo, base, sft_run)
     ensemble(demo)
+    if cfg.reasoning:
+        reason(demo, base)
     return report(demo, t0)
 
 
@@ -423,6 +550,9 @@ def _run(args) -> int:
     s = run_demo(args.output, cfg)
     print(f"\ndemo finished in {s['seconds']:.0f} s" + (f" ({stage_times(s['stages'])})" if s["stages"] else ""))
     print(f"\n{s['table']}")
+    for name, r in s.get("reasoning", {}).items():
+        words = "-" if r["mean_words"] is None else f"{r['mean_words']:.1f}"
+        print(f"{name}: {100 * r['finished']:.1f}% of the reasonings finished, {words} words on average")
     print(f"report: {s['html']} (report.md and the plots beside it)")
     return 0
 

@@ -186,6 +186,44 @@ def test_reason_then_score_reads_the_letters_after_the_closed_reasoning(thinker,
     assert any(r["unfinished"] for r in rows) and all(r["pred"] is not None for r in rows)
 
 
+class MergedBlankLine:
+    """The pieces of a backend that `close_reasoning` uses, over a tokenizer whose '>\n\n' is one
+    token, as a BPE trained on think blocks learns it (the demo's tiny one does)."""
+
+    vocab = ["<think>", "\n", "x", "</think", ">\n\n", ">\n", ">", "A", "<end>"]
+
+    @property
+    def think_format(self):
+        from aqa.prompts import ThinkFormat
+
+        return ThinkFormat()
+
+    def stop_ids(self):
+        return {self.vocab.index("<end>")}
+
+    def decode(self, seqs):
+        return ["".join(self.vocab[i] for i in s) for s in seqs]
+
+    def template_ids(self, text):  # longest match first
+        out = []
+        while text:
+            piece = max((v for v in self.vocab if text.startswith(v)), key=len)
+            out.append(self.vocab.index(piece))
+            text = text[len(piece):]
+        return out
+
+
+@pytest.mark.parametrize("generated", [["</think", ">\n\n", "A", "<end>"], ["</think", ">\n", "\n", "A"],
+                                       ["</think", ">\n", "A"], ["</think", ">", "A", "<end>"]])
+def test_a_closed_reasoning_ends_with_one_blank_line_however_the_tokens_split_it(generated):
+    from aqa.models.base import Backend
+
+    b = MergedBlankLine()
+    ids = b.template_ids("<think>\nx\n") + [b.vocab.index(t) for t in generated]
+    prefix, r = Backend.close_reasoning(b, ids)
+    assert b.decode([prefix])[0] == "<think>\nx\n</think>\n\n" and r.reasoning == "x" and not r.unfinished
+
+
 def test_grpo_rewards_reasoning_completions_after_their_think_block(thinker, reasoner, tmp_path):
     from aqa.train.grpo import GRPOConfig, train
 

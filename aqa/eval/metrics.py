@@ -13,6 +13,9 @@ Rules every number here obeys:
 - an item whose `pred` is null was unparseable or unanswered: it counts as wrong;
 - an item whose reasoning the token budget cut (`unfinished`, evaluations of a thinking model)
   is counted apart (`n_unfinished`), not among the unparsed; without an answer it counts as wrong;
+- an evaluation that reasons also gets `reasoning`: the share of items whose think block was
+  closed (`finished`) and the mean length in words of those reasonings (`mean_words`; words,
+  not tokens, so that models with different tokenizers compare), from predictions.jsonl's text;
 - 95% intervals are percentile bootstrap intervals, deterministic for a seed. The arithmetic
   mean resamples within each subset (stratified), because the subset sizes are fixed by the
   benchmark's design, not drawn at random; the weighted mean resamples items from the pool.
@@ -116,6 +119,19 @@ def _group_stats(rows: Sequence[dict], rng: np.random.Generator | None,
         reps = _bootstrap_counts(rng, n, k, n_boot)
         stats["ci95"] = _interval(reps)
     return stats, reps
+
+
+def reasoning_stats(rows: Sequence[dict]) -> dict | None:
+    """Of an evaluation that reasons (rows with `unfinished`): how many items, how many closed
+    their think block (an item that opened none has no reasoning, so it is not finished
+    either), that share, and the mean words of the closed reasonings. None for other rows."""
+    rows = [r for r in rows if "unfinished" in r]
+    if not rows:
+        return None
+    done = [r["reasoning"] for r in rows if isinstance(r.get("reasoning"), str) and not r.get("unfinished")]
+    words = [len(t.split()) for t in done]
+    return {"n": len(rows), "n_finished": len(done), "finished": _round(len(done) / len(rows)),
+            "mean_words": _round(sum(words) / len(words)) if words else None}
 
 
 def _shuffle_stats(rows: Sequence[dict]) -> dict | None:
@@ -222,6 +238,9 @@ def compute_metrics(rows: list[dict], *, n_boot: int = 1000, seed: int = 0,
     shuffles = _shuffle_stats(rows)
     if shuffles is not None:
         out["shuffles"] = shuffles
+    reasoning = reasoning_stats(rows)
+    if reasoning is not None:
+        out["reasoning"] = reasoning
     if extra:
         clash = sorted(set(extra) & set(out))
         if clash:

@@ -287,7 +287,12 @@ class Backend:
                 hi = mid
             else:
                 lo = mid + 1
-        return ids[:lo] + self.template_ids("\n\n"), r
+        # A tokenizer that merges the delimiter's end with the blank line (a BPE trained on think
+        # blocks: '>\n\n' one token) has written part or all of it already: add only the rest,
+        # or the letter would be read after a blank line too many, where training never put it.
+        past = self.decode([ids[:lo]])[0].rsplit(fmt.close, 1)[1]
+        rest = "\n\n"[len(past):] if "\n\n".startswith(past) else "\n\n"
+        return ids[:lo] + (self.template_ids(rest) if rest else []), r
 
     # --- text from data ----------------------------------------------------------------------
     #: True for a family whose tokenizer already encodes any text as plain text (never as one

@@ -19,8 +19,8 @@ def report_tables(evals: Sequence[EvalRun], trains: Sequence[TrainRun], ece: dic
     tables: list[Table | None] = []
     if evals:
         # The accuracy table first: build_report returns it as the report's headline table.
-        tables += [accuracy_table(evals), suite_table(evals), details_table(evals, ece), question_type_table(evals),
-                   contribution_table(evals), sensitivity_table(evals)]
+        tables += [accuracy_table(evals), suite_table(evals), details_table(evals, ece), reasoning_table(evals),
+                   question_type_table(evals), contribution_table(evals), sensitivity_table(evals)]
     if trains:
         tables += [training_table(trains, train_plots), completions_table(trains)]
     return [t for t in tables if t is not None]
@@ -140,6 +140,27 @@ def details_table(evals: Sequence[EvalRun], ece: dict[str, float]) -> Table:
         "model takes); audio truncated: items whose clip was longer than the model hears, answered from its "
         "first seconds up to that limit. Unparsed: answers that name no option; a model that reasons adds the "
         "items whose reasoning the token budget cut (unfinished), counted apart."))
+
+
+def reasoning_table(evals: Sequence[EvalRun]) -> Table | None:
+    """For evaluations of a model that reasons: accuracy beside the share of items whose
+    reasoning was finished and the mean length of those reasonings; None when none reasons."""
+    rows = []
+    for e in evals:
+        r = e.metrics.get("reasoning")
+        if not r:
+            continue
+        words = r.get("mean_words")
+        rows.append([e.name, ANSWER_MODES.get(e.metrics.get("mode"), NONE), str(r["n"]),
+                     pct(e.metrics.get("weighted_mean", {}).get("value")), pct(r.get("finished")),
+                     NONE if words is None else f"{words:.1f}", str(e.metrics.get("max_new_tokens", NONE))])
+    if not rows:
+        return None
+    return Table(["run", "answer read from", "items", "accuracy (%)", "finished (%)", "mean words", "token budget"],
+                 rows, title="Reasoning", caption=(
+                     "Finished: items whose think block the model closed within the token budget (a reasoning "
+                     "the budget cut, or an answer with no think block, is not finished); mean words: the mean "
+                     "length of the finished reasonings, in words. Accuracy: pooled over the labelled items."))
 
 
 def _unparsed(m: dict) -> str:
