@@ -202,3 +202,21 @@ def test_spec_augment_fill_is_the_mean_of_each_rows_real_frames(folder, family):
         assert moved.any() and torch.allclose(out[i][moved], want, atol=1e-5)
         padded += n < x.shape[-1] and not torch.isclose(x[i].mean(), want, atol=1e-3)
     assert padded  # some row holds padding whose mean differs: the old fill would have been wrong
+
+
+@torch.no_grad()
+def test_generation_never_writes_the_audio_placeholder(folder, family):
+    """A completion is fed back as a target (GRPO): an audio slot in it would have no audio.
+    The placeholder is made the model's favourite token, and generation still never writes it."""
+    b = load_backend(str(folder), device="cpu", dtype="fp32")  # its own copy: the head is changed below
+    if family == "kimi-audio":  # its clips ride a stream of their own: no text token stands for one
+        assert b.unsampled_ids() == []
+        return
+    audio, = b.unsampled_ids()
+    batch = b.collate(examples())
+    h = b.hidden_states(batch)[:, -1]
+    b.output_embedding().weight[audio] = 1000 * (h / h.norm(dim=-1, keepdim=True)).sum(0)
+    assert (b.output_embedding()(b.hidden_states(batch)[:, -1]).argmax(-1) == audio).all()
+    ids = b.generate_ids(batch, max_new_tokens=3, do_sample=True, num_return_sequences=2)
+    assert len(ids) == 6 and not any(audio in s for s in ids)
+

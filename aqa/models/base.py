@@ -262,6 +262,13 @@ class Backend:
         """Ids that end the assistant's turn in generation."""
         return set(self.end_ids)
 
+    def unsampled_ids(self) -> list[int]:
+        """Ids generation never emits: the audio placeholder, a slot the processor fills with a
+        clip's features. A weak model at temperature 1 draws it, and GRPO feeds completions back
+        as targets, where it would be a slot with no audio to fill it."""
+        token = getattr(self, "audio_token_id", None)
+        return [] if token is None else [int(token)]
+
     def close_reasoning(self, ids: list[int]) -> tuple[list[int], Reasoned]:
         """A reasoning the model generated after the prompt (`ids`, as `generate_ids` gives them)
         made ready for the answer: (the ids the assistant wrote through the closing delimiter and
@@ -738,6 +745,14 @@ class Backend:
             ent = -(logp_all.exp() * logp_all).sum(-1)
             return logp * pos_mask, pos_mask, ent * pos_mask
         return logp * pos_mask, pos_mask
+
+
+def suppress(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """(..., V) `logits` with `ids` never chosen (their logits -inf), for a hand-written
+    generation loop (`Backend.unsampled_ids`)."""
+    if ids:
+        logits[..., ids] = float("-inf")
+    return logits
 
 
 def float32_logits(hidden: torch.Tensor, head: torch.nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:

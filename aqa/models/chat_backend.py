@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aqa.models.base import Backend, Example, float32_logits
+from aqa.models.base import Backend, Example, float32_logits, suppress
 
 END_OF_TURN = "<|im_end|>"
 
@@ -175,12 +175,13 @@ class ChatProcessorBackend(Backend):
         cache = DynamicCache(config=lm.config)
         warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if do_sample else []
         ends = torch.tensor(sorted(self.stop_ids()), device=x.device)
+        never = self.unsampled_ids()
         pad = self.tokenizer.pad_token_id
         out = torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device)
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(max_new_tokens):
             h = lm(inputs_embeds=x, attention_mask=att, position_ids=pos, cache=cache, use_cache=True)
-            logits = float32_logits(h.last_hidden_state[:, -1], head)  # (B*n, V)
+            logits = suppress(float32_logits(h.last_hidden_state[:, -1], head), never)  # (B*n, V)
             for w in warpers:
                 logits = w(out, logits)
             nxt = torch.multinomial(logits.softmax(-1), 1)[:, 0] if do_sample else logits.argmax(-1)

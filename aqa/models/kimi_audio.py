@@ -50,7 +50,7 @@ from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM, Qwen2Model, Qwen2PreTrainedModel
 
 from aqa.models.base import (Backend, Example, default_device, default_dtype, device_load_kwargs,
-                             float32_logits)
+                             float32_logits, suppress)
 from aqa.models.whisper_vq import SAMPLE_RATE, SEGMENT_SECONDS, WhisperVQTokenizer, segments, tokens_for
 
 log = logging.getLogger(__name__)
@@ -600,9 +600,10 @@ class KimiAudioBackend(Backend):
         out_ids = torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device)
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         end = torch.tensor(self.end_ids, device=x.device)
+        never = self.unsampled_ids()
         for _ in range(max_new_tokens):
             h = lm.model(inputs_embeds=x, attention_mask=att, position_ids=pos, use_cache=True, **cache)
-            logits = float32_logits(h.last_hidden_state[:, -1], lm.lm_head)  # (B, V)
+            logits = suppress(float32_logits(h.last_hidden_state[:, -1], lm.lm_head), never)  # (B, V)
             for w in warpers:
                 logits = w(out_ids, logits)
             nxt = (torch.multinomial(logits.softmax(-1), 1)[:, 0] if do_sample else logits.argmax(-1))

@@ -64,7 +64,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3Model
 from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
 
 from aqa.models.base import (Backend, Example, default_device, default_dtype, device_load_kwargs,
-                             float32_logits)
+                             float32_logits, suppress)
 
 log = logging.getLogger(__name__)
 
@@ -600,6 +600,7 @@ class MossAudioBackend(Backend):
         cache = DynamicCache(config=lm.config)
         warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if do_sample else []
         ends = torch.tensor(sorted(self.stop_ids()), device=x.device)
+        never = self.unsampled_ids()
         pad = self.tokenizer.pad_token_id
         out = torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device)
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -607,7 +608,7 @@ class MossAudioBackend(Backend):
             h = lm(inputs_embeds=x, attention_mask=att, position_ids=pos, cache=cache, use_cache=True,
                    audio_deepstack=deep)
             deep = None
-            logits = float32_logits(h.last_hidden_state[:, -1], head)
+            logits = suppress(float32_logits(h.last_hidden_state[:, -1], head), never)
             for w in warpers:
                 logits = w(out, logits)
             nxt = torch.multinomial(logits.softmax(-1), 1)[:, 0] if do_sample else logits.argmax(-1)

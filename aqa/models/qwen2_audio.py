@@ -168,14 +168,12 @@ class Qwen2AudioBackend(Backend):
         """New token ids per sequence (B * num_return_sequences, grouped by prompt), cut after
         the first end token, which is kept."""
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "position_ids")}
-        # Never the audio placeholder: GRPO feeds completions back as targets, and a sampled one
-        # (a weak model at temperature 1 draws it) would be a slot with no audio to fill it.
         out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                   temperature=temperature if do_sample else None,
                                   top_p=top_p if do_sample else None, top_k=None,
                                   num_return_sequences=num_return_sequences,
                                   pad_token_id=self.tokenizer.pad_token_id,
-                                  suppress_tokens=[self.base_model().config.audio_token_id])
+                                  suppress_tokens=self.unsampled_ids())
         eos = self.base_model().generation_config.eos_token_id
         ends = set(self.end_ids) | set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         seqs = []
