@@ -459,7 +459,8 @@ def reason(demo: Demo, base: Path) -> None:
 
 
 def report(demo: Demo, t0: float) -> dict:
-    """Stage 8: report.md and report.html over every row and training run; the summary."""
+    """Stage 9 (8 without the reasoning path): report.md and report.html over every row and
+    training run; the summary."""
     from aqa.eval.report import build_report
 
     cfg = demo.cfg
