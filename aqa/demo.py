@@ -16,7 +16,7 @@ Stages (each skipped when its output already exists, so an interrupted demo resu
    pretrained the same way, so the ensemble crosses families as the reference report's does;
    that adds its pretraining and a slower SFT (about 2 minutes on 2 cores, measured), which is
    why the default keeps the second model in the first one's family and base;
-   `second_family=moss-audio` does the same with a tiny MOSS-Audio (161 s for its stages, README).
+   `second_family=moss-audio` does the same with a tiny MOSS-Audio (149 s for its stages, README).
    A folder is not resumed over the models of another family (`check_family_outputs`). The tuned
    model is also evaluated with every clip replaced by silence of the same length, so the
    report shows how much of its accuracy comes from listening.
@@ -86,8 +86,8 @@ class DemoConfig:
     family: str = doc("qwen2-audio", help="the tuned model's family (`aqa model tiny --family`)")
     second_family: str = doc("qwen2-audio", help="the second tuned model for the ensemble: its family; another "
                              "one (qwen2.5-omni) crosses families as the reference report does, at about 2 more "
-                             "minutes on 2 cores (moss-audio: 161 s for its stages, 47.9% for sft-b, measured with "
-                             "one torch thread beside another demo)")
+                             "minutes on 2 cores (moss-audio: 149 s for its stages against the default's 60 s, 47.9% "
+                             "for sft-b)")
     second_lora_r: int = doc(8, help="the second tuned model for the ensemble: its LoRA rank (0 skips it)")
     second_sft_steps: int = doc(150, help="the second tuned model: LoRA SFT optimizer steps")
     grpo_steps: int = doc(40, help="GRPO optimizer steps after SFT (0 skips the stage)")
