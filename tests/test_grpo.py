@@ -262,6 +262,7 @@ def test_weighted_rewards_gdpo_and_dapo_log_every_completion_and_resume(tiny_mod
     grpo_train(cfg(tiny_model, sft_adapter, synth_data / "train.jsonl", tmp_path / "full", **kw))
     rows = [json.loads(x) for x in (tmp_path / "full" / "completions.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1] * 12 + [2] * 12  # 4 questions x 3 answers a step
+    assert all(0 <= s["accuracy"] <= 1 for s in log(tmp_path / "full"))  # a policy answering directly: its greedy letter
     for r in rows:
         w = r["rewards"]
         assert r["reward"] == pytest.approx(w["accuracy"] + 0.5 * w["format"] + w["overlong"])

@@ -239,6 +239,9 @@ def test_grpo_rewards_reasoning_completions_after_their_think_block(thinker, rea
     assert good and all(r["rewards"]["format"] == 1.0 for r in good)  # read whole, "Option A ... B" names two
     assert all(r["rewards"]["format"] == 0.0 == r["rewards"]["accuracy"]
                for r in rows if "</think>" not in r["completion"])
+    # A policy that reasons has no greedy letter to log (its answer comes after its reasoning).
+    logged = [json.loads(x) for x in (tmp_path / "grpo" / "train_log.jsonl").read_text().splitlines()]
+    assert logged and all("accuracy" not in s and "reward_accuracy" in s for s in logged)
     # The GRPO adapter stands on the reasoning SFT adapter: it reasons too.
     assert (tmp_path / "grpo" / "adapter" / REASONING_FILE).is_file() and summary["steps"] == 1
 

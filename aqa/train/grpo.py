@@ -171,8 +171,9 @@ def train(cfg: GRPOConfig) -> dict:
                                    ("accuracy", r.greedy_accuracy), ("kl", s["kl"]),
                                    ("clip_fraction", s["clip_fraction"]), ("entropy", ent.detach().mean().item()),
                                    *((f"reward_{n}", sum(v) / len(v)) for n, v in r.reward_parts.items())]:
-                    stats[key].append(value)
-        metrics = run.mean_over_processes(stats)  # the last pass's
+                    if value is not None:
+                        stats[key].append(value)
+        metrics = run.mean_over_processes({k: v for k, v in stats.items() if v})  # the last pass's
         if run.end_step(step + 1, metrics, {"reward": f"{metrics['reward']:.3f}", "kl": f"{metrics['kl']:.4f}"}):
             break
 

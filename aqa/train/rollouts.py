@@ -39,7 +39,8 @@ class Rollouts:
     rewards: torch.Tensor  # (Q, G) total reward (the weighted sum)
     reward_parts: dict[str, list[float]]  # each named reward's (N,) values
     lengths: list[int]  # (N,) answer tokens (1 for choice)
-    greedy_accuracy: float  # share of the Q questions the policy's top option gets right
+    # share of the Q questions the policy's top option gets right (None: a policy that reasons)
+    greedy_accuracy: float | None
     # (N,); with advantage=gdpo the weighted sum of the in-group normalised rewards until the
     # recipe normalises it over the step (`normalize_over_step`)
     advantages: torch.Tensor
@@ -122,14 +123,15 @@ def rollout_generate(module, backend, reference, items, *, group_size: int, temp
     torch.manual_seed(seed)  # generate() samples from the global RNG
     prompts = backend.collate([it.example for it in items]) if batch is None else batch
     n = [len(it.order) for it in items]
+    greedy = None
     with torch.no_grad():
-        # The greedy letter where letter scoring reads it (after an empty think block on a
-        # thinking checkpoint, whose generation prompt leaves the reasoning to the model).
-        answer_at = backend.answer_batch([it.example for it in items]) if backend.thinks else prompts
-        greedy_pick = module(answer_at, "option_logits", n_options=n).argmax(-1).cpu()
+        # A policy that reasons answers after its reasoning: the letter at the direct answer
+        # position (after an empty think block) is not its answer, so it gets no greedy accuracy.
+        if not backend.thinks:
+            greedy_pick = module(prompts, "option_logits", n_options=n).argmax(-1).cpu()
+            greedy = sum(int(g) == it.answer for g, it in zip(greedy_pick, items)) / len(items)
         seqs = backend.generate_ids(prompts, max_new_tokens=max_new_tokens, do_sample=True,
                                     temperature=temperature, num_return_sequences=group_size)
-    greedy = sum(int(g) == it.answer for g, it in zip(greedy_pick, items)) / len(items)
     completions = backend.decode(seqs)
     # An empty completion (max_new_tokens 0) still needs one token to score.
     batch = backend.collate([Example(it.example.audio, it.example.text, target_ids=seqs[q * group_size + g]
