@@ -747,12 +747,36 @@ class Backend:
         return logp * pos_mask, pos_mask
 
 
-def suppress(logits: torch.Tensor, ids: list[int]) -> torch.Tensor:
-    """(..., V) `logits` with `ids` never chosen (their logits -inf), for a hand-written
-    generation loop (`Backend.unsampled_ids`)."""
-    if ids:
-        logits[..., ids] = float("-inf")
-    return logits
+def sample_loop(logits_of, embed_next, x: torch.Tensor, att: torch.Tensor, pos: torch.Tensor, *, ends: set[int],
+                never: list[int], pad: int, max_new_tokens: int, do_sample: bool, temperature: float,
+                top_p: float) -> list[list[int]]:
+    """The token-by-token loop of the families whose generation aqa writes itself (a decoder fed
+    embeddings on its own cache). `logits_of(x, att, pos)` runs the decoder on `x` (B, T, H) and
+    returns the last position's (B, V) float32 logits; `embed_next(nxt)` gives the (B, 1, H) input
+    of the sampled (B,) ids. `never` are ids no row may take (`Backend.unsampled_ids`); a row that
+    ended gets `pad`. Returns each row's new ids, cut after its first id in `ends` (kept)."""
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if do_sample else []
+    end_ids = torch.tensor(sorted(ends), device=x.device)
+    out = torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device)
+    done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for _ in range(max_new_tokens):
+        logits = logits_of(x, att, pos)  # (B, V)
+        if never:
+            logits[:, never] = float("-inf")
+        for w in warpers:
+            logits = w(out, logits)
+        nxt = torch.multinomial(logits.softmax(-1), 1)[:, 0] if do_sample else logits.argmax(-1)
+        nxt = nxt.masked_fill(done, pad)
+        out = torch.cat([out, nxt[:, None]], 1)
+        done |= torch.isin(nxt, end_ids)
+        if bool(done.all()):
+            break
+        x = embed_next(nxt)
+        att = torch.cat([att, torch.ones_like(att[:, :1])], 1)
+        pos = pos[:, -1:] + 1
+    return [row[:next((i + 1 for i, t in enumerate(row) if t in ends), len(row))] for row in out.tolist()]
 
 
 def float32_logits(hidden: torch.Tensor, head: torch.nn.Module, rows: torch.Tensor | None = None) -> torch.Tensor:

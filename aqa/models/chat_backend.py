@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aqa.models.base import Backend, Example, float32_logits, suppress
+from aqa.models.base import Backend, Example, float32_logits, sample_loop
 
 END_OF_TURN = "<|im_end|>"
 
@@ -165,37 +165,18 @@ class ChatProcessorBackend(Backend):
         """New token ids per sequence (B * num_return_sequences, grouped by prompt), cut after
         the first end token, which is kept. The first token comes from the scored position."""
         from transformers import DynamicCache
-        from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
         lm, embed, head = self.decoder(), self.base_model().get_input_embeddings(), self.output_embedding()
         n = num_return_sequences
-        x = self.input_embeddings(batch).repeat_interleave(n, 0)  # (B*n, T, H)
-        att = batch["attention_mask"].repeat_interleave(n, 0)
-        pos = batch["position_ids"].repeat_interleave(n, 0)
         cache = DynamicCache(config=lm.config)
-        warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if do_sample else []
-        ends = torch.tensor(sorted(self.stop_ids()), device=x.device)
-        never = self.unsampled_ids()
-        pad = self.tokenizer.pad_token_id
-        out = torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device)
-        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(max_new_tokens):
+
+        def logits_of(x, att, pos):
             h = lm(inputs_embeds=x, attention_mask=att, position_ids=pos, cache=cache, use_cache=True)
-            logits = suppress(float32_logits(h.last_hidden_state[:, -1], head), never)  # (B*n, V)
-            for w in warpers:
-                logits = w(out, logits)
-            nxt = torch.multinomial(logits.softmax(-1), 1)[:, 0] if do_sample else logits.argmax(-1)
-            nxt = nxt.masked_fill(done, pad)
-            out = torch.cat([out, nxt[:, None]], 1)
-            done |= torch.isin(nxt, ends)
-            if bool(done.all()):
-                break
-            x = embed(nxt[:, None])
-            att = torch.cat([att, torch.ones_like(att[:, :1])], 1)
-            pos = pos[:, -1:] + 1
-        stop = set(ends.tolist())
-        seqs = []
-        for row in out.tolist():
-            cut = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))
-            seqs.append(row[:cut])
-        return seqs
+            return float32_logits(h.last_hidden_state[:, -1], head)  # (B*n, V)
+
+        return sample_loop(logits_of, lambda nxt: embed(nxt[:, None]),
+                           self.input_embeddings(batch).repeat_interleave(n, 0),  # (B*n, T, H)
+                           batch["attention_mask"].repeat_interleave(n, 0),
+                           batch["position_ids"].repeat_interleave(n, 0),
+                           ends=self.stop_ids(), never=self.unsampled_ids(), pad=self.tokenizer.pad_token_id,
+                           max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)

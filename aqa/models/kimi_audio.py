@@ -50,7 +50,7 @@ from transformers import Qwen2Config
 from transformers.models.qwen2.modeling_qwen2 import Qwen2ForCausalLM, Qwen2Model, Qwen2PreTrainedModel
 
 from aqa.models.base import (Backend, Example, default_device, default_dtype, device_load_kwargs,
-                             float32_logits, suppress)
+                             float32_logits, sample_loop)
 from aqa.models.whisper_vq import SAMPLE_RATE, SEGMENT_SECONDS, WhisperVQTokenizer, segments, tokens_for
 
 log = logging.getLogger(__name__)
@@ -586,42 +586,25 @@ class KimiAudioBackend(Backend):
         prompt), cut after the first end token, which is kept. Each step feeds the sampled
         token to the text stream and a blank to the audio stream, as upstream's text output."""
         from transformers import DynamicCache
-        from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
         lm = self.base_model()
         n = num_return_sequences
         x = self.input_embeddings(batch).repeat_interleave(n, 0)
-        att = batch["attention_mask"].repeat_interleave(n, 0)
-        pos = batch["position_ids"].repeat_interleave(n, 0)
         cache = {cache_keyword(): DynamicCache(config=lm.config)}
-        warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if do_sample else []
         embed = lm.model.embed_tokens
         blank = embed(torch.tensor([[self.blank]], device=x.device))  # (1, 1, H)
-        out_ids = torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device)
-        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        end = torch.tensor(self.end_ids, device=x.device)
-        never = self.unsampled_ids()
-        for _ in range(max_new_tokens):
+
+        def logits_of(x, att, pos):
             h = lm.model(inputs_embeds=x, attention_mask=att, position_ids=pos, use_cache=True, **cache)
-            logits = suppress(float32_logits(h.last_hidden_state[:, -1], lm.lm_head), never)  # (B, V)
-            for w in warpers:
-                logits = w(out_ids, logits)
-            nxt = (torch.multinomial(logits.softmax(-1), 1)[:, 0] if do_sample else logits.argmax(-1))
-            nxt = nxt.masked_fill(done, self.pad_id)
-            out_ids = torch.cat([out_ids, nxt[:, None]], 1)
-            done |= torch.isin(nxt, end)
-            if bool(done.all()):
-                break
-            # Upstream's LM adds the text stream only when its ids sum to non-zero: a generated
-            # token 0 (one prompt per step upstream) leaves the blank alone.
-            x = blank + embed(nxt[:, None]) * (nxt != 0)[:, None, None]
-            att = torch.cat([att, torch.ones_like(att[:, :1])], 1)
-            pos = pos[:, -1:] + 1
-        seqs = []
-        for row in out_ids.tolist():
-            cut = next((i + 1 for i, t in enumerate(row) if t in self.end_ids), len(row))
-            seqs.append(row[:cut])
-        return seqs
+            return float32_logits(h.last_hidden_state[:, -1], lm.lm_head)  # (B, V)
+
+        # Upstream's LM adds the text stream only when its ids sum to non-zero: a generated
+        # token 0 (one prompt per step upstream) leaves the blank alone.
+        return sample_loop(logits_of, lambda nxt: blank + embed(nxt[:, None]) * (nxt != 0)[:, None, None], x,
+                           batch["attention_mask"].repeat_interleave(n, 0),
+                           batch["position_ids"].repeat_interleave(n, 0),
+                           ends=set(self.end_ids), never=self.unsampled_ids(), pad=self.pad_id,
+                           max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
 
     def decode(self, sequences: list[list[int]]) -> list[str]:
         # Audio-token ids (>= kimia_token_offset) are not text; upstream drops them as well.

@@ -64,7 +64,7 @@ from transformers.models.qwen3.modeling_qwen3 import Qwen3Model
 from transformers.models.whisper.modeling_whisper import WhisperEncoderLayer
 
 from aqa.models.base import (Backend, Example, default_device, default_dtype, device_load_kwargs,
-                             float32_logits, suppress)
+                             float32_logits, sample_loop)
 
 log = logging.getLogger(__name__)
 
@@ -587,45 +587,26 @@ class MossAudioBackend(Backend):
         first end token, which is kept: the prompt once through the decoder (DeepStack included),
         then one token at a time on its cache."""
         from transformers import DynamicCache
-        from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
         lm, head = self.base_model().language_model, self.output_embedding()
         n = num_return_sequences
         x, deep = self.embed(batch)
-        x = x.repeat_interleave(n, 0)
         if deep is not None:
             deep = (deep[0].repeat_interleave(n, 0), [self._repeat_rows(f, deep[0], n) for f in deep[1]])
-        att = batch["attention_mask"].repeat_interleave(n, 0)
-        pos = batch["position_ids"].repeat_interleave(n, 0)
         cache = DynamicCache(config=lm.config)
-        warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if do_sample else []
-        ends = torch.tensor(sorted(self.stop_ids()), device=x.device)
-        never = self.unsampled_ids()
-        pad = self.tokenizer.pad_token_id
-        out = torch.empty(x.shape[0], 0, dtype=torch.long, device=x.device)
-        done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for _ in range(max_new_tokens):
+
+        def logits_of(x, att, pos):
+            nonlocal deep
             h = lm(inputs_embeds=x, attention_mask=att, position_ids=pos, cache=cache, use_cache=True,
                    audio_deepstack=deep)
-            deep = None
-            logits = suppress(float32_logits(h.last_hidden_state[:, -1], head), never)
-            for w in warpers:
-                logits = w(out, logits)
-            nxt = torch.multinomial(logits.softmax(-1), 1)[:, 0] if do_sample else logits.argmax(-1)
-            nxt = nxt.masked_fill(done, pad)
-            out = torch.cat([out, nxt[:, None]], 1)
-            done |= torch.isin(nxt, ends)
-            if bool(done.all()):
-                break
-            x = lm.embed_tokens(nxt[:, None])
-            att = torch.cat([att, torch.ones_like(att[:, :1])], 1)
-            pos = pos[:, -1:] + 1
-        stop = set(ends.tolist())
-        seqs = []
-        for row in out.tolist():
-            cut = next((i + 1 for i, t in enumerate(row) if t in stop), len(row))
-            seqs.append(row[:cut])
-        return seqs
+            deep = None  # DeepStack feeds the prompt's pass only
+            return float32_logits(h.last_hidden_state[:, -1], head)  # (B*n, V)
+
+        return sample_loop(logits_of, lambda nxt: lm.embed_tokens(nxt[:, None]), x.repeat_interleave(n, 0),
+                           batch["attention_mask"].repeat_interleave(n, 0),
+                           batch["position_ids"].repeat_interleave(n, 0),
+                           ends=self.stop_ids(), never=self.unsampled_ids(), pad=self.tokenizer.pad_token_id,
+                           max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p)
 
     @staticmethod
     def _repeat_rows(feats: torch.Tensor, mask: torch.Tensor, n: int) -> torch.Tensor:
