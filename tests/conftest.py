@@ -160,3 +160,21 @@ def one_thread():
 def noise(seconds: float, seed: int = 0) -> np.ndarray:
     """`seconds` of white noise at 16 kHz (amplitude 0.1)."""
     return (np.random.default_rng(seed).standard_normal(int(16000 * seconds)) * 0.1).astype(np.float32)
+
+
+def overfit_sft_run(folder: Path, synth_data: Path, out: Path) -> Path:
+    """A family's tiny model tuned by LoRA SFT for 6 steps on 4 training questions (copied with
+    their clips into `out`), hot enough that the loss must fall: the run folder."""
+    import json
+    import shutil
+
+    from aqa.train.sft import SFTConfig, train
+
+    rows = [json.loads(x) for x in (synth_data / "train.jsonl").read_text().splitlines()][:4]
+    d = out / "data"
+    shutil.copytree(synth_data / "wav", d / "wav")
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    train(SFTConfig(model=str(folder), train_data=[str(d / "train.jsonl")], output_dir=str(out / "run"),
+                    batch_size=4, micro_batch_size=4, max_steps=6, lr=2e-2, lora_r=4, lora_dropout=0.0,
+                    shuffle_options=False, spec_augment_masks=0, device="cpu"))
+    return out / "run"

@@ -15,7 +15,7 @@ import torch
 from aqa.models.base import Example
 from aqa.models.registry import load_backend
 from aqa.prompts import question_text
-from conftest import noise
+from conftest import noise, overfit_sft_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -105,17 +105,7 @@ def test_lora_round_trips_through_its_folder(folder, tmp_path):
 
 @pytest.fixture(scope="module")
 def sft_run(folder, family, synth_data, tmp_path_factory):
-    from aqa.train.sft import SFTConfig, train
-
-    out = tmp_path_factory.mktemp(f"{family}-sft")
-    rows = [json.loads(x) for x in (synth_data / "train.jsonl").read_text().splitlines()][:4]
-    d = out / "data"
-    shutil.copytree(synth_data / "wav", d / "wav")
-    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    train(SFTConfig(model=str(folder), train_data=[str(d / "train.jsonl")], output_dir=str(out / "run"),
-                    batch_size=4, micro_batch_size=4, max_steps=6, lr=2e-2, lora_r=4, lora_dropout=0.0,
-                    shuffle_options=False, spec_augment_masks=0, device="cpu"))
-    return out / "run"
+    return overfit_sft_run(folder, synth_data, tmp_path_factory.mktemp(f"{family}-sft"))
 
 
 def test_sft_loss_falls_on_a_tiny_overfit_set(sft_run):
