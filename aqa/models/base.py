@@ -485,6 +485,29 @@ class Backend:
         token. With targets, `labels` holds the target ids and -100 elsewhere."""
         raise NotImplementedError
 
+    def prompt_with_target(self, example: Example, ids: list[int], with_target: bool) -> tuple[list[int], list[int]]:
+        """A prompt's `ids` with the example's target ids appended when `with_target`, and their
+        labels (-100 over the prompt). The target is tokenised apart, so that the prompt's tokens
+        are exactly those that scoring sees."""
+        if not with_target:
+            return ids, [-100] * len(ids)
+        if example.target is None and example.target_ids is None:
+            raise ValueError("with_target=True needs a target on every example")
+        t = self.target_ids(example)
+        return ids + t, [-100] * len(ids) + t
+
+    def left_padded(self, rows: list[list[int]], label_rows: list[list[int]] | None = None) -> dict[str, torch.Tensor]:
+        """(B, T) input_ids, attention_mask and position_ids of token `rows` padded on the left to
+        the longest, and `labels` of `label_rows` (-100 on the padding) when given. Explicit
+        positions make a left-padded row compute exactly what it would alone."""
+        T, pad = max(len(r) for r in rows), self.tokenizer.pad_token_id
+        batch = {"input_ids": torch.tensor([[pad] * (T - len(r)) + r for r in rows]),
+                 "attention_mask": torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])}
+        if label_rows is not None:
+            batch["labels"] = torch.tensor([[-100] * (T - len(r)) + r for r in label_rows])
+        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        return batch
+
     def host_collate(self):
         """`collate` for DataLoader workers: a callable `(examples, with_target=...)` that runs
         no model and makes a host batch on the CPU, which `to_device` finishes in the training

@@ -106,25 +106,12 @@ class ChatProcessorBackend(Backend):
         rows, lab_rows, audio = [], [], []
         for e in examples:
             ids, a = self.encode(e)
-            labels = [-100] * len(ids)
-            if with_target:
-                # The target is tokenised apart and appended, so the prompt's tokens are exactly
-                # those that scoring sees.
-                if e.target is None and e.target_ids is None:
-                    raise ValueError("with_target=True needs a target on every example")
-                t = self.target_ids(e)
-                ids, labels = ids + t, labels + t
+            ids, labels = self.prompt_with_target(e, ids, with_target)
             rows.append(ids)
             lab_rows.append(labels)
             if a is not None:
                 audio.append(a)
-        T = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        batch = {"input_ids": torch.tensor([[pad] * (T - len(r)) + r for r in rows]),
-                 "attention_mask": torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])}
-        if with_target:
-            batch["labels"] = torch.tensor([[-100] * (T - len(r)) + r for r in lab_rows])
-        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        batch = self.left_padded(rows, lab_rows if with_target else None)
         if audio:
             batch.update(self.merge_audio(audio))
         return {k: v.to(self.device) for k, v in batch.items()}

@@ -511,22 +511,10 @@ class MossAudioBackend(Backend):
                 if n < 1:
                     raise ValueError(f"a clip of {len(e.audio)} samples gives no audio token")
                 mels.append(mel)
-            ids = self.prompt_ids(e.text, n)
-            labels = [-100] * len(ids)
-            if with_target:
-                if e.target is None and e.target_ids is None:
-                    raise ValueError("with_target=True needs a target on every example")
-                t = self.target_ids(e)
-                ids, labels = ids + t, labels + t
+            ids, labels = self.prompt_with_target(e, self.prompt_ids(e.text, n), with_target)
             rows.append(ids)
             lab_rows.append(labels)
-        T = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id
-        batch = {"input_ids": torch.tensor([[pad] * (T - len(r)) + r for r in rows]),
-                 "attention_mask": torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])}
-        if with_target:
-            batch["labels"] = torch.tensor([[-100] * (T - len(r)) + r for r in lab_rows])
-        batch["position_ids"] = (batch["attention_mask"].cumsum(-1) - 1).clamp_min(0)
+        batch = self.left_padded(rows, lab_rows if with_target else None)
         if mels:
             F = max(m.shape[-1] for m in mels)
             batch["input_features"] = torch.stack([nn.functional.pad(m, (0, F - m.shape[-1])) for m in mels])

@@ -63,27 +63,14 @@ class Qwen2AudioBackend(Backend):
                                  audio=[e.audio[:window] for e in examples], sampling_rate=fe.sampling_rate,
                                  padding=True, return_tensors="pt")
         # Each unpadded prompt gets its text's plain ids back and the target ids appended, then
-        # the rows are left-padded again: tokenising the target apart keeps the prompt's tokens
-        # exactly those that scoring sees.
-        pad = self.tokenizer.pad_token_id
+        # the rows are left-padded again.
         rows, lab_rows = [], []
         for e, (_, plain), ids, att in zip(examples, hidden, enc["input_ids"], enc["attention_mask"]):
-            p = self.restore_text(ids[att.bool()].tolist(), plain)
-            t = []
-            if with_target:
-                if e.target is None and e.target_ids is None:
-                    raise ValueError("with_target=True needs a target on every example")
-                t = self.target_ids(e)
-            rows.append(p + t)
-            lab_rows.append([-100] * len(p) + t)
-        T = max(len(r) for r in rows)
-        ids = torch.tensor([[pad] * (T - len(r)) + r for r in rows])
-        att = torch.tensor([[0] * (T - len(r)) + [1] * len(r) for r in rows])
-        if with_target:
-            enc["labels"] = torch.tensor([[-100] * (T - len(r)) + r for r in lab_rows])
-        enc["input_ids"], enc["attention_mask"] = ids, att
-        # Explicit positions make a left-padded row compute exactly what it would alone.
-        enc["position_ids"] = (att.cumsum(-1) - 1).clamp_min(0)
+            prompt = self.restore_text(ids[att.bool()].tolist(), plain)
+            ids, labels = self.prompt_with_target(e, prompt, with_target)
+            rows.append(ids)
+            lab_rows.append(labels)
+        enc.update(self.left_padded(rows, lab_rows if with_target else None))
         return {k: v.to(self.device) for k, v in enc.items() if k != "num_audio_tokens"}
 
     #: Run the audio encoder on the real frames only (exact; see `audio_embeddings`).
