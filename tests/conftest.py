@@ -178,3 +178,22 @@ def overfit_sft_run(folder: Path, synth_data: Path, out: Path) -> Path:
                     batch_size=4, micro_batch_size=4, max_steps=6, lr=2e-2, lora_r=4, lora_dropout=0.0,
                     shuffle_options=False, spec_augment_masks=0, device="cpu"))
     return out / "run"
+
+
+def assert_adapter_round_trips(lb, folder: Path, batch: dict, n_options: list[int], tmp_path: Path) -> None:
+    """`lb` (a backend of `folder` with a fresh LoRA) given a non-zero update: it moves the option
+    logits of `batch`, and the adapter saved and loaded back gives the same logits."""
+    import torch
+
+    from aqa.models.registry import load_backend
+
+    with torch.no_grad():
+        for n, p in lb.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+        lb.model.save_pretrained(tmp_path / "adapter")
+        tuned = lb.option_logits(batch, n_options)
+        with lb.without_adapter():
+            assert not torch.allclose(lb.option_logits(batch, n_options), tuned, atol=1e-3)
+        back = load_backend(str(folder), device="cpu", adapter=str(tmp_path / "adapter"))
+        assert torch.allclose(back.option_logits(batch, n_options), tuned, atol=1e-5)

@@ -15,7 +15,7 @@ from aqa.models.base import Example
 from aqa.models.moss_audio import MossAudioBackend, audio_token_count, time_marker_layout
 from aqa.models.registry import load_backend
 from aqa.prompts import question_text
-from conftest import noise, overfit_sft_run
+from conftest import assert_adapter_round_trips, noise, overfit_sft_run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -194,16 +194,7 @@ def test_lora_round_trips_through_its_folder(folder, tmp_path):
     assert names and all(".language_model.layers." in n for n in names)
     assert {n.split(".")[-2] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                  "down_proj"}
-    for n, p in lb.model.named_parameters():
-        if "lora_B" in n:
-            p.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
-    lb.model.save_pretrained(tmp_path / "adapter")
-    batch = lb.collate(examples())
-    tuned = lb.option_logits(batch, N_OPTIONS)
-    with lb.without_adapter():
-        assert not torch.allclose(lb.option_logits(batch, N_OPTIONS), tuned, atol=1e-3)
-    back = load_backend(str(folder), device="cpu", adapter=str(tmp_path / "adapter"))
-    assert torch.allclose(back.option_logits(batch, N_OPTIONS), tuned, atol=1e-5)
+    assert_adapter_round_trips(lb, folder, lb.collate(examples()), N_OPTIONS, tmp_path)
 
 
 def test_audio_tower_lora_adds_the_encoders_attention(folder):
